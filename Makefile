@@ -1,0 +1,33 @@
+# Developer entry points. Everything runs inside .venv, created on first use.
+PYTHON ?= python3
+VENV   := .venv
+PY     := $(VENV)/bin/python
+STAMP  := $(VENV)/.installed
+# Pytest workers: the suite is CPU-bound; one per core.
+JOBS   ?= $(shell $(PYTHON) -c "import os; print(min(4, os.cpu_count() or 1))")
+
+.PHONY: venv demo test test-all bench clean
+
+venv: $(STAMP)
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	# torch==2.13.0 is pinned: pip takes the CPU build from the machine's local index.
+	$(PY) -m pip install --quiet -e ".[compile,test]"
+	touch $(STAMP)
+
+demo: venv
+	$(PY) examples/demo.py
+
+test: venv
+	$(PY) -m pytest -q -n $(JOBS) -m "not slow" tests
+
+test-all: venv
+	$(PY) -m pytest -q -n $(JOBS) tests
+
+bench: venv
+	$(PY) bench/bench.py
+
+clean:
+	rm -rf out build *.egg-info .pytest_cache

@@ -1,0 +1,327 @@
+"""``compile()``: model -> one verified artifact file.
+
+Phases: load the model source, ``torch.export`` it, import it into our IR, run the pass
+pipeline, emit the target's payload, write the artifact (atomically, to a temporary name), run
+it against PyTorch eager on the example inputs and fresh random inputs, and only then move it
+into place. A failed verification leaves no artifact behind.
+"""
+
+from __future__ import annotations
+
+import os
+import platform
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Iterable, Sequence
+
+import numpy as np
+
+from compiler import __version__
+from compiler.errors import CompileError, VerificationError
+from compiler.ir import Graph
+from compiler.progress import Progress
+from compiler.report import CompileReport, Verification
+
+DEFAULT_RTOL = 1e-3
+DEFAULT_ATOL = 1e-4
+RANDOM_VERIFY_CASES = 3
+
+
+@dataclass
+class CompiledArtifact:
+    """What ``compile()`` returns: the artifact path, the report and the manifest written."""
+
+    path: str
+    report: CompileReport
+    manifest: dict[str, Any]
+    graph: Graph
+
+    def load(self, threads: int | None = None):
+        from compiler.runtime import load
+
+        return load(self.path, threads=threads)
+
+    def __repr__(self) -> str:
+        return f"CompiledArtifact(path={self.path!r}, target={self.report.target!r})"
+
+
+def compile(model: Any, example_inputs: Sequence[Any] | None = None, *, target: str = "onnx",  # noqa: A001
+            output: str | os.PathLike | None = None, dynamic_batch: bool = False, verify: bool = True,
+            rtol: float = DEFAULT_RTOL, atol: float = DEFAULT_ATOL, passes: str | Sequence[str] | None = None,
+            check_passes: bool = False, opset: int | None = None, weights: str | None = None,
+            trust_pickle: bool = False, input_shapes: Sequence[str] | None = None, seed: int = 0,
+            progress: bool | Progress = False, after_pass=None) -> CompiledArtifact:
+    """Compile ``model`` for ``target`` into one artifact file.
+
+    ``model`` is an ``nn.Module`` (then ``example_inputs`` is required unless the module has an
+    ``example_inputs()`` method), a ``torch.export.ExportedProgram``, or a path/spec string
+    accepted by the CLI (``model.pt2``, a TorchScript file, ``file.py:Factory``, a pickled
+    module with ``trust_pickle=True``). The artifact goes to ``output`` (default
+    ``<model name>.aot`` in the current directory).
+    """
+    from backends.registry import get_target
+
+    prog = progress if isinstance(progress, Progress) else Progress(enabled=bool(progress))
+    tgt = get_target(target)
+    source = _load_source(model, example_inputs, weights, trust_pickle, input_shapes, prog)
+    output_path = Path(output) if output is not None else Path(f"{source.name}.aot")
+    _check_output_dir(output_path)
+
+    graph, exported = _trace(source, dynamic_batch, prog)
+    records = _run_passes(graph, passes, check_passes, source, prog, after_pass)
+
+    with prog.phase("emit", f"emitting {target}"):
+        payload, target_info = tgt.emit(graph, {"opset": opset})
+
+    report = CompileReport(model=source.name, target=target, output=str(output_path), source_kind=source.kind,
+                           inputs=_signature(graph.inputs), outputs=_signature(graph.outputs),
+                           ops=graph.op_counts(), nodes=len(graph.nodes), parameters=graph.parameter_count(),
+                           parameter_bytes=graph.parameter_bytes(), passes=[r.to_dict() for r in records],
+                           target_info=target_info)
+    manifest = _manifest(graph, target, source, records, target_info, dynamic_batch)
+    _write_verify_and_move(output_path, manifest, payload, report, source, exported, verify, rtol, atol,
+                           dynamic_batch, seed, prog)
+    return CompiledArtifact(str(output_path), report, manifest, graph)
+
+
+# -- phases ----------------------------------------------------------------------------------------
+def _load_source(model, example_inputs, weights, trust_pickle, input_shapes, prog: Progress):
+    import torch
+
+    from compiler import model_loading
+
+    with prog.phase("load", "loading the model"):
+        if isinstance(model, (str, os.PathLike)):
+            return model_loading.load_model_source(os.fspath(model), weights=weights, trust_pickle=trust_pickle,
+                                                   input_shapes=list(input_shapes) if input_shapes else None)
+        if isinstance(model, torch.export.ExportedProgram):
+            inputs = tuple(example_inputs) if example_inputs is not None else _ep_example_inputs(model)
+            return model_loading.ModelSource(name="model", kind="exported_program", module=None,
+                                             exported_program=model, example_inputs=inputs,
+                                             sha256=_ep_sha256(model))
+        if isinstance(model, torch.nn.Module):
+            if example_inputs is None and input_shapes:
+                example_inputs = model_loading.make_inputs([model_loading.parse_input_shape(s) for s in input_shapes])
+            if example_inputs is None and hasattr(model, "example_inputs"):
+                example_inputs = model.example_inputs()
+            if example_inputs is None:
+                raise CompileError("compile() needs example_inputs for an nn.Module "
+                                   "(a tuple of tensors, e.g. (torch.randn(1, 1000),))")
+            if isinstance(example_inputs, torch.Tensor):
+                example_inputs = (example_inputs,)
+            source = model_loading.source_from_module(model, tuple(example_inputs))
+            source.name = type(model).__name__.lower()
+            return source
+    raise CompileError(f"cannot compile a {type(model).__name__}: pass an nn.Module, an ExportedProgram "
+                       "or a model file path")
+
+
+def _ep_example_inputs(ep) -> tuple:
+    if ep.example_inputs is None:
+        raise CompileError("the ExportedProgram has no example inputs; pass example_inputs")
+    args, _kwargs = ep.example_inputs
+    return tuple(args)
+
+
+def _ep_sha256(ep) -> str:
+    import hashlib
+
+    return hashlib.sha256(str(ep.graph).encode()).hexdigest()
+
+
+def _trace(source, dynamic_batch: bool, prog: Progress):
+    """(graph, exported program) for the source; re-exports a static .pt2 when asked for a dynamic batch."""
+    from compiler.frontend import export_module, import_exported_program
+
+    with prog.phase("export", "torch.export"):
+        exported = source.exported_program
+        if exported is None or (dynamic_batch and not _has_symbolic_batch(exported)):
+            module = source.module if source.module is not None else exported.module()
+            exported = export_module(module, source.example_inputs, dynamic_batch=dynamic_batch)
+    with prog.phase("import", "importing into the IR"):
+        graph = import_exported_program(exported, name=_graph_name(source.name))
+    return graph, exported
+
+
+def _has_symbolic_batch(ep) -> bool:
+    import torch
+
+    for node in ep.graph.nodes:
+        if node.op == "placeholder":
+            val = node.meta.get("val")
+            if isinstance(val, torch.Tensor) and val.dim() and isinstance(val.shape[0], torch.SymInt):
+                return True
+    return False
+
+
+def _graph_name(name: str) -> str:
+    return "".join(c if c.isalnum() else "_" for c in name) or "main"
+
+
+def _run_passes(graph: Graph, passes, check_passes: bool, source, prog: Progress, after_pass):
+    from passes import PassManager, make_pipeline
+
+    pipeline = make_pipeline(passes)
+    check_inputs = None
+    if check_passes:
+        check_inputs = [t.detach().cpu().numpy() for t in source.example_inputs]
+    manager = PassManager(pipeline, verify=True, check_inputs=check_inputs, after_pass=after_pass)
+    with prog.phase("passes", "optimizing the graph"):
+        manager.run(graph)
+    return manager.records
+
+
+def _signature(values) -> list[dict[str, Any]]:
+    return [{"name": v.name, "dtype": v.dtype.value, "shape": list(v.shape)} for v in values]
+
+
+def _tool_versions() -> dict[str, str]:
+    from importlib import metadata
+
+    versions = {"compiler": __version__, "python": platform.python_version()}
+    for package in ("torch", "numpy", "onnx", "onnxruntime"):
+        try:
+            versions[package] = metadata.version(package)
+        except metadata.PackageNotFoundError:
+            pass
+    return versions
+
+
+def _manifest(graph: Graph, target: str, source, records, target_info, dynamic_batch: bool) -> dict[str, Any]:
+    return {
+        "target": target,
+        "model_name": source.name,
+        "source_kind": source.kind,
+        "source_sha256": source.sha256,
+        "inputs": _signature(graph.inputs),
+        "outputs": _signature(graph.outputs),
+        "dynamic_batch": dynamic_batch,
+        "passes": [r.name for r in records],
+        "tool_versions": _tool_versions(),
+        "target_info": target_info,
+    }
+
+
+def _check_output_dir(path: Path) -> None:
+    parent = path.parent if str(path.parent) else Path(".")
+    if not parent.is_dir():
+        raise CompileError(f"output directory does not exist: {parent} (create it first or choose another -o path)")
+    if path.is_dir():
+        raise CompileError(f"output path {path} is a directory; give a file name such as {path / 'model.aot'}")
+
+
+def _write_verify_and_move(output_path: Path, manifest, payload, report: CompileReport, source, exported,
+                           verify: bool, rtol: float, atol: float, dynamic_batch: bool, seed: int,
+                           prog: Progress) -> None:
+    from compiler.artifact import write_artifact
+
+    fd, tmp_name = tempfile.mkstemp(dir=output_path.parent if str(output_path.parent) else ".",
+                                    prefix=f".{output_path.name}.", suffix=".verify")
+    os.close(fd)
+    try:
+        with prog.phase("write", "writing the artifact"):
+            report.artifact_bytes = write_artifact(tmp_name, {**manifest, "report": None}, payload)
+        if verify:
+            with prog.phase("verify", "running the artifact against PyTorch"):
+                report.verification = _verify(tmp_name, source, exported, rtol, atol, dynamic_batch, seed)
+        report.phases = dict(prog.times)
+        # The final artifact carries the finished report; rewriting it is cheap next to verification.
+        manifest["report"] = report.to_dict()
+        report.artifact_bytes = write_artifact(tmp_name, manifest, payload)
+        if report.verification is not None and not report.verification.passed:
+            raise VerificationError(f"verification failed for {source.name} on target {report.target}: "
+                                    f"{report.verification.summary()}; no artifact was written "
+                                    "(loosen --rtol/--atol if this error is acceptable, or --no-verify)")
+        os.replace(tmp_name, output_path)
+    finally:
+        if os.path.exists(tmp_name):
+            os.unlink(tmp_name)
+
+
+# -- verification ----------------------------------------------------------------------------------
+def _verify(artifact_path: str, source, exported, rtol: float, atol: float, dynamic_batch: bool,
+            seed: int) -> Verification:
+    import torch
+
+    from compiler.runtime import load
+
+    reference = source.module if source.module is not None else exported.module()
+    loaded = load(artifact_path)
+    cases = [("example inputs", tuple(source.example_inputs))]
+    rng = np.random.default_rng(seed)
+    for i in range(RANDOM_VERIFY_CASES):
+        batch = None
+        if dynamic_batch:
+            first = source.example_inputs[0]
+            batch = (first.shape[0] + 2 + i) if first.dim() else None
+        cases.append((f"random inputs #{i + 1}" + (f" (batch {batch})" if batch else ""),
+                      random_like(source.example_inputs, rng, batch)))
+    worst_abs, worst_rel, worst_case, passed = 0.0, 0.0, "", True
+    for label, inputs in cases:
+        with torch.no_grad():
+            expected = reference(*inputs)
+        expected = _flatten_outputs(expected)
+        got = loaded.run([t.detach().cpu().numpy() for t in inputs])
+        if len(got) != len(expected):
+            raise VerificationError(f"artifact returned {len(got)} outputs, PyTorch {len(expected)}")
+        for want, have in zip(expected, got):
+            abs_err, rel_err, ok = compare(want, have, rtol, atol)
+            passed &= ok
+            if abs_err >= worst_abs:
+                worst_case = label
+            worst_abs, worst_rel = max(worst_abs, abs_err), max(worst_rel, rel_err)
+    return Verification(len(cases), worst_abs, worst_rel, rtol, atol, passed, worst_case)
+
+
+def _flatten_outputs(outputs: Any) -> list[np.ndarray]:
+    import torch
+
+    if isinstance(outputs, torch.Tensor):
+        return [outputs.detach().cpu().numpy()]
+    if isinstance(outputs, (list, tuple)):
+        return [a for o in outputs for a in _flatten_outputs(o)]
+    if isinstance(outputs, dict):
+        return [a for o in outputs.values() for a in _flatten_outputs(o)]
+    raise VerificationError(f"cannot compare a model output of type {type(outputs).__name__}")
+
+
+def compare(want: np.ndarray, have: np.ndarray, rtol: float, atol: float) -> tuple[float, float, bool]:
+    """(max abs error, max relative error, within |have - want| <= atol + rtol * |want|)."""
+    if want.shape != have.shape:
+        return float("inf"), float("inf"), False
+    if want.dtype == np.bool_ or np.issubdtype(want.dtype, np.integer):
+        diff = np.abs(want.astype(np.int64) - have.astype(np.int64))
+        err = float(diff.max()) if diff.size else 0.0
+        return err, err, err == 0
+    w, h = want.astype(np.float64), have.astype(np.float64)
+    diff = np.abs(w - h)
+    if not diff.size:
+        return 0.0, 0.0, True
+    nan_mismatch = np.isnan(w) != np.isnan(h)
+    diff = np.where(np.isnan(w) & np.isnan(h), 0.0, diff)
+    abs_err = float(np.nanmax(diff)) if not nan_mismatch.any() else float("inf")
+    rel_err = float(np.nanmax(diff / np.maximum(np.abs(w), 1e-12)))
+    ok = bool(np.all(diff <= atol + rtol * np.abs(w))) and not nan_mismatch.any()
+    return abs_err, rel_err, ok
+
+
+def random_like(examples: Iterable[Any], rng: np.random.Generator, batch: int | None = None) -> tuple:
+    """Fresh random tensors with the examples' dtypes and shapes (dim 0 set to ``batch``).
+    Integer inputs are drawn from the examples' own value range (token ids, class indices)."""
+    import torch
+
+    result = []
+    for t in examples:
+        shape = list(t.shape)
+        if batch is not None and shape:
+            shape[0] = batch
+        if t.dtype == torch.bool:
+            arr = rng.random(shape) < 0.5
+        elif t.dtype.is_floating_point:
+            arr = rng.standard_normal(shape).astype(np.float32)
+        else:
+            lo, hi = (int(t.min()), int(t.max())) if t.numel() else (0, 1)
+            arr = rng.integers(lo, hi + 1, size=shape)
+        result.append(torch.from_numpy(np.asarray(arr)).to(t.dtype))
+    return tuple(result)

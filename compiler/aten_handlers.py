@@ -1,0 +1,471 @@
+"""ATen overload -> IR handlers for the PyTorch frontend.
+
+Each handler reads an FX node's arguments and emits a few IR nodes through the ImportContext.
+PyTorch's type promotion is made explicit here: an elementwise op's inputs are cast to the
+dtype torch recorded for its result, so IR ops always see one dtype.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from compiler.frontend import ImportContext, arg, handles
+from compiler.ir import DType, Value
+
+Node = torch.fx.Node
+
+
+# -- identity-like ---------------------------------------------------------------------------------
+@handles("aten.clone.default", "aten.contiguous.default", "aten.alias.default", "aten.detach.default",
+         "aten.dropout.default", "aten.feature_dropout.default", "aten.lift_fresh_copy.default",
+         "aten.lift_fresh.default")
+def _identity(ctx: ImportContext, node: Node):
+    return ctx.value(node.args[0])
+
+
+@handles("aten._assert_tensor_metadata.default", "aten._assert_scalar.default",
+         "aten.sym_constrain_range_for_size.default", "aten._assert_async.msg")
+def _assertion(ctx: ImportContext, node: Node):
+    return None  # shape guards checked at export time; nothing to compute
+
+
+@handles("aten.sym_size.int")
+def _sym_size(ctx: ImportContext, node: Node):
+    return ctx.dim(node.meta["val"])
+
+
+@handles("getitem")
+def _getitem(ctx: ImportContext, node: Node):
+    source, index = node.args
+    values = ctx.value(source)
+    if not isinstance(values, (tuple, list)):
+        raise ctx.unsupported("indexing a non-tuple result")
+    result = values[index]
+    if result is None:
+        raise ctx.unsupported(f"output {index} of {source.target} is not supported (e.g. pooling indices)")
+    return result
+
+
+# -- casts -----------------------------------------------------------------------------------------
+@handles("aten._to_copy.default", "aten.to.dtype", "aten.to.dtype_layout", "aten.type_as.default",
+         "aten.to.device")
+def _to(ctx: ImportContext, node: Node):
+    return ctx.tensor(node.args[0], ctx.out_dtype())
+
+
+# -- elementwise -----------------------------------------------------------------------------------
+def _unary(op: str, *names: str, **fixed):
+    @handles(*names)
+    def handler(ctx: ImportContext, node: Node):
+        return ctx.emit(op, ctx.tensor(node.args[0], ctx.out_dtype()), **fixed)
+
+    return handler
+
+
+_unary("relu", "aten.relu.default", "aten.relu_.default")
+_unary("sigmoid", "aten.sigmoid.default")
+_unary("tanh", "aten.tanh.default")
+_unary("exp", "aten.exp.default")
+_unary("log", "aten.log.default")
+_unary("sqrt", "aten.sqrt.default")
+_unary("rsqrt", "aten.rsqrt.default")
+_unary("reciprocal", "aten.reciprocal.default")
+_unary("neg", "aten.neg.default")
+_unary("abs", "aten.abs.default")
+_unary("erf", "aten.erf.default")
+_unary("sin", "aten.sin.default")
+_unary("cos", "aten.cos.default")
+_unary("floor", "aten.floor.default")
+_unary("ceil", "aten.ceil.default")
+_unary("silu", "aten.silu.default", "aten.silu_.default")
+_unary("hardswish", "aten.hardswish.default", "aten.hardswish_.default")
+_unary("hardsigmoid", "aten.hardsigmoid.default", "aten.hardsigmoid_.default")
+_unary("logical_not", "aten.logical_not.default")
+
+
+@handles("aten.gelu.default")
+def _gelu(ctx: ImportContext, node: Node):
+    return ctx.emit("gelu", ctx.tensor(node.args[0]), approximate=arg(node, 1, "approximate", "none"))
+
+
+@handles("aten.leaky_relu.default", "aten.leaky_relu_.default")
+def _leaky_relu(ctx: ImportContext, node: Node):
+    return ctx.emit("leaky_relu", ctx.tensor(node.args[0]), negative_slope=float(arg(node, 1, "negative_slope", 0.01)))
+
+
+@handles("aten.clamp.default", "aten.clamp_.default", "aten.hardtanh.default", "aten.hardtanh_.default",
+         "aten.relu6.default")
+def _clamp(ctx: ImportContext, node: Node):
+    name = str(node.target)
+    if "hardtanh" in name:
+        lo, hi = arg(node, 1, "min_val", -1.0), arg(node, 2, "max_val", 1.0)
+    elif "relu6" in name:
+        lo, hi = 0.0, 6.0
+    else:
+        lo, hi = arg(node, 1, "min"), arg(node, 2, "max")
+    for bound in (lo, hi):
+        if bound is not None and not isinstance(bound, (int, float)):
+            raise ctx.unsupported("clamp with tensor bounds")
+    x = ctx.tensor(node.args[0], ctx.out_dtype())
+    return ctx.emit("clamp", x, min=None if lo is None else float(lo), max=None if hi is None else float(hi))
+
+
+def _binary(op: str, *names: str):
+    @handles(*names)
+    def handler(ctx: ImportContext, node: Node):
+        dtype = ctx.out_dtype()
+        a, b = ctx.tensor(node.args[0], dtype), ctx.tensor(node.args[1], dtype)
+        alpha = node.kwargs.get("alpha", 1)
+        if alpha != 1:
+            b = ctx.emit("mul", b, ctx.tensor(alpha, dtype))
+        return ctx.emit(op, a, b)
+
+    return handler
+
+
+_binary("add", "aten.add.Tensor", "aten.add.Scalar", "aten.add_.Tensor")
+_binary("sub", "aten.sub.Tensor", "aten.sub.Scalar")
+_binary("mul", "aten.mul.Tensor", "aten.mul.Scalar", "aten.mul_.Tensor")
+_binary("maximum", "aten.maximum.default")
+_binary("minimum", "aten.minimum.default")
+_binary("pow", "aten.pow.Tensor_Scalar", "aten.pow.Tensor_Tensor")
+
+
+@handles("aten.rsub.Scalar", "aten.rsub.Tensor")
+def _rsub(ctx: ImportContext, node: Node):
+    dtype = ctx.out_dtype()
+    return ctx.emit("sub", ctx.tensor(node.args[1], dtype), ctx.tensor(node.args[0], dtype))
+
+
+@handles("aten.div.Tensor", "aten.div.Scalar", "aten.div.Tensor_mode")
+def _div(ctx: ImportContext, node: Node):
+    if node.kwargs.get("rounding_mode") is not None or len(node.args) > 2:
+        raise ctx.unsupported("division with a rounding_mode")
+    dtype = ctx.out_dtype()
+    return ctx.emit("div", ctx.tensor(node.args[0], dtype), ctx.tensor(node.args[1], dtype))
+
+
+def _compare(op: str, *names: str):
+    @handles(*names)
+    def handler(ctx: ImportContext, node: Node):
+        a, b = node.args[0], node.args[1]
+        meta = [x.meta["val"] if isinstance(x, Node) else x for x in (a, b)]
+        dtype = DType(str(torch.result_type(*meta)).removeprefix("torch."))
+        return ctx.emit(op, ctx.tensor(a, dtype), ctx.tensor(b, dtype))
+
+    return handler
+
+
+for _op in ("eq", "ne", "lt", "le", "gt", "ge"):
+    _compare(_op, f"aten.{_op}.Tensor", f"aten.{_op}.Scalar")
+
+
+@handles("aten.where.self", "aten.where.ScalarOther", "aten.where.ScalarSelf", "aten.where.Scalar")
+def _where(ctx: ImportContext, node: Node):
+    dtype = ctx.out_dtype()
+    return ctx.emit("where", ctx.tensor(node.args[0], DType.bool), ctx.tensor(node.args[1], dtype),
+                    ctx.tensor(node.args[2], dtype))
+
+
+@handles("aten.logical_and.default", "aten.logical_or.default", "aten.bitwise_and.Tensor",
+         "aten.bitwise_or.Tensor")
+def _logical(ctx: ImportContext, node: Node):
+    if "bitwise" in str(node.target) and ctx.out_dtype() != DType.bool:
+        raise ctx.unsupported("bitwise ops on integers")
+    op = "logical_and" if "and" in str(node.target) else "logical_or"
+    return ctx.emit(op, ctx.tensor(node.args[0], DType.bool), ctx.tensor(node.args[1], DType.bool))
+
+
+@handles("aten.bitwise_not.default")
+def _bitwise_not(ctx: ImportContext, node: Node):
+    if ctx.out_dtype() != DType.bool:
+        raise ctx.unsupported("bitwise ops on integers")
+    return ctx.emit("logical_not", ctx.tensor(node.args[0], DType.bool))
+
+
+# -- linear algebra --------------------------------------------------------------------------------
+@handles("aten.linear.default")
+def _linear(ctx: ImportContext, node: Node):
+    bias = arg(node, 2, "bias")
+    return ctx.emit("linear", ctx.tensor(node.args[0]), ctx.tensor(node.args[1]),
+                    ctx.tensor(bias) if bias is not None else None)
+
+
+@handles("aten.matmul.default", "aten.mm.default", "aten.bmm.default")
+def _matmul(ctx: ImportContext, node: Node):
+    return ctx.emit("matmul", ctx.tensor(node.args[0]), ctx.tensor(node.args[1]))
+
+
+@handles("aten.addmm.default")
+def _addmm(ctx: ImportContext, node: Node):
+    bias, a, b = (ctx.tensor(x) for x in node.args[:3])
+    beta, alpha = node.kwargs.get("beta", 1), node.kwargs.get("alpha", 1)
+    product = ctx.emit("matmul", a, b)
+    if alpha != 1:
+        product = ctx.emit("mul", product, ctx.tensor(alpha, product.dtype))
+    if beta != 1:
+        bias = ctx.emit("mul", bias, ctx.tensor(beta, bias.dtype))
+    return ctx.emit("add", product, bias)
+
+
+# -- convolution / normalisation -------------------------------------------------------------------
+def _conv_attrs(nd: int, stride, padding, dilation):
+    def expand(v, default):
+        v = default if v is None else v
+        v = list(v) if isinstance(v, (list, tuple)) else [v]
+        return v * nd if len(v) == 1 else v
+
+    pads = expand(padding, [0])
+    return dict(stride=expand(stride, [1]), padding=pads + pads, dilation=expand(dilation, [1]))
+
+
+@handles("aten.conv1d.default", "aten.conv2d.default", "aten.conv3d.default")
+def _conv(ctx: ImportContext, node: Node):
+    x, weight = ctx.tensor(node.args[0]), ctx.tensor(node.args[1])
+    bias = arg(node, 2, "bias")
+    padding = arg(node, 4, "padding", 0)
+    if isinstance(padding, str):
+        raise ctx.unsupported(f"padding='{padding}' (use explicit integer padding)")
+    nd = weight.type.rank - 2
+    attrs = _conv_attrs(nd, arg(node, 3, "stride", 1), padding, arg(node, 5, "dilation", 1))
+    return ctx.emit("conv", x, weight, ctx.tensor(bias) if bias is not None else None,
+                    groups=int(arg(node, 6, "groups", 1)), **attrs)
+
+
+@handles("aten.convolution.default")
+def _convolution(ctx: ImportContext, node: Node):
+    x, weight, bias, stride, padding, dilation, transposed, _output_padding, groups = node.args[:9]
+    if transposed:
+        raise ctx.unsupported("transposed convolution")
+    w = ctx.tensor(weight)
+    attrs = _conv_attrs(w.type.rank - 2, stride, padding, dilation)
+    return ctx.emit("conv", ctx.tensor(x), w, ctx.tensor(bias) if bias is not None else None,
+                    groups=int(groups), **attrs)
+
+
+def _optional(ctx: ImportContext, value):
+    return ctx.tensor(value) if value is not None else None
+
+
+@handles("aten.batch_norm.default")
+def _batch_norm(ctx: ImportContext, node: Node):
+    x, weight, bias, mean, var, training, _momentum, eps = node.args[:8]
+    if training:
+        raise ctx.unsupported("batch_norm in training mode (call model.eval() before compiling)")
+    return ctx.emit("batch_norm", ctx.tensor(x), ctx.tensor(mean), ctx.tensor(var),
+                    _optional(ctx, weight), _optional(ctx, bias), eps=float(eps))
+
+
+@handles("aten._native_batch_norm_legit_no_training.default")
+def _native_batch_norm(ctx: ImportContext, node: Node):
+    x, weight, bias, mean, var, _momentum, eps = node.args[:7]
+    y = ctx.emit("batch_norm", ctx.tensor(x), ctx.tensor(mean), ctx.tensor(var),
+                 _optional(ctx, weight), _optional(ctx, bias), eps=float(eps))
+    return (y, None, None)
+
+
+@handles("aten.layer_norm.default")
+def _layer_norm(ctx: ImportContext, node: Node):
+    x, shape = node.args[:2]
+    weight, bias, eps = arg(node, 2, "weight"), arg(node, 3, "bias"), arg(node, 4, "eps", 1e-5)
+    return ctx.emit("layer_norm", ctx.tensor(x), _optional(ctx, weight), _optional(ctx, bias),
+                    normalized_ndim=len(shape), eps=float(eps))
+
+
+@handles("aten.native_layer_norm.default")
+def _native_layer_norm(ctx: ImportContext, node: Node):
+    x, shape, weight, bias, eps = node.args[:5]
+    y = ctx.emit("layer_norm", ctx.tensor(x), _optional(ctx, weight), _optional(ctx, bias),
+                 normalized_ndim=len(shape), eps=float(eps))
+    return (y, None, None)
+
+
+@handles("aten.softmax.int", "aten._softmax.default", "aten.log_softmax.int", "aten._log_softmax.default")
+def _softmax(ctx: ImportContext, node: Node):
+    op = "log_softmax" if "log_softmax" in str(node.target) else "softmax"
+    return ctx.emit(op, ctx.tensor(node.args[0], ctx.out_dtype()), axis=int(node.args[1]))
+
+
+# -- pooling ---------------------------------------------------------------------------------------
+def _pool_args(nd: int, kernel, stride, padding):
+    def expand(v):
+        v = list(v) if isinstance(v, (list, tuple)) else [v]
+        return v * nd if len(v) == 1 else v
+
+    kernel = expand(kernel)
+    stride = expand(stride) if stride not in (None, [], ()) else kernel
+    pads = expand(padding)
+    return kernel, stride, pads + pads
+
+
+@handles("aten.max_pool1d.default", "aten.max_pool2d.default", "aten.max_pool3d.default",
+         "aten.max_pool2d_with_indices.default")
+def _max_pool(ctx: ImportContext, node: Node):
+    x = ctx.tensor(node.args[0])
+    nd = x.type.rank - 2
+    kernel, stride, pads = _pool_args(nd, node.args[1], arg(node, 2, "stride"), arg(node, 3, "padding", 0))
+    dilation = arg(node, 4, "dilation", 1)
+    dilation = list(dilation) * (nd if len(list(dilation)) == 1 else 1) if isinstance(dilation, (list, tuple)) else [dilation] * nd
+    y = ctx.emit("max_pool", x, kernel=kernel, stride=stride, padding=pads, dilation=dilation,
+                 ceil_mode=bool(arg(node, 5, "ceil_mode", False)))
+    return (y, None) if "with_indices" in str(node.target) else y
+
+
+@handles("aten.avg_pool1d.default", "aten.avg_pool2d.default", "aten.avg_pool3d.default")
+def _avg_pool(ctx: ImportContext, node: Node):
+    x = ctx.tensor(node.args[0])
+    kernel, stride, pads = _pool_args(x.type.rank - 2, node.args[1], arg(node, 2, "stride"), arg(node, 3, "padding", 0))
+    if arg(node, 6, "divisor_override") is not None:
+        raise ctx.unsupported("avg_pool with divisor_override")
+    return ctx.emit("avg_pool", x, kernel=kernel, stride=stride, padding=pads,
+                    ceil_mode=bool(arg(node, 4, "ceil_mode", False)),
+                    count_include_pad=bool(arg(node, 5, "count_include_pad", True)))
+
+
+@handles("aten.adaptive_avg_pool1d.default", "aten.adaptive_avg_pool2d.default",
+         "aten.adaptive_avg_pool3d.default", "aten._adaptive_avg_pool2d.default")
+def _adaptive_avg_pool(ctx: ImportContext, node: Node):
+    return ctx.emit("adaptive_avg_pool", ctx.tensor(node.args[0]), output_size=list(ctx.out_shape()[2:]))
+
+
+# -- reductions ------------------------------------------------------------------------------------
+def _axes(value) -> list[int]:
+    if value is None:
+        return []
+    return [int(v) for v in value] if isinstance(value, (list, tuple)) else [int(value)]
+
+
+def _reduction(op: str, *names: str):
+    @handles(*names)
+    def handler(ctx: ImportContext, node: Node):
+        dtype = ctx.out_dtype()
+        x = ctx.tensor(node.args[0], dtype)
+        axes = _axes(arg(node, 1, "dim"))
+        keepdim = bool(arg(node, 2, "keepdim", False))
+        if x.type.rank == 0:
+            return ctx.emit("reshape", x, shape=())
+        return ctx.emit(op, x, axes=axes, keepdim=keepdim)
+
+    return handler
+
+
+_reduction("reduce_mean", "aten.mean.dim", "aten.mean.default")
+_reduction("reduce_sum", "aten.sum.dim_IntList", "aten.sum.default")
+_reduction("reduce_max", "aten.amax.default")
+_reduction("reduce_min", "aten.amin.default")
+
+
+@handles("aten.argmax.default")
+def _argmax(ctx: ImportContext, node: Node):
+    dim = arg(node, 1, "dim")
+    x = ctx.tensor(node.args[0])
+    keepdim = bool(arg(node, 2, "keepdim", False))
+    if dim is None:
+        x, dim, keepdim = ctx.emit("reshape", x, shape=[_numel(x)]), 0, False
+    return ctx.emit("argmax", x, axis=int(dim), keepdim=keepdim)
+
+
+def _numel(x: Value):
+    from compiler import dims
+
+    return dims.product(x.shape)
+
+
+# -- shape -----------------------------------------------------------------------------------------
+@handles("aten.view.default", "aten.reshape.default", "aten._unsafe_view.default", "aten.flatten.using_ints",
+         "aten.unsqueeze.default", "aten.squeeze.dim", "aten.squeeze.dims", "aten.squeeze.default",
+         "aten.unflatten.int", "aten.view_as.default", "aten.reshape_as.default")
+def _reshape(ctx: ImportContext, node: Node):
+    x = ctx.tensor(node.args[0])
+    shape = ctx.out_shape()
+    if tuple(shape) == x.shape:
+        return x
+    return ctx.emit("reshape", x, shape=list(shape))
+
+
+@handles("aten.permute.default")
+def _permute(ctx: ImportContext, node: Node):
+    x = ctx.tensor(node.args[0])
+    perm = [int(p) % max(x.type.rank, 1) for p in node.args[1]]
+    return x if perm == list(range(x.type.rank)) else ctx.emit("transpose", x, perm=perm)
+
+
+@handles("aten.transpose.int", "aten.t.default", "aten.swapaxes.default")
+def _transpose(ctx: ImportContext, node: Node):
+    x = ctx.tensor(node.args[0])
+    rank = x.type.rank
+    if rank < 2:
+        return x
+    a, b = (int(node.args[1]), int(node.args[2])) if len(node.args) > 2 else (0, 1)
+    perm = list(range(rank))
+    perm[a % rank], perm[b % rank] = perm[b % rank], perm[a % rank]
+    return x if perm == list(range(rank)) else ctx.emit("transpose", x, perm=perm)
+
+
+@handles("aten.expand.default", "aten.expand_as.default")
+def _expand(ctx: ImportContext, node: Node):
+    x = ctx.tensor(node.args[0])
+    shape = ctx.out_shape()
+    return x if tuple(shape) == x.shape else ctx.emit("expand", x, shape=list(shape))
+
+
+@handles("aten.cat.default", "aten.concat.default")
+def _cat(ctx: ImportContext, node: Node):
+    dtype = ctx.out_dtype()
+    parts = [ctx.tensor(t, dtype) for t in node.args[0]]
+    parts = [p for p in parts if not (p.type.rank == 1 and p.shape[0] == 0)]  # torch skips empty 1-d
+    return ctx.emit("concat", *parts, axis=int(arg(node, 1, "dim", 0)))
+
+
+@handles("aten.slice.Tensor")
+def _slice(ctx: ImportContext, node: Node):
+    x = ctx.tensor(node.args[0])
+    axis = int(arg(node, 1, "dim", 0))
+    start, end, step = arg(node, 2, "start", None), arg(node, 3, "end", None), arg(node, 4, "step", 1)
+    for bound in (start, end):
+        if bound is not None and not isinstance(bound, int):
+            raise ctx.unsupported("slice with a symbolic bound")
+    start = 0 if start is None else start
+    end = 2 ** 63 - 1 if end is None else end
+    if start == 0 and end >= 2 ** 62 and step == 1:
+        return x
+    return ctx.emit("slice", x, axis=axis, start=start, end=end, step=int(step))
+
+
+@handles("aten.select.int")
+def _select(ctx: ImportContext, node: Node):
+    x = ctx.tensor(node.args[0])
+    axis, index = int(node.args[1]), node.args[2]
+    if not isinstance(index, int):
+        raise ctx.unsupported("select with a symbolic index")
+    end = index + 1 if index != -1 else 2 ** 63 - 1
+    y = ctx.emit("slice", x, axis=axis, start=index, end=end, step=1)
+    return ctx.emit("reshape", y, shape=list(ctx.out_shape()))
+
+
+@handles("aten.embedding.default")
+def _embedding(ctx: ImportContext, node: Node):
+    return ctx.emit("gather", ctx.tensor(node.args[0]), ctx.tensor(node.args[1]), axis=0)
+
+
+@handles("aten.index_select.default")
+def _index_select(ctx: ImportContext, node: Node):
+    return ctx.emit("gather", ctx.tensor(node.args[0]), ctx.tensor(node.args[2]), axis=int(node.args[1]))
+
+
+# -- attention -------------------------------------------------------------------------------------
+@handles("aten.scaled_dot_product_attention.default")
+def _sdpa(ctx: ImportContext, node: Node):
+    q, k, v = (ctx.tensor(t) for t in node.args[:3])
+    mask = arg(node, 3, "attn_mask")
+    if arg(node, 4, "dropout_p", 0.0):
+        raise ctx.unsupported("attention dropout (dropout_p must be 0 at inference)")
+    if node.kwargs.get("enable_gqa", False):
+        raise ctx.unsupported("grouped-query attention (enable_gqa=True)")
+    mask_value = None
+    if mask is not None:
+        mask_value = ctx.tensor(mask)
+        if mask_value.dtype not in (DType.bool, q.dtype):
+            mask_value = ctx.tensor(mask, q.dtype)
+    return ctx.emit("attention", q, k, v, mask_value, is_causal=bool(arg(node, 5, "is_causal", False)),
+                    scale=arg(node, 6, "scale"))

@@ -1,0 +1,123 @@
+"""The ``compile`` command.
+
+    compile model.pt2 --target onnx -o model.aot
+    compile models/mlp.py:SeedMLP --dynamic-batch
+    compile net.pt --trust-pickle --input-shape 1x3x224x224
+
+Exit status: 0 compiled and verified; 1 verification failed; 2 bad input (one-line message);
+3 internal error (a bug: rerun with --debug for the traceback).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import traceback
+from typing import Sequence
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="compile",
+        description="Compile a PyTorch model ahead of time into one artifact file that "
+                    "compiler.load() runs with numpy in and out.",
+        epilog="MODEL is a torch.export archive (.pt2), a TorchScript archive, path/to/file.py:Factory "
+               "or package.module:Factory (a callable returning an nn.Module, optionally with example inputs), "
+               "or a pickled nn.Module (only with --trust-pickle).")
+    p.add_argument("model", metavar="MODEL", help="model file or factory spec")
+    p.add_argument("-o", "--output", help="artifact path (default: <model name>.aot)")
+    p.add_argument("-t", "--target", default="onnx", help="compile target (default: onnx)")
+    p.add_argument("--dynamic-batch", action="store_true", help="keep dim 0 of every input symbolic")
+    p.add_argument("--input-shape", action="append", metavar="SHAPE",
+                   help="example input shape such as 1x3x224x224 or 2x32:int64 (repeat per input)")
+    p.add_argument("--weights", metavar="STATE_DICT", help="state dict for a factory model (loaded weights_only)")
+    p.add_argument("--trust-pickle", action="store_true",
+                   help="allow loading a pickled nn.Module (runs code from the file: only for files you trust)")
+    p.add_argument("--no-verify", dest="verify", action="store_false",
+                   help="skip running the artifact against PyTorch")
+    p.add_argument("--rtol", type=float, default=None, help="relative tolerance of verification (default 1e-3)")
+    p.add_argument("--atol", type=float, default=None, help="absolute tolerance of verification (default 1e-4)")
+    p.add_argument("--passes", default=None, help="comma-separated pass pipeline, or 'none' (default: fold,dce)")
+    p.add_argument("--check-passes", action="store_true",
+                   help="run the interpreter before and after each pass and name a pass that changes the numbers")
+    p.add_argument("--print-ir-after-all", action="store_true", help="print the IR after every pass (stderr)")
+    p.add_argument("--dump-ir", metavar="DIR", help="write the IR after every pass into DIR")
+    p.add_argument("--opset", type=int, default=None, help="ONNX opset (default: a recent one onnxruntime runs)")
+    p.add_argument("--seed", type=int, default=0, help="seed for the random verification inputs")
+    p.add_argument("--report-json", metavar="PATH", help="also write the compile report as JSON")
+    p.add_argument("-q", "--quiet", action="store_true", help="print only errors")
+    p.add_argument("--debug", action="store_true", help="show tracebacks of internal errors")
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    from compiler.errors import CompileError, VerificationError
+
+    try:
+        return _run(args)
+    except CompileError as exc:
+        print(f"error: {_one_line(exc)}", file=sys.stderr)
+        return 2
+    except VerificationError as exc:
+        print(f"error: {_one_line(exc)}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+    except Exception as exc:  # a bug: say so in one line unless --debug
+        if args.debug:
+            traceback.print_exc()
+        else:
+            print(f"internal error: {type(exc).__name__}: {_one_line(exc)} "
+                  "(this is a compiler bug; rerun with --debug for the traceback)", file=sys.stderr)
+        return 3
+
+
+def _one_line(exc: BaseException) -> str:
+    text = " ".join(str(exc).split())
+    return text if len(text) <= 600 else text[:597] + "..."
+
+
+def _run(args: argparse.Namespace) -> int:
+    from compiler.api import DEFAULT_ATOL, DEFAULT_RTOL, compile
+    from compiler.errors import CompileError
+    from compiler.progress import Progress
+
+    if args.dump_ir and not os.path.isdir(args.dump_ir):
+        raise CompileError(f"--dump-ir directory does not exist: {args.dump_ir}")
+    progress = Progress(enabled=not args.quiet)
+    result = compile(args.model, target=args.target, output=args.output, dynamic_batch=args.dynamic_batch,
+                     verify=args.verify, rtol=args.rtol if args.rtol is not None else DEFAULT_RTOL,
+                     atol=args.atol if args.atol is not None else DEFAULT_ATOL, passes=args.passes,
+                     check_passes=args.check_passes, opset=args.opset, weights=args.weights,
+                     trust_pickle=args.trust_pickle, input_shapes=args.input_shape, seed=args.seed,
+                     progress=progress, after_pass=_ir_printer(args))
+    if not args.quiet:
+        print(result.report.format())
+    if args.report_json:
+        with open(args.report_json, "w") as f:
+            json.dump(result.report.to_dict(), f, indent=2)
+    return 0
+
+
+def _ir_printer(args: argparse.Namespace):
+    if not (args.print_ir_after_all or args.dump_ir):
+        return None
+    counter = iter(range(1, 1000))
+
+    def after_pass(p, graph) -> None:
+        text = str(graph)
+        if args.print_ir_after_all:
+            print(f"// IR after pass {p.name}\n{text}", file=sys.stderr)
+        if args.dump_ir:
+            with open(os.path.join(args.dump_ir, f"{next(counter):02d}_{p.name}.ir"), "w") as f:
+                f.write(text + "\n")
+
+    return after_pass
+
+
+if __name__ == "__main__":
+    sys.exit(main())

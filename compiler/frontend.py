@@ -1,0 +1,349 @@
+"""PyTorch frontend: ``torch.export`` -> our Graph.
+
+``export_module`` traces an ``nn.Module`` with ``torch.export`` (non-strict by default).
+``import_exported_program`` then decomposes only what we do not handle at a high level (so
+linear, conv, batch_norm, layer_norm, softmax, gelu and sdpa survive as single ops) and walks
+the FX graph through ``ATEN_HANDLERS``, a table keyed by ATen overload name ("aten.add.Tensor")
+whose entries each build a few IR nodes. Parameters and buffers become constants; each node
+keeps the user's source line. Every handler's result is checked against the dtype and shape
+torch recorded for that FX node, so a wrong handler fails at import, not in a backend.
+"""
+
+from __future__ import annotations
+
+import inspect
+import operator
+import re
+from dataclasses import dataclass
+from typing import Any, Callable, Sequence
+
+import numpy as np
+import sympy
+import torch
+
+from compiler import dims
+from compiler.errors import CompileError, IRError, UnsupportedOpError
+from compiler.ir import DType, Graph, TensorType, Value
+
+Handler = Callable[["ImportContext", torch.fx.Node], Any]
+ATEN_HANDLERS: dict[str, Handler] = {}
+
+
+def handles(*names: str):
+    """Register a handler for one or more ATen overloads ("aten.relu.default")."""
+
+    def register(fn: Handler) -> Handler:
+        for name in names:
+            if name in ATEN_HANDLERS:
+                raise ValueError(f"two frontend handlers for {name}")
+            ATEN_HANDLERS[name] = fn
+        return fn
+
+    return register
+
+
+# -- dtype and location helpers ------------------------------------------------------------------
+_TORCH_DTYPES = {
+    torch.float16: DType.float16, torch.float32: DType.float32, torch.float64: DType.float64,
+    torch.bfloat16: DType.bfloat16, torch.int8: DType.int8, torch.int16: DType.int16,
+    torch.int32: DType.int32, torch.int64: DType.int64, torch.uint8: DType.uint8, torch.bool: DType.bool,
+}
+
+
+def dtype_from_torch(dtype: torch.dtype) -> DType:
+    try:
+        return _TORCH_DTYPES[dtype]
+    except KeyError:
+        raise CompileError(f"tensor dtype {dtype} is not supported; cast the model to float32") from None
+
+
+def torch_dtype(dtype: DType) -> torch.dtype:
+    return {v: k for k, v in _TORCH_DTYPES.items()}[dtype]
+
+
+_FRAME = re.compile(r'File "(?P<file>[^"]+)", line (?P<line>\d+), in (?P<func>\S+)\n\s*(?P<code>[^\n]*)')
+
+
+def source_location(node: torch.fx.Node) -> str | None:
+    """'model.py:42 in forward: x = self.fc(x)' from the innermost frame outside torch itself."""
+    trace = node.meta.get("stack_trace") or ""
+    frames = list(_FRAME.finditer(trace))
+    user = [f for f in frames if "/torch/" not in f["file"] and "/site-packages/" not in f["file"]]
+    frame = (user or frames or [None])[-1]
+    if frame is None:
+        return None
+    return f"{frame['file']}:{frame['line']} in {frame['func']}: {frame['code'].strip()}"
+
+
+# -- the import context ------------------------------------------------------------------------
+@dataclass
+class ImportOptions:
+    dynamic_batch: bool = False
+
+
+class ImportContext:
+    """Maps FX nodes to IR values while the handlers build the graph."""
+
+    def __init__(self, graph: Graph, symbol_names: dict[str, str]):
+        self.graph = graph
+        self.env: dict[torch.fx.Node, Any] = {}
+        self.symbol_names = symbol_names
+        self.location: str | None = None
+        self.node: torch.fx.Node | None = None
+
+    # values --------------------------------------------------------------------------------
+    def value(self, arg: Any) -> Any:
+        """IR value (or Python scalar / dim / list) for an FX argument."""
+        if isinstance(arg, torch.fx.Node):
+            return self.env[arg]
+        if isinstance(arg, (list, tuple)):
+            return type(arg)(self.value(a) for a in arg)
+        return arg
+
+    def tensor(self, arg: Any, dtype: DType | None = None) -> Value:
+        """An IR tensor for ``arg`` (a scalar becomes a 0-d constant), cast to ``dtype`` if given."""
+        v = self.value(arg)
+        if not isinstance(v, Value):
+            if not isinstance(v, (bool, int, float)):
+                raise self.unsupported(f"expected a tensor or number, got {type(v).__name__}")
+            np_dtype = (dtype or _scalar_dtype(v)).numpy
+            return self.graph.add_constant(np.asarray(v, dtype=np_dtype), "scalar")
+        if dtype is not None and v.dtype != dtype:
+            v = self.emit("cast", v, dtype=dtype)
+        return v
+
+    def emit(self, op: str, *inputs: Value | None, **attrs) -> Value:
+        return self.graph.add_node(op, list(inputs), attrs, location=self.location).output
+
+    def emit_multi(self, op: str, *inputs: Value | None, **attrs) -> tuple[Value, ...]:
+        return self.graph.add_node(op, list(inputs), attrs, location=self.location).outputs
+
+    # types recorded by torch -----------------------------------------------------------------
+    def dim(self, size: Any) -> dims.Dim:
+        if isinstance(size, int):
+            return size
+        if isinstance(size, torch.SymInt):
+            expr = size.node.expr
+            if expr.is_number:
+                return int(expr)
+            text = str(expr.xreplace({s: sympy.Symbol(self.symbol_names.get(str(s), str(s)))
+                                      for s in expr.free_symbols}))
+            try:
+                dims.symbols_in(text)
+                return text
+            except SyntaxError:
+                raise self.unsupported(f"symbolic size {text} is not a simple expression") from None
+        raise self.unsupported(f"unexpected size {size!r}")
+
+    def meta_type(self, node: torch.fx.Node | None = None, index: int | None = None) -> TensorType:
+        val = (node or self.node).meta.get("val")
+        if index is not None:
+            val = val[index]
+        if not isinstance(val, torch.Tensor):
+            raise self.unsupported("the node has no tensor metadata")
+        return TensorType(dtype_from_torch(val.dtype), tuple(self.dim(s) for s in val.shape))
+
+    def out_dtype(self) -> DType:
+        return self.meta_type().dtype
+
+    def out_shape(self) -> tuple:
+        return self.meta_type().shape
+
+    # errors --------------------------------------------------------------------------------
+    def unsupported(self, detail: str = "", op: str | None = None) -> UnsupportedOpError:
+        name = op or (str(self.node.target) if self.node is not None else "?")
+        return UnsupportedOpError(name, stage="the PyTorch frontend", location=self.location, detail=detail)
+
+
+def _scalar_dtype(v: Any) -> DType:
+    return DType.bool if isinstance(v, bool) else DType.int64 if isinstance(v, int) else DType.float32
+
+
+def arg(node: torch.fx.Node, index: int, name: str, default: Any = None) -> Any:
+    """Positional-or-keyword argument of an ATen call."""
+    if len(node.args) > index:
+        return node.args[index]
+    return node.kwargs.get(name, default)
+
+
+# -- export ----------------------------------------------------------------------------------------
+def export_module(module: torch.nn.Module, example_inputs: Sequence[torch.Tensor], *,
+                  dynamic_batch: bool = False, strict: bool = False) -> torch.export.ExportedProgram:
+    """``torch.export`` the module; with ``dynamic_batch`` dim 0 of every input is symbolic."""
+    module = module.eval()
+    inputs = tuple(example_inputs)
+    dynamic_shapes = None
+    if dynamic_batch:
+        batch = torch.export.Dim("batch", min=1, max=2 ** 31 - 1)
+        dynamic_shapes = _batch_dynamic_shapes(module, inputs, batch)
+        # torch specialises a size-1 dim to the constant 1: trace with batch 2 instead.
+        inputs = tuple(torch.cat([t, t]) if t.dim() > 0 and t.shape[0] == 1 else t for t in inputs)
+    with torch.no_grad():
+        try:
+            return torch.export.export(module, inputs, dynamic_shapes=dynamic_shapes, strict=strict)
+        except Exception as exc:  # torch's message is long; keep its first line, say what failed
+            first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            raise CompileError(f"torch.export could not trace the model: {first}") from exc
+
+
+def _batch_dynamic_shapes(module: torch.nn.Module, inputs: tuple, batch) -> tuple:
+    """``dynamic_shapes`` marking dim 0 of every input, shaped like forward's parameters
+    (torch wants the inputs of a ``*args`` parameter grouped in one nested tuple)."""
+    specs = [{0: batch} if t.dim() > 0 else None for t in inputs]
+    try:
+        params = list(inspect.signature(module.forward).parameters.values())
+    except (TypeError, ValueError):
+        return tuple(specs)
+    for i, p in enumerate(params):
+        if p.kind is inspect.Parameter.VAR_POSITIONAL:
+            return tuple(specs[:i]) + (tuple(specs[i:]),)
+    return tuple(specs)
+
+
+def _decomposition_table() -> dict:
+    """Torch's default table minus every op we import directly (those must survive)."""
+    table = torch.export.default_decompositions()
+    for name in ATEN_HANDLERS:
+        overload = _resolve_overload(name)
+        if overload is not None and overload in table:
+            del table[overload]
+    return table
+
+
+def _resolve_overload(name: str):
+    parts = name.split(".")
+    if len(parts) != 3 or parts[0] != "aten":
+        return None
+    packet = getattr(torch.ops.aten, parts[1], None)
+    return getattr(packet, parts[2], None) if packet is not None else None
+
+
+# -- import ----------------------------------------------------------------------------------------
+def import_exported_program(ep: torch.export.ExportedProgram, *, name: str = "main") -> Graph:
+    """Build our Graph from an ExportedProgram."""
+    ep = ep.run_decompositions(_decomposition_table())
+    graph = Graph(name)
+    ctx = ImportContext(graph, _symbol_names(ep))
+    specs = {s.arg.name: s for s in ep.graph_signature.input_specs}
+    state = dict(ep.state_dict)
+    state.update(ep.constants)
+    from torch.export.graph_signature import InputKind
+
+    for node in ep.graph.nodes:
+        ctx.node, ctx.location = node, source_location(node)
+        if node.op == "placeholder":
+            spec = specs[node.name]
+            if spec.kind == InputKind.USER_INPUT:
+                val = node.meta.get("val")
+                if not isinstance(val, torch.Tensor):
+                    raise CompileError(f"model input '{node.name}' is not a tensor ({type(val).__name__}); "
+                                       "only tensor inputs are supported")
+                ctx.env[node] = graph.add_input(node.name, ctx.meta_type(node))
+            elif spec.kind in (InputKind.PARAMETER, InputKind.BUFFER, InputKind.CONSTANT_TENSOR):
+                tensor = state[spec.target]
+                ctx.env[node] = graph.add_constant(_to_numpy(tensor), spec.target.replace(".", "_"))
+            else:
+                raise CompileError(f"model input '{node.name}' of kind {spec.kind.name} is not supported")
+        elif node.op == "call_function":
+            ctx.env[node] = _import_call(ctx, node)
+        elif node.op == "output":
+            outs = node.args[0]
+            outs = outs if isinstance(outs, (list, tuple)) else (outs,)
+            values = [ctx.value(o) for o in outs]
+            if not all(isinstance(v, Value) for v in values):
+                raise CompileError("every model output must be a tensor")
+            graph.set_outputs(_distinct_outputs(graph, values))
+        elif node.op == "get_attr":
+            ctx.env[node] = graph.add_constant(_to_numpy(getattr(ep.graph_module, node.target)), node.target)
+        else:
+            raise CompileError(f"unexpected FX node kind {node.op}")
+    graph.remove_unused_constants()
+    graph.verify()
+    return graph
+
+
+def _distinct_outputs(graph: Graph, values: list[Value]) -> list[Value]:
+    """Graph outputs must be distinct non-input values (ONNX requires it): copy repeats."""
+    seen: set[int] = set()
+    result = []
+    for v in values:
+        if id(v) in seen or v.producer is None:
+            v = graph.op("reshape", v, shape=v.shape)
+        seen.add(id(v))
+        result.append(v)
+    return result
+
+
+def _to_numpy(tensor: torch.Tensor) -> np.ndarray:
+    tensor = tensor.detach().cpu()
+    if tensor.dtype == torch.bfloat16:
+        raise CompileError("bfloat16 weights are not supported yet; call model.float() before compiling")
+    return tensor.contiguous().numpy().copy()
+
+
+def _symbol_names(ep: torch.export.ExportedProgram) -> dict[str, str]:
+    """Readable names for torch's size symbols: dim 0 of an input is 'batch'."""
+    names: dict[str, str] = {}
+    used: set[str] = set()
+    user_inputs = [s.arg.name for s in ep.graph_signature.input_specs if s.kind.name == "USER_INPUT"]
+    for node in ep.graph.nodes:
+        if node.op != "placeholder" or node.name not in user_inputs:
+            continue
+        val = node.meta.get("val")
+        for axis, size in enumerate(getattr(val, "shape", ())):
+            if isinstance(size, torch.SymInt) and isinstance(size.node.expr, sympy.Symbol):
+                sym = str(size.node.expr)
+                if sym not in names:
+                    base = "batch" if axis == 0 else f"{node.name}_dim{axis}"
+                    name = base if base not in used else f"{base}_{sym}"
+                    names[sym] = name
+                    used.add(name)
+    return names
+
+
+def _import_call(ctx: ImportContext, node: torch.fx.Node) -> Any:
+    target = node.target
+    name = "getitem" if target is operator.getitem else str(target)
+    handler = ATEN_HANDLERS.get(name)
+    if handler is None:
+        raise UnsupportedOpError(name, stage="the PyTorch frontend", location=ctx.location,
+                                 hint="the compiler has no translation for it yet; rewrite that line "
+                                      "with supported ops or open an issue naming the op")
+    try:
+        result = handler(ctx, node)
+    except (CompileError, IRError):
+        raise
+    except ValueError as exc:  # an op's type rule refused the inputs
+        raise ctx.unsupported(str(exc)) from exc
+    _check_against_torch(ctx, node, result)
+    return result
+
+
+def _check_against_torch(ctx: ImportContext, node: torch.fx.Node, result: Any) -> None:
+    val = node.meta.get("val")
+    if isinstance(result, Value) and isinstance(val, torch.Tensor):
+        expected = ctx.meta_type(node)
+        if not _same_type(result.type, expected):
+            raise IRError(f"frontend handler for {node.target} produced {result.type}, torch says "
+                          f"{expected} (at {ctx.location})")
+
+
+def _same_type(a: TensorType, b: TensorType) -> bool:
+    if a.dtype != b.dtype or a.rank != b.rank:
+        return False
+    for x, y in zip(a.shape, b.shape):
+        if x == y:
+            continue
+        symbols = dims.symbols_in(x) | dims.symbols_in(y)
+        for sample in (7, 13):
+            binding = {s: sample for s in symbols}
+            try:
+                if dims.evaluate(x, binding) != dims.evaluate(y, binding):
+                    return False
+            except (KeyError, ValueError, SyntaxError):
+                return False
+    return True
+
+
+# Handlers live in their own module so this file stays about the mechanism.
+from compiler import aten_handlers  # noqa: E402,F401

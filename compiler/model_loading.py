@@ -1,0 +1,765 @@
+"""Turn the ``MODEL`` argument of ``compile MODEL ...`` into something the frontend can export.
+
+``load_model_source(spec, weights=..., trust_pickle=..., input_shapes=...)`` returns a
+``ModelSource``. The kind of model is detected from the file's *content* (its zip entries or
+pickle header), not from its extension:
+
+``exported_program``
+    An archive written by ``torch.export.save(ep, path)`` (usually ``.pt2``; a zip whose entries
+    include ``<dir>/archive_format`` holding ``pt2``). Loaded with ``torch.export.load``;
+    ``exported_program`` is the loaded program and ``module`` is ``ep.module()`` without input
+    guards and with working ``eval()`` (see ``_module_of``), for re-export. Example inputs:
+    ``--input-shape`` if given, else the archive's saved ``ep.example_inputs`` (the positional
+    part), else random tensors made from the user-input placeholders' static shapes.
+
+``torchscript``
+    An archive written by ``torch.jit.save`` (a zip with ``code/`` and ``constants.pkl``), loaded
+    with ``torch.jit.load(path, map_location="cpu")``. ``--input-shape`` is required. In torch
+    2.13 ``torch.export.export`` refuses a ``ScriptModule`` ("Exporting a ScriptModule is not
+    supported"), so the module is converted here with
+    ``torch._export.converter.TS2EPConverter(module, inputs).convert()`` and then re-exported
+    (``torch.export.export(ep.module(), inputs, strict=False)``) so that the program has the
+    static shapes of the inputs. ``exported_program`` is that program; ``module`` is its
+    ``ep.module()`` (not the ScriptModule, which ``torch.export`` cannot trace), so a frontend
+    that re-exports ``module`` (e.g. for a dynamic batch) still works.
+
+``factory``
+    ``path/to/file.py:Factory`` or ``package.module:Factory`` (a dotted module importable from
+    ``sys.path`` or the current directory). A file is imported under a unique module name, with
+    its directory on ``sys.path``. Calling convention: ``Factory`` is called with no arguments
+    and returns either an ``nn.Module`` or a tuple ``(module, example_inputs)`` where
+    ``example_inputs`` is a tensor or a tuple/list of tensors. Example inputs come from, in
+    order: ``--input-shape``; the tuple form; the module's ``example_inputs()`` method (called
+    with no arguments); otherwise loading fails asking for ``--input-shape``. With
+    ``--weights state.pt`` a state dict is read with ``torch.load(..., weights_only=True)``
+    (a dict with a ``"state_dict"`` key is unwrapped) and loaded with ``load_state_dict``
+    (strict). ``--weights`` is rejected for every other kind (they carry their own weights).
+
+``pickle``
+    A whole module saved with ``torch.save(model, path)`` (zip with ``data.pkl``, or the legacy
+    non-zip format). Unpickling runs arbitrary code, so it is loaded only with
+    ``trust_pickle=True`` (``--trust-pickle``). A pickle holding only a state dict is detected
+    with the safe ``weights_only`` unpickler, even without the flag, and rejected with a hint to
+    use ``file.py:Factory --weights``. Example inputs as for a factory (``--input-shape`` or the
+    module's ``example_inputs()`` method).
+
+``module``
+    ``source_from_module(module, example_inputs)`` for the Python API.
+
+Every model is put in ``eval()`` mode (an ExportedProgram's mode is fixed when it was exported).
+``--input-shape`` values (parsed by ``parse_input_shape``: ``1x3x224x224``, ``1,3,224,224``,
+``2x32:int64``) replace any example inputs; their count must match the forward's arity when it
+is known. Random inputs come from ``make_inputs`` (seeded: floats ``randn``, integers
+``randint`` in ``[0, 10)``, bool random).
+
+``sha256`` is the hash of the model file; for a factory, of its ``.py`` file (the weights file,
+when given, is hashed into it too: ``sha256(py_sha + weights_sha)``); for a dotted module
+without a file, of the spec text; for ``source_from_module``, of ``repr(module)`` followed by
+every state-dict entry's name, dtype, shape and bytes in order.
+
+Every problem with the user's input raises ``ModelLoadError`` with a one-line message; torch's
+own errors are wrapped and only the first line of their message is kept.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import importlib
+import importlib.util
+import inspect
+import keyword
+import logging
+import os
+import pickle
+import re
+import sys
+import traceback
+import warnings
+import zipfile
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Iterable, Sequence
+
+import torch
+
+from compiler.errors import ModelLoadError
+
+if TYPE_CHECKING:  # pragma: no cover
+    from torch.export import ExportedProgram
+
+__all__ = [
+    "ModelSource",
+    "parse_input_shape",
+    "load_model_source",
+    "source_from_module",
+    "make_inputs",
+]
+
+KINDS = ("exported_program", "torchscript", "factory", "pickle", "module")
+
+_NOT_A_MODEL = ("expected a torch.export archive (.pt2), a TorchScript archive, file.py:Factory, "
+                "or (with --trust-pickle) a pickled nn.Module")
+_SHAPE_FORM = "expected dims joined by 'x' (or ',') and an optional ':dtype', e.g. 1x3x224x224, " \
+              "1x3x224x224:float16 or 2x32:int64"
+
+
+@dataclass
+class ModelSource:
+    """A model ready for the frontend: an eager module and/or an ExportedProgram plus inputs."""
+
+    name: str
+    kind: str
+    module: torch.nn.Module | None
+    exported_program: "ExportedProgram | None"
+    example_inputs: tuple[torch.Tensor, ...] | None
+    sha256: str
+
+
+# --------------------------------------------------------------------------------------------
+# Input shapes and random inputs
+# --------------------------------------------------------------------------------------------
+
+_DTYPES: dict[str, torch.dtype] = {
+    "float32": torch.float32, "float": torch.float32, "fp32": torch.float32, "f32": torch.float32,
+    "float16": torch.float16, "half": torch.float16, "fp16": torch.float16, "f16": torch.float16,
+    "bfloat16": torch.bfloat16, "bf16": torch.bfloat16,
+    "float64": torch.float64, "double": torch.float64, "fp64": torch.float64, "f64": torch.float64,
+    "int64": torch.int64, "long": torch.int64, "i64": torch.int64,
+    "int32": torch.int32, "int": torch.int32, "i32": torch.int32,
+    "int16": torch.int16, "short": torch.int16, "i16": torch.int16,
+    "int8": torch.int8, "i8": torch.int8,
+    "uint8": torch.uint8, "u8": torch.uint8,
+    "bool": torch.bool,
+}
+
+
+def parse_input_shape(text: str) -> tuple[tuple[int, ...], torch.dtype]:
+    """Parse ``1x3x224x224``, ``1,3,224,224``, ``1x3x224x224:float16`` or ``2x32:int64``.
+
+    The dtype defaults to float32. Bad text raises ``ModelLoadError`` showing the expected form.
+    """
+    if not isinstance(text, str):
+        raise ModelLoadError(f"bad input shape {text!r}: {_SHAPE_FORM}")
+    raw = text.strip()
+    shape_part, sep, dtype_part = raw.partition(":")
+    dtype = torch.float32
+    if sep:
+        key = dtype_part.strip().lower().removeprefix("torch.")
+        if key not in _DTYPES:
+            raise ModelLoadError(
+                f"bad input shape {text!r}: unknown dtype {dtype_part.strip()!r} (use one of "
+                f"float32, float16, bfloat16, float64, int64, int32, int16, int8, uint8, bool); "
+                f"{_SHAPE_FORM}")
+        dtype = _DTYPES[key]
+    shape_part = shape_part.strip()
+    if not shape_part:
+        raise ModelLoadError(f"bad input shape {text!r}: {_SHAPE_FORM}")
+    seps = set(re.findall(r"[xX,*]", shape_part))
+    if len(seps - {"x", "X"}) > 1 or (("," in seps or "*" in seps) and seps & {"x", "X"}):
+        raise ModelLoadError(f"bad input shape {text!r}: {_SHAPE_FORM}")
+    dims: list[int] = []
+    for piece in re.split(r"[xX,*]", shape_part):
+        piece = piece.strip()
+        if not piece.isdigit():
+            raise ModelLoadError(f"bad input shape {text!r}: {_SHAPE_FORM}")
+        value = int(piece)
+        if value < 1:
+            raise ModelLoadError(f"bad input shape {text!r}: dims must be positive; {_SHAPE_FORM}")
+        dims.append(value)
+    return tuple(dims), dtype
+
+
+def make_inputs(shapes_and_dtypes: Iterable[tuple[Sequence[int], torch.dtype]],
+                seed: int = 0) -> tuple[torch.Tensor, ...]:
+    """Seeded random CPU tensors: floats ``randn``, integers ``randint`` in [0, 10), bool random."""
+    gen = torch.Generator().manual_seed(seed)
+    out = []
+    for shape, dtype in shapes_and_dtypes:
+        shape = tuple(int(d) for d in shape)
+        if dtype == torch.bool:
+            t = torch.randint(0, 2, shape, generator=gen).bool()
+        elif dtype.is_floating_point:
+            t = torch.randn(shape, generator=gen, dtype=torch.float32).to(dtype)
+        elif dtype.is_complex:
+            t = torch.randn(shape, generator=gen, dtype=dtype)
+        else:
+            t = torch.randint(0, 10, shape, generator=gen, dtype=torch.int64).to(dtype)
+        out.append(t)
+    return tuple(out)
+
+
+def _inputs_from_shapes(input_shapes: Sequence[str]) -> tuple[torch.Tensor, ...]:
+    return make_inputs([parse_input_shape(s) for s in input_shapes])
+
+
+# --------------------------------------------------------------------------------------------
+# Helpers
+# --------------------------------------------------------------------------------------------
+
+def _first_line(exc: BaseException) -> str:
+    msg = str(exc).strip()
+    line = msg.splitlines()[0].strip() if msg else ""
+    line = re.sub(r"\x1b\[[0-9;]*m", "", line)  # ANSI colour codes some torch messages carry
+    if len(line) > 300:
+        line = line[:297] + "..."
+    return f"{type(exc).__name__}: {line}" if line else type(exc).__name__
+
+
+def _one_line(text: str, limit: int = 400) -> str:
+    line = " ".join(part.strip() for part in str(text).splitlines() if part.strip())
+    return line if len(line) <= limit else line[: limit - 3] + "..."
+
+
+def _sha256_file(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def _module_sha256(module: torch.nn.Module) -> str:
+    h = hashlib.sha256(repr(module).encode())
+    try:
+        state = module.state_dict()
+    except Exception:  # noqa: BLE001 - hashing must not fail on odd modules
+        state = {}
+    for key, value in state.items():
+        h.update(key.encode())
+        if isinstance(value, torch.Tensor):
+            t = value.detach().cpu().contiguous()
+            h.update(f"{t.dtype}{tuple(t.shape)}".encode())
+            try:
+                h.update(t.view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+            except Exception:  # noqa: BLE001 - e.g. a dtype numpy cannot view
+                h.update(repr(t.tolist()).encode())
+    return h.hexdigest()
+
+
+@contextlib.contextmanager
+def _quiet_torch():
+    """Silence the deprecation warnings and 'specialized' log lines of jit/export helpers."""
+    loggers = [logging.getLogger(n) for n in
+               ("torch._export.non_strict_utils", "torch._export.converter", "torch.export",
+                "torch._dynamo", "torch.fx.experimental.symbolic_shapes")]
+    levels = [lg.level for lg in loggers]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        for lg in loggers:
+            lg.setLevel(logging.ERROR)
+        try:
+            yield
+        finally:
+            for lg, level in zip(loggers, levels):
+                lg.setLevel(level)
+
+
+def _module_of(ep: "ExportedProgram") -> torch.nn.Module | None:
+    """``ep.module()`` made re-exportable: no guard submodule (so a dynamic-batch re-export with
+    another batch size works) and the usual ``train()``/``eval()`` (``ep.module()`` replaces them
+    with methods that raise; the mode is baked into the graph, so they only set flags)."""
+    try:
+        try:
+            module = ep.module(check_guards=False)
+        except TypeError:  # older torch: no check_guards
+            module = ep.module()
+    except Exception:  # noqa: BLE001 - the program itself is what the frontend needs
+        return None
+    for attr in ("train", "eval"):
+        if attr in vars(module):
+            delattr(module, attr)
+    return module
+
+
+def _set_eval(module: torch.nn.Module | None) -> None:
+    if module is None:
+        return
+    try:
+        module.eval()
+    except (NotImplementedError, RuntimeError):
+        pass  # ep.module(): "Calling eval() is not supported yet"; the mode is baked in.
+
+
+def _normalize_inputs(value: Any, what: str) -> tuple[torch.Tensor, ...]:
+    if isinstance(value, torch.Tensor):
+        return (value,)
+    if isinstance(value, (tuple, list)):
+        return tuple(value)
+    raise ModelLoadError(f"{what} must be a tensor or a tuple of tensors, got "
+                         f"{type(value).__name__}")
+
+
+def _forward_arity(module: torch.nn.Module) -> tuple[int, float] | None:
+    """(min, max) number of positional inputs the module's forward takes, or None if unknown."""
+    fwd = getattr(module, "forward", None)
+    if fwd is None:
+        return None
+    schema = getattr(fwd, "schema", None)  # torch.jit.ScriptMethod
+    if schema is not None:
+        try:
+            args = [a for a in schema.arguments if a.name != "self" and not a.kwarg_only]
+            required = sum(1 for a in args if not a.has_default_value())
+            return required, len(args)
+        except Exception:  # noqa: BLE001
+            return None
+    try:
+        sig = inspect.signature(fwd)
+    except (TypeError, ValueError):
+        return None
+    lo, hi = 0, 0.0
+    for p in sig.parameters.values():
+        if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD):
+            hi += 1
+            if p.default is p.empty:
+                lo += 1
+        elif p.kind is p.VAR_POSITIONAL:
+            hi = float("inf")
+    return lo, hi
+
+
+def _check_arity(name: str, module: torch.nn.Module, inputs: tuple, from_shapes: bool) -> None:
+    arity = _forward_arity(module)
+    if arity is None:
+        return
+    lo, hi = arity
+    n = len(inputs)
+    if lo <= n <= hi:
+        return
+    expected = str(lo) if lo == hi else (f"at least {lo}" if hi == float("inf")
+                                         else f"{lo} to {int(hi)}")
+    given = f"{n} --input-shape value{'s' if n != 1 else ''} were given" if from_shapes \
+        else f"{n} example input{'s' if n != 1 else ''} were given"
+    raise ModelLoadError(f"{name}: forward takes {expected} input(s) but {given}")
+
+
+# --------------------------------------------------------------------------------------------
+# Content detection
+# --------------------------------------------------------------------------------------------
+
+def _detect_file_kind(path: Path) -> str:
+    """'exported_program' | 'torchscript' | 'pickle' | 'python'; raises for the rest."""
+    try:
+        with open(path, "rb") as f:
+            head = f.read(8)
+    except IsADirectoryError:
+        raise ModelLoadError(f"{path} is a directory, not a model file: {_NOT_A_MODEL}") from None
+    except OSError as e:
+        raise ModelLoadError(f"could not read {path}: {_first_line(e)}") from None
+    if not head:
+        raise ModelLoadError(f"could not read {path}: file is truncated or corrupt (file is empty)")
+    if head.startswith(b"PK"):
+        try:
+            with zipfile.ZipFile(path) as zf:
+                names = zf.namelist()
+                entries = {n.split("/", 1)[1] if "/" in n else n: n for n in names}
+                if "archive_format" in entries:
+                    fmt = zf.read(entries["archive_format"]).strip()
+                    if fmt == b"pt2":
+                        return "exported_program"
+                if any(n.startswith("models/") and n.endswith(".json") for n in entries) or \
+                        "serialized_exported_program.json" in entries:
+                    return "exported_program"
+                if "constants.pkl" in entries and any(n.startswith("code/") for n in entries):
+                    return "torchscript"
+                if "data.pkl" in entries:
+                    return "pickle"
+        except (zipfile.BadZipFile, EOFError, ValueError, OSError, KeyError) as e:
+            raise ModelLoadError(
+                f"could not read {path}: file is truncated or corrupt ({_first_line(e)})") from None
+        raise ModelLoadError(f"{path} is a zip archive but not a model file: {_NOT_A_MODEL}")
+    if head[0] == 0x80 and len(head) > 1 and 2 <= head[1] <= 5:
+        return "pickle"  # legacy (non-zip) torch.save or plain pickle
+    if path.suffix == ".py":
+        return "python"
+    raise ModelLoadError(f"{path} is not a model file: {_NOT_A_MODEL}")
+
+
+def _looks_like_factory(spec: str) -> tuple[str, str] | None:
+    if ":" not in spec:
+        return None
+    left, attr = spec.rsplit(":", 1)
+    if not left or not attr:
+        return None
+    if not all(part.isidentifier() and not keyword.iskeyword(part) for part in attr.split(".")):
+        return None
+    return left, attr
+
+
+# --------------------------------------------------------------------------------------------
+# Loaders per kind
+# --------------------------------------------------------------------------------------------
+
+def _load_exported_program(path: Path, input_shapes: list[str] | None) -> ModelSource:
+    try:
+        with _quiet_torch():
+            ep = torch.export.load(str(path))
+    except Exception as e:  # noqa: BLE001
+        raise ModelLoadError(
+            f"could not read {path}: file is truncated or corrupt ({_first_line(e)})") from None
+
+    sig = ep.graph_signature
+    user_names = list(sig.user_inputs)
+    placeholders = {n.name: n for n in ep.graph.nodes if n.op == "placeholder"}
+    vals = [placeholders[n].meta.get("val") if n in placeholders else None for n in user_names]
+
+    if input_shapes:
+        inputs = _inputs_from_shapes(input_shapes)
+        if len(inputs) != len(user_names):
+            raise ModelLoadError(
+                f"{path}: the exported program takes {len(user_names)} input(s) but "
+                f"{len(inputs)} --input-shape value(s) were given")
+        for i, (t, val) in enumerate(zip(inputs, vals)):
+            if not isinstance(val, torch.Tensor):
+                continue
+            want = tuple(val.shape)
+            if len(want) != t.dim() or any(isinstance(w, int) and w != g
+                                           for w, g in zip(want, t.shape)):
+                shown = "x".join(str(d) if isinstance(d, int) else "?" for d in want) or "scalar"
+                raise ModelLoadError(
+                    f"{path}: input {i} was exported with shape {shown} but --input-shape gave "
+                    f"{'x'.join(map(str, t.shape))}; re-export with that shape or dynamic dims")
+            if t.dtype != val.dtype:
+                raise ModelLoadError(
+                    f"{path}: input {i} was exported as {str(val.dtype).removeprefix('torch.')} "
+                    f"but --input-shape gave {str(t.dtype).removeprefix('torch.')}; add "
+                    f":{str(val.dtype).removeprefix('torch.')} to that --input-shape")
+    else:
+        inputs = None
+        saved = getattr(ep, "example_inputs", None)
+        if saved is not None:
+            args = saved[0] if isinstance(saved, tuple) and len(saved) == 2 and \
+                isinstance(saved[1], dict) else saved
+            args = tuple(args)
+            if len(args) == len(user_names) and all(isinstance(a, torch.Tensor) for a in args):
+                inputs = args
+        if inputs is None:
+            specs = []
+            for name, val in zip(user_names, vals):
+                if not isinstance(val, torch.Tensor) or \
+                        not all(isinstance(d, int) for d in val.shape):
+                    raise ModelLoadError(
+                        f"{path} has no saved example inputs and input {name!r} has no static "
+                        f"shape; pass --input-shape for each input, e.g. --input-shape 1x3x224x224")
+                specs.append((tuple(val.shape), val.dtype))
+            inputs = make_inputs(specs)
+
+    module = _module_of(ep)
+    _set_eval(module)
+    return ModelSource(name=path.stem, kind="exported_program", module=module,
+                       exported_program=ep, example_inputs=inputs, sha256=_sha256_file(path))
+
+
+def _convert_torchscript(path: Path, module: torch.nn.Module,
+                         inputs: tuple[torch.Tensor, ...]) -> "ExportedProgram":
+    try:
+        from torch._export.converter import TS2EPConverter
+    except ImportError as e:
+        raise ModelLoadError(
+            f"{path}: this torch has no TorchScript converter ({_first_line(e)}); re-save the "
+            f"model with torch.export.save") from None
+    with _quiet_torch(), torch.no_grad():
+        try:
+            ep = TS2EPConverter(module, inputs).convert()
+        except Exception as e:  # noqa: BLE001
+            raise ModelLoadError(
+                f"{path}: could not convert the TorchScript module to an ExportedProgram "
+                f"({_first_line(e)}); check --input-shape or re-save with torch.export.save"
+            ) from None
+        # The converter marks every dim dynamic (Dim.AUTO); re-export for static input shapes.
+        converted = _module_of(ep)
+        if converted is not None:
+            try:
+                with torch.no_grad():
+                    ep = torch.export.export(converted.eval(), inputs, strict=False)
+            except Exception:  # noqa: BLE001 - keep the converter's (dynamic) program
+                pass
+    return ep
+
+
+def _load_torchscript(path: Path, input_shapes: list[str] | None) -> ModelSource:
+    try:
+        with _quiet_torch():
+            module = torch.jit.load(str(path), map_location="cpu")
+    except Exception as e:  # noqa: BLE001
+        raise ModelLoadError(
+            f"could not read {path}: file is truncated or corrupt ({_first_line(e)})") from None
+    _set_eval(module)
+    if not input_shapes:
+        raise ModelLoadError(
+            f"{path} is a TorchScript archive, which records no input shapes; pass one "
+            f"--input-shape per input, e.g. --input-shape 1x3x224x224")
+    inputs = _inputs_from_shapes(input_shapes)
+    _check_arity(str(path), module, inputs, from_shapes=True)
+    ep = _convert_torchscript(path, module, inputs)
+    exportable = _module_of(ep)
+    _set_eval(exportable)
+    return ModelSource(name=path.stem, kind="torchscript", module=exportable, exported_program=ep,
+                       example_inputs=inputs, sha256=_sha256_file(path))
+
+
+def _module_inputs(name: str, module: torch.nn.Module, input_shapes: list[str] | None,
+                   given: tuple | None) -> tuple[torch.Tensor, ...]:
+    """Example inputs for an eager module: --input-shape, given, module.example_inputs()."""
+    if input_shapes:
+        inputs = _inputs_from_shapes(input_shapes)
+        _check_arity(name, module, inputs, from_shapes=True)
+        return inputs
+    if given is not None:
+        inputs = _normalize_inputs(given, f"{name}: the example inputs")
+    elif callable(getattr(module, "example_inputs", None)):
+        try:
+            value = module.example_inputs()
+        except Exception as e:  # noqa: BLE001
+            raise ModelLoadError(f"{name}: example_inputs() failed: {_first_line(e)}") from None
+        inputs = _normalize_inputs(value, f"{name}: example_inputs()")
+    else:
+        raise ModelLoadError(
+            f"{name}: no example inputs (the factory returned no (module, inputs) tuple and the "
+            f"module has no example_inputs() method); pass --input-shape, e.g. "
+            f"--input-shape 1x3x224x224")
+    _check_arity(name, module, inputs, from_shapes=False)
+    return inputs
+
+
+def _refuse_pickle_message(path: Path) -> str:
+    return (f"{path} is a pickled module and loading it would execute arbitrary code; re-run with "
+            f"--trust-pickle if you trust the file, or save it with torch.export.save, or provide "
+            f"a factory file.py:Factory with --weights state.pt")
+
+
+def _weights_only_message(path: Path) -> str:
+    return (f"{path} holds only weights (a state dict), not a model; give the model as a factory "
+            f"file.py:Factory and pass this file with --weights {path}")
+
+
+def _load_pickle(path: Path, trust_pickle: bool, input_shapes: list[str] | None) -> ModelSource:
+    # First the safe unpickler: it tells a state dict from a pickled object without running code.
+    safe_error: BaseException | None = None
+    try:
+        with _quiet_torch():
+            obj = torch.load(str(path), map_location="cpu", weights_only=True)
+    except Exception as e:  # noqa: BLE001
+        safe_error = e
+        obj = None
+    if safe_error is None:
+        if isinstance(obj, Mapping):
+            raise ModelLoadError(_weights_only_message(path))
+        if not isinstance(obj, torch.nn.Module):
+            raise ModelLoadError(f"{path} holds a {type(obj).__name__}, not a model: "
+                                 f"{_NOT_A_MODEL}")
+    else:
+        if not isinstance(safe_error, pickle.UnpicklingError):
+            raise ModelLoadError(f"could not read {path}: file is truncated or corrupt "
+                                 f"({_first_line(safe_error)})")
+        if not trust_pickle:
+            raise ModelLoadError(_refuse_pickle_message(path))
+        try:
+            with _quiet_torch():
+                obj = torch.load(str(path), map_location="cpu", weights_only=False)
+        except Exception as e:  # noqa: BLE001
+            raise ModelLoadError(f"could not unpickle {path}: {_first_line(e)} (the classes it "
+                                 f"uses must be importable; prefer torch.export.save)") from None
+    if isinstance(obj, Mapping):
+        raise ModelLoadError(_weights_only_message(path))
+    if not isinstance(obj, torch.nn.Module):
+        raise ModelLoadError(f"{path} holds a {type(obj).__name__}, not an nn.Module: "
+                             f"{_NOT_A_MODEL}")
+    if isinstance(obj, torch.jit.ScriptModule):
+        raise ModelLoadError(f"{path} holds a pickled TorchScript module; save it with "
+                             f"torch.jit.save or torch.export.save instead")
+    _set_eval(obj)
+    inputs = _module_inputs(str(path), obj, input_shapes, None)
+    return ModelSource(name=path.stem, kind="pickle", module=obj, exported_program=None,
+                       example_inputs=inputs, sha256=_sha256_file(path))
+
+
+def _error_location(exc: BaseException, filename: str) -> str:
+    if isinstance(exc, SyntaxError) and exc.lineno:
+        return f":{exc.lineno}"
+    lineno = None
+    for frame in traceback.extract_tb(exc.__traceback__):
+        if os.path.abspath(frame.filename) == filename:
+            lineno = frame.lineno
+    return f":{lineno}" if lineno else ""
+
+
+@contextlib.contextmanager
+def _on_sys_path(directory: str):
+    added = directory not in sys.path
+    if added:
+        sys.path.insert(0, directory)
+    try:
+        yield
+    finally:
+        if added:
+            with contextlib.suppress(ValueError):
+                sys.path.remove(directory)
+
+
+def _import_factory_file(path: Path) -> Any:
+    abspath = str(path.resolve())
+    digest = hashlib.sha256(abspath.encode()).hexdigest()[:12]
+    stem = re.sub(r"\W", "_", path.stem)
+    mod_name = f"_compiler_factory_{stem}_{digest}"
+    spec = importlib.util.spec_from_file_location(mod_name, abspath)
+    if spec is None or spec.loader is None:
+        raise ModelLoadError(f"could not import {path}: not a Python file")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[mod_name] = module  # dataclasses/pickle look classes up in sys.modules
+    try:
+        with _on_sys_path(str(path.resolve().parent)):
+            spec.loader.exec_module(module)
+    except (Exception, SystemExit) as e:  # noqa: BLE001
+        sys.modules.pop(mod_name, None)
+        where = _error_location(e, abspath)
+        raise ModelLoadError(f"could not import {path}{where}: {_first_line(e)}") from None
+    return module
+
+
+def _import_factory_module(dotted: str) -> Any:
+    cwd = os.getcwd()
+    try:
+        with _on_sys_path(cwd):
+            return importlib.import_module(dotted)
+    except ModuleNotFoundError as e:
+        if e.name and (dotted == e.name or dotted.startswith(e.name + ".")):
+            raise ModelLoadError(
+                f"model file not found: {dotted!r} is neither a file nor an importable module "
+                f"(give path/to/file.py:Factory or package.module:Factory)") from None
+        raise ModelLoadError(f"could not import {dotted}: {_first_line(e)}") from None
+    except (Exception, SystemExit) as e:  # noqa: BLE001
+        raise ModelLoadError(f"could not import {dotted}: {_first_line(e)}") from None
+
+
+def _load_state_dict_file(weights: str) -> Mapping:
+    wpath = Path(weights)
+    if not wpath.exists():
+        raise ModelLoadError(f"weights file not found: {weights}")
+    if wpath.is_dir():
+        raise ModelLoadError(f"weights file {weights} is a directory")
+    try:
+        with _quiet_torch():
+            sd = torch.load(str(wpath), map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError:
+        raise ModelLoadError(
+            f"weights file {weights} is not a plain state dict (it is a pickled object, e.g. a "
+            f"whole module, which weights_only loading refuses); save model.state_dict() "
+            f"instead") from None
+    except Exception as e:  # noqa: BLE001
+        raise ModelLoadError(f"could not read weights file {weights}: {_first_line(e)}") from None
+    if isinstance(sd, Mapping) and "state_dict" in sd and isinstance(sd["state_dict"], Mapping):
+        sd = sd["state_dict"]
+    if not isinstance(sd, Mapping) or not all(isinstance(k, str) for k in sd):
+        raise ModelLoadError(f"weights file {weights} holds a {type(sd).__name__}, not a state "
+                             f"dict; save model.state_dict()")
+    return sd
+
+
+def _load_factory(spec: str, left: str, attr: str, weights: str | None,
+                  input_shapes: list[str] | None) -> ModelSource:
+    file_path = Path(left)
+    if file_path.is_file():
+        mod = _import_factory_file(file_path)
+        sha = _sha256_file(file_path)
+        where = str(file_path)
+    elif left.endswith(".py") or os.sep in left or "/" in left:
+        raise ModelLoadError(f"model file not found: {left}")
+    elif all(p.isidentifier() for p in left.split(".")):
+        mod = _import_factory_module(left)
+        mod_file = getattr(mod, "__file__", None)
+        sha = _sha256_file(Path(mod_file)) if mod_file and Path(mod_file).is_file() \
+            else hashlib.sha256(spec.encode()).hexdigest()
+        where = left
+    else:
+        raise ModelLoadError(f"model file not found: {left}")
+
+    obj: Any = mod
+    for part in attr.split("."):
+        if not hasattr(obj, part):
+            raise ModelLoadError(f"{where} has no attribute {attr!r} (the factory named in "
+                                 f"{spec})")
+        obj = getattr(obj, part)
+    if not callable(obj):
+        raise ModelLoadError(f"{where}:{attr} is a {type(obj).__name__}, not a callable factory")
+    try:
+        with _on_sys_path(str(file_path.resolve().parent)) if file_path.is_file() \
+                else contextlib.nullcontext():
+            result = obj()
+    except (Exception, SystemExit) as e:  # noqa: BLE001
+        loc = _error_location(e, str(file_path.resolve())) if file_path.is_file() else ""
+        raise ModelLoadError(f"{where}{loc}: calling {attr}() failed: {_first_line(e)}") from None
+
+    given = None
+    if isinstance(result, tuple) and len(result) == 2 and isinstance(result[0], torch.nn.Module):
+        result, given = result
+    if not isinstance(result, torch.nn.Module):
+        raise ModelLoadError(f"{where}:{attr}() returned a {type(result).__name__}; it must return "
+                             f"an nn.Module or a tuple (module, example_inputs)")
+    module = result
+    if weights is not None:
+        sd = _load_state_dict_file(weights)
+        try:
+            module.load_state_dict(sd, strict=True)
+        except Exception as e:  # noqa: BLE001
+            raise ModelLoadError(f"weights file {weights} does not fit {where}:{attr}: "
+                                 f"{_one_line(str(e))}") from None
+        sha = hashlib.sha256((sha + _sha256_file(Path(weights))).encode()).hexdigest()
+    _set_eval(module)
+    inputs = _module_inputs(f"{where}:{attr}", module, input_shapes, given)
+    return ModelSource(name=attr.split(".")[-1], kind="factory", module=module,
+                       exported_program=None, example_inputs=inputs, sha256=sha)
+
+
+# --------------------------------------------------------------------------------------------
+# Public entry points
+# --------------------------------------------------------------------------------------------
+
+def load_model_source(spec: str, *, weights: str | None = None, trust_pickle: bool = False,
+                      input_shapes: list[str] | None = None) -> ModelSource:
+    """Load the CLI's MODEL argument; raise ``ModelLoadError`` (one line) for any problem."""
+    if not isinstance(spec, str) or not spec.strip():
+        raise ModelLoadError(f"no model given: {_NOT_A_MODEL}")
+    spec = spec.strip()
+    if input_shapes:
+        for text in input_shapes:  # report bad shape text before any heavy loading
+            parse_input_shape(text)
+    path = Path(spec)
+
+    if not path.exists():
+        factory = _looks_like_factory(spec)
+        if factory is not None:
+            return _load_factory(spec, factory[0], factory[1], weights, input_shapes)
+        raise ModelLoadError(f"model file not found: {spec}")
+
+    kind = _detect_file_kind(path)
+    if kind == "python":
+        raise ModelLoadError(f"{path} is a Python file: name the factory to call, as "
+                             f"{path}:Factory (called with no arguments, returns an nn.Module)")
+    if weights is not None:
+        what = {"exported_program": "a torch.export archive", "torchscript": "a TorchScript archive",
+                "pickle": "a pickled model"}[kind]
+        raise ModelLoadError(f"--weights applies only to a factory (file.py:Factory); {path} is "
+                             f"{what}, which carries its own weights")
+    if kind == "exported_program":
+        return _load_exported_program(path, input_shapes)
+    if kind == "torchscript":
+        return _load_torchscript(path, input_shapes)
+    return _load_pickle(path, trust_pickle, input_shapes)
+
+
+def source_from_module(module: torch.nn.Module, example_inputs: Any) -> ModelSource:
+    """Wrap an in-memory module (Python API). ``sha256`` hashes repr + state dict (see above)."""
+    if not isinstance(module, torch.nn.Module):
+        raise ModelLoadError(f"expected an nn.Module, got {type(module).__name__}")
+    _set_eval(module)
+    name = type(module).__name__
+    inputs = None if example_inputs is None else \
+        _normalize_inputs(example_inputs, f"{name}: example_inputs")
+    if inputs is None and callable(getattr(module, "example_inputs", None)):
+        inputs = _module_inputs(name, module, None, None)
+    if inputs is not None:
+        _check_arity(name, module, inputs, from_shapes=False)
+    return ModelSource(name=name, kind="module", module=module, exported_program=None,
+                       example_inputs=inputs, sha256=_module_sha256(module))

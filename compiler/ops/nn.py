@@ -1,0 +1,360 @@
+"""Neural-network ops: matmul/linear, convolution, normalisation, softmax, pooling, attention.
+
+Layouts follow PyTorch: channels at dim 1 (NC...), linear weights are ``[out, in]``, convolution
+weights ``[out, in/groups, *kernel]``. References compute in the input dtype; reductions that
+need it (normalisation, softmax, attention) compute in float64 and round back, which makes the
+reference at least as accurate as any backend it checks.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+from numpy.lib.stride_tricks import sliding_window_view
+
+from compiler import dims
+from compiler.ir import TensorType
+from compiler.ops import Attr, defop
+from compiler.ops.elementwise import broadcast_types
+
+
+def _same_dtype(*types: TensorType | None) -> None:
+    present = [t for t in types if t is not None]
+    if len({t.dtype for t in present}) > 1:
+        raise ValueError(f"inputs have mixed dtypes {[str(t.dtype) for t in present]} (insert a cast)")
+    if present and not present[0].dtype.is_float:
+        raise ValueError(f"expects floating-point inputs, got {present[0].dtype}")
+
+
+# -- matmul / linear -------------------------------------------------------------------------
+def _matmul_type(a: TensorType, b: TensorType) -> TensorType:
+    if a.dtype != b.dtype:
+        raise ValueError(f"matmul of {a.dtype} and {b.dtype} (insert a cast)")
+    if a.rank == 0 or b.rank == 0:
+        raise ValueError("matmul needs inputs of rank >= 1")
+    if a.rank == 1 and b.rank == 1:
+        return TensorType(a.dtype, ())
+    a_shape = (1,) + a.shape if a.rank == 1 else a.shape
+    b_shape = b.shape + (1,) if b.rank == 1 else b.shape
+    k1, k2 = a_shape[-1], b_shape[-2]
+    if isinstance(k1, int) and isinstance(k2, int) and k1 != k2:
+        raise ValueError(f"matmul inner dims differ: {a.shape} @ {b.shape}")
+    batch = dims.broadcast(a_shape[:-2], b_shape[:-2])
+    out = batch + ((a_shape[-2],) if a.rank > 1 else ()) + ((b_shape[-1],) if b.rank > 1 else ())
+    return TensorType(a.dtype, out)
+
+
+@defop("matmul", ["a", "b"], infer=_matmul_type, tags=("gemm",))
+def matmul(a, b):
+    """``a @ b`` with numpy/PyTorch batching and 1-d promotion."""
+    return np.matmul(a, b).astype(a.dtype)
+
+
+def _linear_type(x: TensorType, weight: TensorType, bias: TensorType | None = None) -> TensorType:
+    _same_dtype(x, weight, bias)
+    if weight.rank != 2 or x.rank < 1:
+        raise ValueError(f"linear needs x[..., in] and weight[out, in], got {x.shape}, {weight.shape}")
+    if isinstance(x.shape[-1], int) and x.shape[-1] != weight.shape[1]:
+        raise ValueError(f"linear input has {x.shape[-1]} features, weight expects {weight.shape[1]}")
+    if bias is not None and bias.shape != (weight.shape[0],):
+        raise ValueError(f"linear bias shape {bias.shape} != ({weight.shape[0]},)")
+    return TensorType(x.dtype, x.shape[:-1] + (weight.shape[0],))
+
+
+@defop("linear", ["x", "weight", "bias?"], infer=_linear_type, tags=("gemm",))
+def linear(x, weight, bias=None):
+    """``x @ weight.T + bias`` (PyTorch ``nn.Linear``)."""
+    y = np.matmul(x, weight.T)
+    if bias is not None:
+        y = y + bias
+    return y.astype(x.dtype)
+
+
+# -- convolution -----------------------------------------------------------------------------
+def _window_out(size, kernel: int, stride: int, pad_lo: int, pad_hi: int, dilation: int,
+                ceil_mode: bool = False):
+    span = dilation * (kernel - 1) + 1
+    if isinstance(size, int):
+        total = size + pad_lo + pad_hi - span
+        out = (-(-total // stride) if ceil_mode else total // stride) + 1
+        if ceil_mode and (out - 1) * stride >= size + pad_lo:
+            out -= 1  # PyTorch: the last window must start inside the input or left padding
+        if out < 1:
+            raise ValueError(f"window {kernel} (dilation {dilation}) larger than padded input {size}")
+        return out
+    if ceil_mode:
+        raise ValueError("ceil_mode pooling over a symbolic spatial dim is not supported")
+    return dims.add(dims.floordiv(dims.sub(dims.add(size, pad_lo + pad_hi), span), stride), 1)
+
+
+def _conv_type(x: TensorType, weight: TensorType, bias: TensorType | None = None, *,
+               stride, padding, dilation, groups) -> TensorType:
+    _same_dtype(x, weight, bias)
+    nd = weight.rank - 2
+    if nd < 1 or x.rank != nd + 2:
+        raise ValueError(f"conv needs x[N, C, *spatial] and weight[O, C/groups, *kernel], got {x.shape}, {weight.shape}")
+    if not (len(stride) == len(dilation) == nd and len(padding) == 2 * nd):
+        raise ValueError(f"conv{nd}d needs {nd} strides/dilations and {2 * nd} pads (begin..., end...)")
+    if isinstance(x.shape[1], int) and x.shape[1] != weight.shape[1] * groups:
+        raise ValueError(f"conv input has {x.shape[1]} channels, weight expects {weight.shape[1]}x{groups} groups")
+    if weight.shape[0] % groups:
+        raise ValueError(f"conv output channels {weight.shape[0]} not divisible by groups {groups}")
+    if bias is not None and bias.shape != (weight.shape[0],):
+        raise ValueError(f"conv bias shape {bias.shape} != ({weight.shape[0]},)")
+    spatial = tuple(_window_out(x.shape[2 + i], weight.shape[2 + i], stride[i], padding[i], padding[nd + i],
+                                dilation[i]) for i in range(nd))
+    return TensorType(x.dtype, (x.shape[0], weight.shape[0]) + spatial)
+
+
+def _pad_spatial(x, padding, value=0.0):
+    nd = x.ndim - 2
+    pads = [(0, 0), (0, 0)] + [(padding[i], padding[nd + i]) for i in range(nd)]
+    return np.pad(x, pads, constant_values=value)
+
+
+def _windows(x, kernel, stride, dilation):
+    """View [N, C, *out, *kernel] of the (already padded) input."""
+    nd = len(kernel)
+    spans = tuple(d * (k - 1) + 1 for k, d in zip(kernel, dilation))
+    win = sliding_window_view(x, spans, axis=tuple(range(2, 2 + nd)))
+    index = (slice(None), slice(None)) + tuple(slice(None, None, s) for s in stride) \
+        + tuple(slice(None, None, d) for d in dilation)
+    return win[index]
+
+
+@defop("conv", ["x", "weight", "bias?"], infer=_conv_type, tags=("conv",),
+       attrs={"stride": Attr("ints"), "padding": Attr("ints"), "dilation": Attr("ints"),
+              "groups": Attr("int", 1)})
+def conv(x, weight, bias=None, *, stride, padding, dilation, groups):
+    """N-d convolution (cross-correlation); ``padding`` is (begin..., end...) per spatial dim."""
+    nd = weight.ndim - 2
+    win = _windows(_pad_spatial(x, padding), weight.shape[2:], stride, dilation)
+    n, c = x.shape[:2]
+    cg, og = c // groups, weight.shape[0] // groups
+    letters = "defghi"[:nd]
+    kernel_letters = "uvwxyz"[:nd]
+    outs = []
+    for g in range(groups):
+        xg = win[:, g * cg:(g + 1) * cg].astype(np.float64)
+        wg = weight[g * og:(g + 1) * og].astype(np.float64)
+        outs.append(np.einsum(f"nc{letters}{kernel_letters},oc{kernel_letters}->no{letters}", xg, wg,
+                              optimize=True))
+    y = np.concatenate(outs, axis=1)
+    if bias is not None:
+        y = y + bias.reshape((1, -1) + (1,) * nd)
+    return y.astype(x.dtype)
+
+
+# -- normalisation ---------------------------------------------------------------------------
+def _batch_norm_type(x, mean, var, weight=None, bias=None, *, eps) -> TensorType:
+    _same_dtype(x, mean, var, weight, bias)
+    if x.rank < 2:
+        raise ValueError("batch_norm needs x[N, C, ...]")
+    for t in (mean, var, weight, bias):
+        if t is not None and t.shape != (x.shape[1],):
+            raise ValueError(f"batch_norm statistics must have shape ({x.shape[1]},), got {t.shape}")
+    return x
+
+
+@defop("batch_norm", ["x", "mean", "var", "weight?", "bias?"], infer=_batch_norm_type,
+       attrs={"eps": Attr("float", 1e-5)}, tags=("norm",))
+def batch_norm(x, mean, var, weight=None, bias=None, *, eps):
+    """Inference batch norm over channel dim 1 with running statistics."""
+    shape = (1, -1) + (1,) * (x.ndim - 2)
+    y = (x.astype(np.float64) - mean.reshape(shape)) / np.sqrt(var.astype(np.float64).reshape(shape) + eps)
+    if weight is not None:
+        y = y * weight.reshape(shape)
+    if bias is not None:
+        y = y + bias.reshape(shape)
+    return y.astype(x.dtype)
+
+
+def _layer_norm_type(x, weight=None, bias=None, *, normalized_ndim, eps) -> TensorType:
+    _same_dtype(x, weight, bias)
+    if not 1 <= normalized_ndim <= x.rank:
+        raise ValueError(f"layer_norm over {normalized_ndim} dims of a rank-{x.rank} input")
+    for t in (weight, bias):
+        if t is not None and t.shape != x.shape[x.rank - normalized_ndim:]:
+            raise ValueError(f"layer_norm affine shape {t.shape} != {x.shape[x.rank - normalized_ndim:]}")
+    return x
+
+
+@defop("layer_norm", ["x", "weight?", "bias?"], infer=_layer_norm_type, tags=("norm",),
+       attrs={"normalized_ndim": Attr("int", 1), "eps": Attr("float", 1e-5)})
+def layer_norm(x, weight=None, bias=None, *, normalized_ndim, eps):
+    """Normalise over the last ``normalized_ndim`` dims (biased variance), then scale and shift."""
+    axes = tuple(range(x.ndim - normalized_ndim, x.ndim))
+    x64 = x.astype(np.float64)
+    mean = x64.mean(axis=axes, keepdims=True)
+    var = ((x64 - mean) ** 2).mean(axis=axes, keepdims=True)
+    y = (x64 - mean) / np.sqrt(var + eps)
+    if weight is not None:
+        y = y * weight
+    if bias is not None:
+        y = y + bias
+    return y.astype(x.dtype)
+
+
+def _axis_float_type(x: TensorType, *, axis) -> TensorType:
+    if not x.dtype.is_float:
+        raise ValueError(f"expects a floating-point input, got {x.dtype}")
+    if not -x.rank <= axis < max(x.rank, 1):
+        raise ValueError(f"axis {axis} out of range for rank {x.rank}")
+    return x
+
+
+@defop("softmax", ["x"], infer=_axis_float_type, attrs={"axis": Attr("int")}, tags=("reduction",))
+def softmax(x, *, axis):
+    """exp(x) / sum(exp(x)) along ``axis``, max-subtracted."""
+    x64 = x.astype(np.float64)
+    e = np.exp(x64 - x64.max(axis=axis, keepdims=True))
+    return (e / e.sum(axis=axis, keepdims=True)).astype(x.dtype)
+
+
+@defop("log_softmax", ["x"], infer=_axis_float_type, attrs={"axis": Attr("int")}, tags=("reduction",))
+def log_softmax(x, *, axis):
+    """x - logsumexp(x) along ``axis``."""
+    x64 = x.astype(np.float64)
+    shifted = x64 - x64.max(axis=axis, keepdims=True)
+    return (shifted - np.log(np.exp(shifted).sum(axis=axis, keepdims=True))).astype(x.dtype)
+
+
+# -- pooling ---------------------------------------------------------------------------------
+def _pool_type(x: TensorType, *, kernel, stride, padding, dilation=None, ceil_mode=False, **_) -> TensorType:
+    nd = len(kernel)
+    dilation = dilation or (1,) * nd
+    if x.rank != nd + 2 or len(stride) != nd or len(padding) != 2 * nd:
+        raise ValueError(f"pool{nd}d needs x[N, C, *spatial{nd}], {nd} strides and {2 * nd} pads")
+    spatial = tuple(_window_out(x.shape[2 + i], kernel[i], stride[i], padding[i], padding[nd + i],
+                                dilation[i], ceil_mode) for i in range(nd))
+    return TensorType(x.dtype, x.shape[:2] + spatial)
+
+
+def _ceil_extra(x_shape, out_shape, kernel, stride, padding, dilation):
+    """Extra end padding so ceil_mode windows fit in the padded input."""
+    nd = len(kernel)
+    extra = []
+    for i in range(nd):
+        need = (out_shape[i] - 1) * stride[i] + dilation[i] * (kernel[i] - 1) + 1
+        have = x_shape[2 + i] + padding[i] + padding[nd + i]
+        extra.append(max(0, need - have))
+    return extra
+
+
+@defop("max_pool", ["x"], infer=_pool_type, tags=("pool",),
+       attrs={"kernel": Attr("ints"), "stride": Attr("ints"), "padding": Attr("ints"),
+              "dilation": Attr("ints"), "ceil_mode": Attr("bool", False)})
+def max_pool(x, *, kernel, stride, padding, dilation, ceil_mode):
+    """Max over windows; padding never wins (padded with -inf)."""
+    nd = len(kernel)
+    out = _pool_type(TensorType_of(x), kernel=kernel, stride=stride, padding=padding,
+                     dilation=dilation, ceil_mode=ceil_mode).shape[2:]
+    extra = _ceil_extra(x.shape, out, kernel, stride, padding, dilation)
+    pads = tuple(padding[:nd]) + tuple(p + e for p, e in zip(padding[nd:], extra))
+    low = -np.inf if np.issubdtype(x.dtype, np.floating) else np.iinfo(x.dtype).min
+    win = _windows(_pad_spatial(x, pads, low), kernel, stride, dilation)
+    y = win.max(axis=tuple(range(-nd, 0)))
+    return y[(slice(None), slice(None)) + tuple(slice(0, o) for o in out)].astype(x.dtype)
+
+
+@defop("avg_pool", ["x"], infer=_pool_type, tags=("pool",),
+       attrs={"kernel": Attr("ints"), "stride": Attr("ints"), "padding": Attr("ints"),
+              "ceil_mode": Attr("bool", False), "count_include_pad": Attr("bool", True)})
+def avg_pool(x, *, kernel, stride, padding, ceil_mode, count_include_pad):
+    """Mean over windows. With ``count_include_pad`` the divisor counts the explicit zero
+    padding but never the implicit ceil_mode overhang (as PyTorch)."""
+    nd = len(kernel)
+    ones = (1,) * nd
+    out = _pool_type(TensorType_of(x), kernel=kernel, stride=stride, padding=padding,
+                     ceil_mode=ceil_mode).shape[2:]
+    extra = _ceil_extra(x.shape, out, kernel, stride, padding, ones)
+    pads = tuple(padding[:nd]) + tuple(p + e for p, e in zip(padding[nd:], extra))
+    x64 = x.astype(np.float64)
+    sums = _windows(_pad_spatial(x64, pads), kernel, stride, ones).sum(axis=tuple(range(-nd, 0)))
+    if count_include_pad:
+        # Count of positions inside input + explicit padding (not the ceil overhang).
+        padded = tuple(x.shape[2 + i] + padding[i] + padding[nd + i] for i in range(nd))
+        mask = np.pad(np.ones(padded), [(0, e) for e in extra])
+    else:
+        mask = np.pad(np.ones(x.shape[2:]), [(padding[i], padding[nd + i] + extra[i]) for i in range(nd)])
+    counts = _windows(mask[None, None], kernel, stride, ones).sum(axis=tuple(range(-nd, 0)))
+    y = sums / counts
+    return y[(slice(None), slice(None)) + tuple(slice(0, o) for o in out)].astype(x.dtype)
+
+
+def TensorType_of(array: np.ndarray) -> TensorType:  # noqa: N802 - reads like the type it builds
+    from compiler.ir import type_of_array
+
+    return type_of_array(array)
+
+
+def _adaptive_type(x: TensorType, *, output_size) -> TensorType:
+    nd = len(output_size)
+    if x.rank != nd + 2:
+        raise ValueError(f"adaptive_avg_pool{nd}d needs x[N, C, *spatial{nd}], got {x.shape}")
+    return TensorType(x.dtype, x.shape[:2] + tuple(output_size))
+
+
+@defop("adaptive_avg_pool", ["x"], infer=_adaptive_type, attrs={"output_size": Attr("ints")},
+       tags=("pool",))
+def adaptive_avg_pool(x, *, output_size):
+    """PyTorch adaptive average pooling: bin i spans [floor(i*L/O), ceil((i+1)*L/O))."""
+    y = x.astype(np.float64)
+    for axis, out in enumerate(output_size, start=2):
+        size = y.shape[axis]
+        bins = [np.take(y, range((i * size) // out, -(-((i + 1) * size) // out)), axis=axis).mean(axis=axis)
+                for i in range(out)]
+        y = np.stack(bins, axis=axis)
+    return y.astype(x.dtype)
+
+
+# -- attention -------------------------------------------------------------------------------
+def _sdpa_type(q, k, v, mask=None, *, is_causal, scale) -> TensorType:
+    _same_dtype(q, k, v)
+    if q.rank < 2 or k.rank != q.rank or v.rank != q.rank:
+        raise ValueError("attention needs q, k, v of equal rank >= 2")
+    if mask is not None and not (mask.dtype == q.dtype or mask.dtype.name == "bool"):
+        raise ValueError(f"attention mask must be bool or {q.dtype}")
+    batch = dims.broadcast(q.shape[:-2], k.shape[:-2])
+    return TensorType(q.dtype, batch + (q.shape[-2], v.shape[-1]))
+
+
+@defop("attention", ["q", "k", "v", "mask?"], infer=_sdpa_type, tags=("attention",),
+       attrs={"is_causal": Attr("bool", False), "scale": Attr("optional_float", None)})
+def attention(q, k, v, mask=None, *, is_causal, scale):
+    """softmax(q @ k^T * scale + mask) @ v (PyTorch scaled_dot_product_attention).
+    A bool mask keeps positions where it is True; ``is_causal`` keeps j <= i."""
+    scale = 1.0 / math.sqrt(q.shape[-1]) if scale is None else scale
+    s = np.matmul(q.astype(np.float64), np.swapaxes(k.astype(np.float64), -1, -2)) * scale
+    if is_causal:
+        lq, lk = s.shape[-2:]
+        s = np.where(np.tril(np.ones((lq, lk), dtype=bool)), s, -np.inf)
+    if mask is not None:
+        s = np.where(mask, s, -np.inf) if mask.dtype == np.bool_ else s + mask
+    s = s - s.max(axis=-1, keepdims=True)
+    p = np.exp(s)
+    p = p / p.sum(axis=-1, keepdims=True)
+    return np.matmul(p, v.astype(np.float64)).astype(q.dtype)
+
+
+# -- embedding / gather ----------------------------------------------------------------------
+def _gather_type(x: TensorType, indices: TensorType, *, axis) -> TensorType:
+    if not indices.dtype.is_int:
+        raise ValueError(f"gather indices must be integers, got {indices.dtype}")
+    axis = axis % x.rank
+    return TensorType(x.dtype, x.shape[:axis] + indices.shape + x.shape[axis + 1:])
+
+
+@defop("gather", ["x", "indices"], infer=_gather_type, attrs={"axis": Attr("int", 0)},
+       tags=("indexing",))
+def gather(x, indices, *, axis):
+    """``np.take(x, indices, axis)``: embedding lookup and index_select. Negative indices count
+    from the end; out-of-range indices are an error."""
+    size = x.shape[axis]
+    if indices.size and (indices.min() < -size or indices.max() >= size):
+        raise IndexError(f"gather index out of range [{-size}, {size})")
+    return np.take(x, indices.astype(np.int64), axis=axis)
+
+
+__all__ = ["broadcast_types"]

@@ -1,0 +1,98 @@
+"""Shape ops: reshape, transpose, concat, slice, expand. They move data, never change values."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from compiler import dims
+from compiler.ir import TensorType
+from compiler.ops import Attr, defop
+
+
+def _reshape_type(x: TensorType, *, shape) -> TensorType:
+    if x.is_static and all(isinstance(d, int) for d in shape):
+        if int(np.prod(shape, dtype=np.int64)) != x.numel:
+            raise ValueError(f"cannot reshape {x.shape} ({x.numel} elements) to {tuple(shape)}")
+    return TensorType(x.dtype, tuple(shape))
+
+
+@defop("reshape", ["x"], infer=_reshape_type, attrs={"shape": Attr("shape")}, tags=("shape",))
+def reshape(x, *, shape):
+    """Row-major reshape to ``shape`` (fully specified: no -1; symbolic dims allowed)."""
+    return x.reshape(shape)
+
+
+def _transpose_type(x: TensorType, *, perm) -> TensorType:
+    if sorted(perm) != list(range(x.rank)):
+        raise ValueError(f"perm {perm} is not a permutation of {x.rank} axes")
+    return TensorType(x.dtype, tuple(x.shape[p] for p in perm))
+
+
+@defop("transpose", ["x"], infer=_transpose_type, attrs={"perm": Attr("ints")}, tags=("shape",))
+def transpose(x, *, perm):
+    """Permute axes: output axis i is input axis perm[i]."""
+    return np.ascontiguousarray(np.transpose(x, perm))
+
+
+def _concat_type(*xs: TensorType, axis) -> TensorType:
+    if not xs:
+        raise ValueError("concat needs at least one input")
+    rank = xs[0].rank
+    axis = axis % rank
+    if any(x.rank != rank or x.dtype != xs[0].dtype for x in xs):
+        raise ValueError("concat inputs must share rank and dtype")
+    total = 0
+    for x in xs:
+        total = dims.add(total, x.shape[axis])
+    return TensorType(xs[0].dtype, xs[0].shape[:axis] + (total,) + xs[0].shape[axis + 1:])
+
+
+@defop("concat", ["*xs"], infer=_concat_type, attrs={"axis": Attr("int")}, tags=("shape",))
+def concat(*xs, axis):
+    """Join along ``axis``."""
+    return np.concatenate(xs, axis=axis)
+
+
+def _slice_bounds(size: int, start: int, end: int, step: int) -> tuple[int, int, int]:
+    return slice(start, end, step).indices(size)
+
+
+def _slice_type(x: TensorType, *, axis, start, end, step) -> TensorType:
+    if step < 1:
+        raise ValueError("slice step must be >= 1")
+    axis = axis % x.rank
+    size = x.shape[axis]
+    if isinstance(size, int):
+        lo, hi, _ = _slice_bounds(size, start, end, step)
+        out = max(0, -(-(hi - lo) // step))
+    elif start == 0 and end >= 2 ** 62 and step == 1:
+        out = size
+    else:
+        raise ValueError("slicing a symbolic dim is only supported as a full slice")
+    return TensorType(x.dtype, x.shape[:axis] + (out,) + x.shape[axis + 1:])
+
+
+@defop("slice", ["x"], infer=_slice_type, tags=("shape",),
+       attrs={"axis": Attr("int"), "start": Attr("int", 0), "end": Attr("int", 2 ** 63 - 1),
+              "step": Attr("int", 1)})
+def slice_(x, *, axis, start, end, step):
+    """``x[..., start:end:step, ...]`` on one axis, Python clamping of out-of-range bounds."""
+    index = [slice(None)] * x.ndim
+    index[axis] = slice(start, end, step)
+    return np.ascontiguousarray(x[tuple(index)])
+
+
+def _expand_type(x: TensorType, *, shape) -> TensorType:
+    try:
+        out = dims.broadcast(x.shape, tuple(shape))
+    except ValueError:
+        raise ValueError(f"cannot expand {x.shape} to {tuple(shape)}") from None
+    if len(out) != len(shape):
+        raise ValueError(f"cannot expand {x.shape} to {tuple(shape)}")
+    return TensorType(x.dtype, tuple(shape))
+
+
+@defop("expand", ["x"], infer=_expand_type, attrs={"shape": Attr("shape")}, tags=("shape",))
+def expand(x, *, shape):
+    """Broadcast to ``shape``."""
+    return np.ascontiguousarray(np.broadcast_to(x, shape))

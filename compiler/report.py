@@ -1,0 +1,78 @@
+"""The compile report: what was compiled, how big it is, where the time went, and how close the
+artifact's numbers are to PyTorch. Printed by the CLI, returned as ``.report``, stored as JSON
+in the artifact's manifest.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+
+@dataclass
+class Verification:
+    cases: int
+    max_abs_error: float
+    max_rel_error: float
+    rtol: float
+    atol: float
+    passed: bool
+    worst_case: str = ""
+
+    def summary(self) -> str:
+        verdict = "ok" if self.passed else "FAILED"
+        return (f"{verdict}: {self.cases} input sets, max abs error {self.max_abs_error:.3g}, "
+                f"max rel error {self.max_rel_error:.3g} (rtol {self.rtol:g}, atol {self.atol:g})")
+
+
+@dataclass
+class CompileReport:
+    model: str
+    target: str
+    output: str = ""
+    source_kind: str = ""
+    inputs: list[dict[str, Any]] = field(default_factory=list)
+    outputs: list[dict[str, Any]] = field(default_factory=list)
+    ops: dict[str, int] = field(default_factory=dict)
+    nodes: int = 0
+    parameters: int = 0
+    parameter_bytes: int = 0
+    artifact_bytes: int = 0
+    phases: dict[str, float] = field(default_factory=dict)
+    passes: list[dict[str, Any]] = field(default_factory=list)
+    verification: Verification | None = None
+    target_info: dict[str, Any] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    def format(self) -> str:
+        def sig(entries):
+            return ", ".join(f"{e['name']}: {e['dtype']}[{', '.join(str(d) for d in e['shape'])}]" for e in entries)
+
+        lines = [
+            f"compiled {self.model} ({self.source_kind}) for target {self.target} -> {self.output}",
+            f"  inputs:     {sig(self.inputs)}",
+            f"  outputs:    {sig(self.outputs)}",
+            f"  nodes:      {self.nodes} ({', '.join(f'{op} x{n}' for op, n in self.ops.items())})",
+            f"  parameters: {self.parameters:,} ({_size(self.parameter_bytes)})",
+            f"  artifact:   {_size(self.artifact_bytes)}",
+            "  time:       " + ", ".join(f"{k} {v:.2f} s" for k, v in self.phases.items())
+            + f" (total {sum(self.phases.values()):.2f} s)",
+        ]
+        for p in self.passes:
+            lines.append(f"  pass {p['name']:<6}  nodes {p['nodes_before']} -> {p['nodes_after']}, "
+                         f"params {p['params_before']:,} -> {p['params_after']:,}, {p['seconds'] * 1000:.1f} ms")
+        if self.verification is not None:
+            lines.append(f"  verify:     {self.verification.summary()}")
+        else:
+            lines.append("  verify:     skipped (--no-verify)")
+        return "\n".join(lines)
+
+
+def _size(n: int) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if n < 1024 or unit == "GiB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    return str(n)

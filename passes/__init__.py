@@ -1,0 +1,35 @@
+"""Graph passes. Each pass is one small module whose docstring states its rewrite.
+
+Pipelines are explicit lists (``default_pipeline``), never discovered by scanning. Passes import
+no torch, onnx or tvm.
+"""
+
+from __future__ import annotations
+
+from passes.base import Pass, PassDriftError, PassManager, PassRecord, PassResult
+from passes.eliminate_dead_code import EliminateDeadCode
+from passes.fold_constants import FoldConstants
+
+PASSES: dict[str, type[Pass]] = {
+    FoldConstants.name: FoldConstants,
+    EliminateDeadCode.name: EliminateDeadCode,
+}
+DEFAULT_PIPELINE = ("fold", "dce")
+
+
+def make_pipeline(names: str | list[str] | tuple[str, ...] | None = None) -> list[Pass]:
+    """Passes for a comma-separated spec ("fold,dce"), "none", or the default when None."""
+    if names is None:
+        names = DEFAULT_PIPELINE
+    if isinstance(names, str):
+        names = [] if names.strip() == "none" else [n.strip() for n in names.split(",") if n.strip()]
+    unknown = [n for n in names if n not in PASSES]
+    if unknown:
+        from compiler.errors import CompileError
+
+        raise CompileError(f"unknown pass(es) {', '.join(unknown)}; known: {', '.join(PASSES)} (or 'none')")
+    return [PASSES[n]() for n in names]
+
+
+__all__ = ["Pass", "PassResult", "PassManager", "PassRecord", "PassDriftError", "PASSES",
+           "DEFAULT_PIPELINE", "make_pipeline", "FoldConstants", "EliminateDeadCode"]
