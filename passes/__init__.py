@@ -7,14 +7,16 @@ no torch, onnx or tvm.
 from __future__ import annotations
 
 from passes.base import Pass, PassDriftError, PassManager, PassRecord, PassResult
+from passes.eliminate_common_subexpressions import EliminateCommonSubexpressions
 from passes.eliminate_dead_code import EliminateDeadCode
+from passes.fold_batch_norm import FoldBatchNorm
 from passes.fold_constants import FoldConstants
+from passes.simplify import Simplify
 
-PASSES: dict[str, type[Pass]] = {
-    FoldConstants.name: FoldConstants,
-    EliminateDeadCode.name: EliminateDeadCode,
-}
-DEFAULT_PIPELINE = ("fold", "dce")
+PASSES: dict[str, type[Pass]] = {p.name: p for p in (
+    FoldConstants, Simplify, EliminateCommonSubexpressions, FoldBatchNorm, EliminateDeadCode,
+)}
+DEFAULT_PIPELINE = ("fold", "simplify", "cse", "fold_bn", "dce")
 
 
 def make_pipeline(names: str | list[str] | tuple[str, ...] | None = None) -> list[Pass]:
@@ -32,4 +34,5 @@ def make_pipeline(names: str | list[str] | tuple[str, ...] | None = None) -> lis
 
 
 __all__ = ["Pass", "PassResult", "PassManager", "PassRecord", "PassDriftError", "PASSES",
-           "DEFAULT_PIPELINE", "make_pipeline", "FoldConstants", "EliminateDeadCode"]
+           "DEFAULT_PIPELINE", "make_pipeline", "FoldConstants", "EliminateDeadCode", "Simplify",
+           "EliminateCommonSubexpressions", "FoldBatchNorm"]

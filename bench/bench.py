@@ -1,0 +1,147 @@
+"""Benchmark: our ONNX artifacts against the anchors, measured side by side in one run.
+
+For each zoo model: compile time of `compiler.compile` (export + import + passes + emit + write,
+no verification) next to `torch.onnx.export(dynamo=True)`; and inference latency (median) of
+PyTorch eager, of torch.onnx's model under onnxruntime, and of our artifact through
+`compiler.load`, with onnxruntime at full graph optimisation and the same thread count.
+Ratios below 1.0 mean we are faster.
+
+    python bench/bench.py                     # all zoo models, 1 thread
+    python bench/bench.py --threads 0 --models mlp,resnet --batch 8
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import os
+import sys
+import tempfile
+import time
+import warnings
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+
+def median_latency(fn, *, min_runs: int = 20, budget_s: float = 1.0) -> float:
+    """Median seconds per call after warm-up; runs until both the run count and budget are met."""
+    for _ in range(5):
+        fn()
+    times: list[float] = []
+    start = time.perf_counter()
+    while len(times) < min_runs or time.perf_counter() - start < budget_s:
+        t0 = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t0)
+        if len(times) >= 10_000:
+            break
+    return float(np.median(times))
+
+
+def ort_session(model_bytes: bytes, threads: int):
+    import onnxruntime as ort
+
+    opts = ort.SessionOptions()
+    opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    opts.intra_op_num_threads = threads
+    opts.inter_op_num_threads = 1
+    return ort.InferenceSession(model_bytes, opts, providers=["CPUExecutionProvider"])
+
+
+def bench_model(name: str, batch: int, threads: int) -> dict:
+    import torch
+
+    import compiler
+    from models import get_model
+
+    torch.set_num_threads(max(threads, 1) if threads else os.cpu_count())
+    model = get_model(name).factory().eval()
+    inputs = model.example_inputs(batch)
+    feeds = [t.numpy() for t in inputs]
+    row: dict = {"model": name, "batch": batch}
+
+    with tempfile.TemporaryDirectory() as tmp:
+        t0 = time.perf_counter()
+        art = compiler.compile(model, inputs, target="onnx", output=os.path.join(tmp, f"{name}.aot"), verify=False)
+        row["ours_compile_s"] = time.perf_counter() - t0
+        ours = compiler.load(art.path, threads=threads or None)
+        row["ours_nodes"] = art.report.nodes
+
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            buffer = io.BytesIO()
+            t0 = time.perf_counter()
+            with torch.no_grad(), _quiet():
+                program = torch.onnx.export(model, inputs, dynamo=True, optimize=True)
+            program.model_proto.SerializeToString()
+            row["torch_onnx_compile_s"] = time.perf_counter() - t0
+            buffer.write(program.model_proto.SerializeToString())
+        anchor = ort_session(buffer.getvalue(), threads)
+        row["torch_onnx_nodes"] = len(program.model_proto.graph.node)
+        anchor_names = [i.name for i in anchor.get_inputs()]
+
+        with torch.no_grad():
+            row["eager_ms"] = 1e3 * median_latency(lambda: model(*inputs))
+        row["torch_onnx_ort_ms"] = 1e3 * median_latency(lambda: anchor.run(None, dict(zip(anchor_names, feeds))))
+        row["ours_ms"] = 1e3 * median_latency(lambda: ours.run(feeds))
+    row["vs_torch_onnx"] = row["ours_ms"] / row["torch_onnx_ort_ms"]
+    row["vs_eager"] = row["ours_ms"] / row["eager_ms"]
+    row["compile_vs_torch_onnx"] = row["ours_compile_s"] / row["torch_onnx_compile_s"]
+    return row
+
+
+class _quiet:
+    """Silence torch.onnx's progress prints on stdout."""
+
+    def __enter__(self):
+        self._stdout = sys.stdout
+        sys.stdout = io.StringIO()
+
+    def __exit__(self, *exc):
+        sys.stdout = self._stdout
+
+
+def format_table(rows: list[dict], threads: int) -> str:
+    head = ("| model | batch | eager ms | torch.onnx+ORT ms | ours ms | ours / torch.onnx | ours / eager "
+            "| compile s (ours / torch.onnx) | nodes (ours / torch.onnx) |")
+    lines = [f"threads: {threads or 'all'}", "", head, "|" + "---|" * 9]
+    for r in rows:
+        lines.append(
+            f"| {r['model']} | {r['batch']} | {r['eager_ms']:.3f} | {r['torch_onnx_ort_ms']:.3f} | {r['ours_ms']:.3f} "
+            f"| {r['vs_torch_onnx']:.2f}x | {r['vs_eager']:.2f}x | {r['ours_compile_s']:.2f} / "
+            f"{r['torch_onnx_compile_s']:.2f} ({r['compile_vs_torch_onnx']:.2f}x) "
+            f"| {r['ours_nodes']} / {r['torch_onnx_nodes']} |")
+    ratios = [r["vs_torch_onnx"] for r in rows]
+    geo = float(np.exp(np.mean(np.log(ratios))))
+    compile_geo = float(np.exp(np.mean(np.log([r["compile_vs_torch_onnx"] for r in rows]))))
+    lines.append("")
+    lines.append(f"geometric mean latency ours / torch.onnx+ORT: {geo:.2f}x; compile time: {compile_geo:.2f}x")
+    return "\n".join(lines)
+
+
+def main(argv=None) -> int:
+    from models import ZOO
+
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--models", default=",".join(ZOO), help="comma-separated zoo names")
+    parser.add_argument("--batch", type=int, default=1)
+    parser.add_argument("--threads", type=int, default=1, help="intra-op threads, 0 = all cores")
+    parser.add_argument("--output", help="also write the table to this file")
+    args = parser.parse_args(argv)
+    rows = []
+    for name in args.models.split(","):
+        print(f"[bench] {name} ...", file=sys.stderr, flush=True)
+        rows.append(bench_model(name.strip(), args.batch, args.threads))
+    table = format_table(rows, args.threads)
+    print(table)
+    if args.output:
+        Path(args.output).write_text(table + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
