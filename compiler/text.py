@@ -21,10 +21,20 @@ def _format_attr(value) -> str:
     return str(value)
 
 
+def _non_default_attrs(node: Node) -> dict:
+    """Attributes that differ from the op's defaults (fused-activation fields stay hidden
+    until a pass sets them)."""
+    from compiler.ops import get_op
+
+    specs = get_op(node.op).attrs
+    return {k: v for k, v in node.attrs.items()
+            if k not in specs or specs[k].required or specs[k].default != v}
+
+
 def format_node(node: Node, *, with_types: bool = True, with_location: bool = True) -> str:
     outs = ", ".join(f"%{o.name}" + (f": {o.type}" if with_types else "") for o in node.outputs)
     args = ", ".join("None" if v is None else f"%{v.name}" for v in node.inputs)
-    attrs = ", ".join(f"{k}={_format_attr(v)}" for k, v in node.attrs.items())
+    attrs = ", ".join(f"{k}={_format_attr(v)}" for k, v in _non_default_attrs(node).items())
     line = f"{outs} = {node.op}({args}" + (f"; {attrs}" if attrs else "") + ")"
     if with_location and node.location:
         line += f"  # {node.location}"

@@ -11,10 +11,15 @@ from passes.eliminate_common_subexpressions import EliminateCommonSubexpressions
 from passes.eliminate_dead_code import EliminateDeadCode
 from passes.fold_batch_norm import FoldBatchNorm
 from passes.fold_constants import FoldConstants
+from passes.fuse_activation import FuseActivation
+from passes.fuse_attention import FuseAttention
+from passes.fuse_gelu import FuseGelu
+from passes.fuse_layer_norm import FuseLayerNorm
 from passes.simplify import Simplify
 
 PASSES: dict[str, type[Pass]] = {p.name: p for p in (
-    FoldConstants, Simplify, EliminateCommonSubexpressions, FoldBatchNorm, EliminateDeadCode,
+    FoldConstants, Simplify, EliminateCommonSubexpressions, FoldBatchNorm, FuseGelu, FuseLayerNorm,
+    FuseAttention, FuseActivation, EliminateDeadCode,
 )}
 DEFAULT_PIPELINE = ("fold", "simplify", "cse", "fold_bn", "dce")
 

@@ -212,3 +212,40 @@ def test_fold_batch_norm_into_linear(rng):
     assert FoldBatchNorm().run(g)
     assert op_list(g) == ["linear"]
     np.testing.assert_allclose(numbers(g, xv), before, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("act,attrs", [("relu", {}), ("clamp", {"min": 0.0, "max": 6.0}), ("clamp", {"max": 0.5}),
+                                       ("gelu", {"approximate": "tanh"}), ("hardswish", {}), ("sigmoid", {}),
+                                       ("leaky_relu", {"negative_slope": 0.1}), ("silu", {})])
+@pytest.mark.parametrize("layer", ["conv", "linear"])
+def test_fuse_activation(rng, act, attrs, layer):
+    from passes.fuse_activation import FuseActivation
+
+    g = Graph()
+    if layer == "conv":
+        x = g.add_input("x", TensorType(DType.float32, (2, 3, 6, 6)))
+        w = g.add_constant(rng.standard_normal((4, 3, 3, 3)).astype(np.float32), "w")
+        y = g.op("conv", x, w, None, stride=[1, 1], padding=[0, 0, 0, 0], dilation=[1, 1])
+        xv = rng.standard_normal((2, 3, 6, 6)).astype(np.float32)
+    else:
+        x = g.add_input("x", TensorType(DType.float32, (2, 5)))
+        w = g.add_constant(rng.standard_normal((4, 5)).astype(np.float32), "w")
+        y = g.op("linear", x, w, None)
+        xv = rng.standard_normal((2, 5)).astype(np.float32)
+    g.set_outputs([g.op(act, y, **attrs)])
+    before = numbers(g, xv)
+    assert FuseActivation().run(g)
+    g.verify()
+    assert op_list(g) == [layer]
+    np.testing.assert_allclose(numbers(g, xv), before, rtol=1e-6, atol=1e-6)
+
+
+def test_fuse_activation_skips_shared_output(rng):
+    from passes.fuse_activation import FuseActivation
+
+    g = Graph()
+    x = g.add_input("x", TensorType(DType.float32, (2, 5)))
+    w = g.add_constant(rng.standard_normal((4, 5)).astype(np.float32), "w")
+    y = g.op("linear", x, w, None)
+    g.set_outputs([g.op("relu", y), g.op("exp", y)])
+    assert FuseActivation().run(g) is False

@@ -27,6 +27,45 @@ def _same_dtype(*types: TensorType | None) -> None:
         raise ValueError(f"expects floating-point inputs, got {present[0].dtype}")
 
 
+# -- fused activations -----------------------------------------------------------------------------
+# conv and linear may carry a fused activation (set by passes.fuse_activation): the name of a
+# unary op plus its float arguments. Its semantics are that op's reference, applied to the output.
+FUSABLE_ACTIVATIONS: dict[str, tuple[str, dict, tuple[str, ...]]] = {
+    # activation name: (unary op, fixed attrs, attr names taken from activation_args in order)
+    "relu": ("relu", {}, ()), "sigmoid": ("sigmoid", {}, ()), "tanh": ("tanh", {}, ()),
+    "silu": ("silu", {}, ()), "hardswish": ("hardswish", {}, ()), "hardsigmoid": ("hardsigmoid", {}, ()),
+    "gelu": ("gelu", {"approximate": "none"}, ()), "gelu_tanh": ("gelu", {"approximate": "tanh"}, ()),
+    "clamp": ("clamp", {}, ("min", "max")), "leaky_relu": ("leaky_relu", {}, ("negative_slope",)),
+}
+ACTIVATION_ATTRS = {"activation": Attr("str", ""), "activation_args": Attr("floats", ())}
+
+
+def activation_op(activation: str, args: tuple) -> tuple[str, dict]:
+    """(unary op name, its attrs) for a fused activation."""
+    if activation not in FUSABLE_ACTIVATIONS:
+        raise ValueError(f"unknown fused activation {activation!r}")
+    op, fixed, names = FUSABLE_ACTIVATIONS[activation]
+    if len(args) != len(names):
+        raise ValueError(f"activation {activation} takes {len(names)} args, got {len(args)}")
+    attrs = dict(fixed)
+    attrs.update({n: (None if np.isnan(a) else a) for n, a in zip(names, args)})  # NaN: bound absent
+    return op, attrs
+
+
+def _apply_activation(y: np.ndarray, activation: str, activation_args: tuple) -> np.ndarray:
+    if not activation:
+        return y
+    from compiler.ops import get_op
+
+    op, attrs = activation_op(activation, activation_args)
+    return get_op(op).evaluate([y], attrs)[0]
+
+
+def _check_activation(activation: str, activation_args: tuple) -> None:
+    if activation:
+        activation_op(activation, activation_args)
+
+
 # -- matmul / linear -------------------------------------------------------------------------
 def _matmul_type(a: TensorType, b: TensorType) -> TensorType:
     if a.dtype != b.dtype:
@@ -51,8 +90,10 @@ def matmul(a, b):
     return np.matmul(a, b).astype(a.dtype)
 
 
-def _linear_type(x: TensorType, weight: TensorType, bias: TensorType | None = None) -> TensorType:
+def _linear_type(x: TensorType, weight: TensorType, bias: TensorType | None = None, *,
+                 activation="", activation_args=()) -> TensorType:
     _same_dtype(x, weight, bias)
+    _check_activation(activation, activation_args)
     if weight.rank != 2 or x.rank < 1:
         raise ValueError(f"linear needs x[..., in] and weight[out, in], got {x.shape}, {weight.shape}")
     if isinstance(x.shape[-1], int) and x.shape[-1] != weight.shape[1]:
@@ -62,13 +103,13 @@ def _linear_type(x: TensorType, weight: TensorType, bias: TensorType | None = No
     return TensorType(x.dtype, x.shape[:-1] + (weight.shape[0],))
 
 
-@defop("linear", ["x", "weight", "bias?"], infer=_linear_type, tags=("gemm",))
-def linear(x, weight, bias=None):
-    """``x @ weight.T + bias`` (PyTorch ``nn.Linear``)."""
+@defop("linear", ["x", "weight", "bias?"], infer=_linear_type, tags=("gemm",), attrs=ACTIVATION_ATTRS)
+def linear(x, weight, bias=None, *, activation="", activation_args=()):
+    """``act(x @ weight.T + bias)`` (PyTorch ``nn.Linear``; ``act`` only when fused)."""
     y = np.matmul(x, weight.T)
     if bias is not None:
         y = y + bias
-    return y.astype(x.dtype)
+    return _apply_activation(y.astype(x.dtype), activation, activation_args)
 
 
 # -- convolution -----------------------------------------------------------------------------
@@ -89,8 +130,9 @@ def _window_out(size, kernel: int, stride: int, pad_lo: int, pad_hi: int, dilati
 
 
 def _conv_type(x: TensorType, weight: TensorType, bias: TensorType | None = None, *,
-               stride, padding, dilation, groups) -> TensorType:
+               stride, padding, dilation, groups, activation="", activation_args=()) -> TensorType:
     _same_dtype(x, weight, bias)
+    _check_activation(activation, activation_args)
     nd = weight.rank - 2
     if nd < 1 or x.rank != nd + 2:
         raise ValueError(f"conv needs x[N, C, *spatial] and weight[O, C/groups, *kernel], got {x.shape}, {weight.shape}")
@@ -125,9 +167,10 @@ def _windows(x, kernel, stride, dilation):
 
 @defop("conv", ["x", "weight", "bias?"], infer=_conv_type, tags=("conv",),
        attrs={"stride": Attr("ints"), "padding": Attr("ints"), "dilation": Attr("ints"),
-              "groups": Attr("int", 1)})
-def conv(x, weight, bias=None, *, stride, padding, dilation, groups):
-    """N-d convolution (cross-correlation); ``padding`` is (begin..., end...) per spatial dim."""
+              "groups": Attr("int", 1), **ACTIVATION_ATTRS})
+def conv(x, weight, bias=None, *, stride, padding, dilation, groups, activation="", activation_args=()):
+    """N-d convolution (cross-correlation); ``padding`` is (begin..., end...) per spatial dim;
+    then the fused activation, if any."""
     nd = weight.ndim - 2
     win = _windows(_pad_spatial(x, padding), weight.shape[2:], stride, dilation)
     n, c = x.shape[:2]
@@ -143,7 +186,7 @@ def conv(x, weight, bias=None, *, stride, padding, dilation, groups):
     y = np.concatenate(outs, axis=1)
     if bias is not None:
         y = y + bias.reshape((1, -1) + (1,) * nd)
-    return y.astype(x.dtype)
+    return _apply_activation(y.astype(x.dtype), activation, activation_args)
 
 
 # -- normalisation ---------------------------------------------------------------------------
@@ -336,6 +379,32 @@ def attention(q, k, v, mask=None, *, is_causal, scale):
     p = np.exp(s)
     p = p / p.sum(axis=-1, keepdims=True)
     return np.matmul(p, v.astype(np.float64)).astype(q.dtype)
+
+
+def _mha_type(q, k, v, *, num_heads, scale) -> TensorType:
+    _same_dtype(q, k, v)
+    if not (q.rank == k.rank == v.rank == 3):
+        raise ValueError("multi_head_attention needs q, k, v of shape [B, S, E]")
+    for t in (q, k, v):
+        if isinstance(t.shape[2], int) and t.shape[2] % num_heads:
+            raise ValueError(f"embedding size {t.shape[2]} is not divisible by {num_heads} heads")
+    return TensorType(q.dtype, (q.shape[0], q.shape[1], v.shape[2]))
+
+
+def _split_heads(x: np.ndarray, heads: int) -> np.ndarray:
+    b, s, e = x.shape
+    return x.reshape(b, s, heads, e // heads).transpose(0, 2, 1, 3)
+
+
+@defop("multi_head_attention", ["q", "k", "v"], infer=_mha_type, tags=("attention",),
+       attrs={"num_heads": Attr("int"), "scale": Attr("float")})
+def multi_head_attention(q, k, v, *, num_heads, scale):
+    """Split [B, S, E] q/k/v into ``num_heads`` heads, run ``attention`` per head with
+    ``scale``, and merge the heads back to [B, S, E_v] (no mask, not causal)."""
+    y = attention(_split_heads(q, num_heads), _split_heads(k, num_heads), _split_heads(v, num_heads),
+                  is_causal=False, scale=scale)
+    b, h, s, d = y.shape
+    return np.ascontiguousarray(y.transpose(0, 2, 1, 3).reshape(b, s, h * d))
 
 
 # -- embedding / gather ----------------------------------------------------------------------
