@@ -61,8 +61,10 @@ class CompileReport:
             + f" (total {sum(self.phases.values()):.2f} s)",
         ]
         for p in self.passes:
-            lines.append(f"  pass {p['name']:<6}  nodes {p['nodes_before']} -> {p['nodes_after']}, "
-                         f"params {p['params_before']:,} -> {p['params_after']:,}, {p['seconds'] * 1000:.1f} ms")
+            lines.append(f"  pass {p['name']:<15} nodes {p['nodes_before']:>4} -> {p['nodes_after']:<4} "
+                         f"params {p['params_before']:,} -> {p['params_after']:,}, "
+                         f"MFLOPs {p['flops_before'] / 1e6:.2f} -> {p['flops_after'] / 1e6:.2f}, "
+                         f"{p['seconds'] * 1000:.1f} ms")
         if self.verification is not None:
             lines.append(f"  verify:     {self.verification.summary()}")
         else:

@@ -44,6 +44,8 @@ class PassRecord:
     nodes_after: int
     params_before: int
     params_after: int
+    flops_before: int
+    flops_after: int
 
     def to_dict(self) -> dict:
         return dict(self.__dict__)
@@ -68,10 +70,13 @@ class PassManager:
     def run(self, graph: Graph) -> bool:
         from compiler.interpreter import run_graph
 
+        from compiler.cost import graph_flops
+
         reference = run_graph(graph, self.check_inputs) if self.check_inputs is not None else None
         changed = False
+        flops = graph_flops(graph)
         for p in self.passes:
-            nodes, params = len(graph.nodes), graph.parameter_count()
+            nodes, params, flops_before = len(graph.nodes), graph.parameter_count(), flops
             start = time.perf_counter()
             modified = p(graph).modified
             seconds = time.perf_counter() - start
@@ -80,8 +85,9 @@ class PassManager:
                     graph.verify()
                 except IRError as exc:
                     raise IRError(f"after pass {p.name}: {exc}") from exc
+            flops = graph_flops(graph) if modified else flops_before
             self.records.append(PassRecord(p.name, modified, seconds, nodes, len(graph.nodes), params,
-                                           graph.parameter_count()))
+                                           graph.parameter_count(), flops_before, flops))
             if self.after_pass is not None:
                 self.after_pass(p, graph)
             if reference is not None and modified:

@@ -113,3 +113,16 @@ def test_every_op_has_doc_type_rule_and_reference():
     for name, opdef in all_ops().items():
         assert callable(opdef.infer) and callable(opdef.reference), name
         assert opdef.family in {"elementwise", "nn", "shape", "reduce"}, name
+
+
+def test_flops_use_each_ops_rule_with_batch_bound_to_one():
+    from compiler.cost import graph_flops
+
+    g, *_ = small_graph()                      # linear [batch,4] x [3,4]^T, then relu
+    assert graph_flops(g) == 2 * 1 * 3 * 4 + 3
+    assert graph_flops(g, {"batch": 10}) == 2 * 10 * 3 * 4 + 30
+    c = Graph()
+    x = c.add_input("x", TensorType(DType.float32, (1, 2, 5, 5)))
+    w = c.add_constant(np.ones((4, 1, 3, 3), np.float32), "w")
+    c.set_outputs([c.op("conv", x, w, None, stride=[1, 1], padding=[0] * 4, dilation=[1, 1], groups=2)])
+    assert graph_flops(c) == 2 * (1 * 4 * 3 * 3) * (1 * 3 * 3)

@@ -49,6 +49,9 @@ class OpDef:
     doc: str = ""
     family: str = ""
     tags: frozenset[str] = field(default_factory=frozenset)
+    # Floating-point operations for concrete shapes: flops(in_shapes, out_shapes, **attrs).
+    # None: one operation per output element (elementwise and data movement).
+    flops: Callable[..., int] | None = None
 
     # -- arity --------------------------------------------------------------------------------
     @property
@@ -83,6 +86,11 @@ class OpDef:
         self.check_arity(len(types))
         result = self.infer(*types, **attrs)
         return list(result) if isinstance(result, (tuple, list)) else [result]
+
+    def count_flops(self, in_shapes: list, out_shapes: list, attrs: dict[str, Any]) -> int:
+        if self.flops is not None:
+            return int(self.flops(in_shapes, out_shapes, **attrs))
+        return int(sum(np.prod(s, dtype=np.int64) for s in out_shapes))
 
     def evaluate(self, arrays: list[np.ndarray | None], attrs: dict[str, Any]) -> list[np.ndarray]:
         result = self.reference(*arrays, **attrs)
@@ -127,7 +135,8 @@ _REGISTRY: dict[str, OpDef] = {}
 
 
 def defop(name: str, inputs: tuple[str, ...] | list[str], *, infer: Callable[..., Any],
-          attrs: dict[str, Attr] | None = None, tags: tuple[str, ...] = ()):
+          attrs: dict[str, Attr] | None = None, tags: tuple[str, ...] = (),
+          flops: Callable[..., int] | None = None):
     """Decorator: register the decorated numpy function as the reference of op ``name``."""
 
     def register(reference: Callable[..., Any]) -> Callable[..., Any]:
@@ -137,7 +146,7 @@ def defop(name: str, inputs: tuple[str, ...] | list[str], *, infer: Callable[...
         _REGISTRY[name] = OpDef(name, tuple(inputs), dict(attrs or {}), infer, reference,
                                 doc=inspect.getdoc(reference) or "",
                                 family=(module.__name__.rsplit(".", 1)[-1] if module else ""),
-                                tags=frozenset(tags))
+                                tags=frozenset(tags), flops=flops)
         return reference
 
     return register

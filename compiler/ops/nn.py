@@ -84,7 +84,16 @@ def _matmul_type(a: TensorType, b: TensorType) -> TensorType:
     return TensorType(a.dtype, out)
 
 
-@defop("matmul", ["a", "b"], infer=_matmul_type, tags=("gemm",))
+def _prod(shape) -> int:
+    return int(np.prod(shape, dtype=np.int64))
+
+
+def _gemm_flops(ins, outs, **_):
+    """2 * output elements * reduction length."""
+    return 2 * _prod(outs[0]) * ins[0][-1]
+
+
+@defop("matmul", ["a", "b"], infer=_matmul_type, tags=("gemm",), flops=_gemm_flops)
 def matmul(a, b):
     """``a @ b`` with numpy/PyTorch batching and 1-d promotion."""
     return np.matmul(a, b).astype(a.dtype)
@@ -103,7 +112,8 @@ def _linear_type(x: TensorType, weight: TensorType, bias: TensorType | None = No
     return TensorType(x.dtype, x.shape[:-1] + (weight.shape[0],))
 
 
-@defop("linear", ["x", "weight", "bias?"], infer=_linear_type, tags=("gemm",), attrs=ACTIVATION_ATTRS)
+@defop("linear", ["x", "weight", "bias?"], infer=_linear_type, tags=("gemm",), attrs=ACTIVATION_ATTRS,
+       flops=_gemm_flops)
 def linear(x, weight, bias=None, *, activation="", activation_args=()):
     """``act(x @ weight.T + bias)`` (PyTorch ``nn.Linear``; ``act`` only when fused)."""
     y = np.matmul(x, weight.T)
@@ -165,7 +175,12 @@ def _windows(x, kernel, stride, dilation):
     return win[index]
 
 
-@defop("conv", ["x", "weight", "bias?"], infer=_conv_type, tags=("conv",),
+def _conv_flops(ins, outs, **_):
+    """2 * output elements * (input channels per group * kernel size)."""
+    return 2 * _prod(outs[0]) * _prod(ins[1][1:])
+
+
+@defop("conv", ["x", "weight", "bias?"], infer=_conv_type, tags=("conv",), flops=_conv_flops,
        attrs={"stride": Attr("ints"), "padding": Attr("ints"), "dilation": Attr("ints"),
               "groups": Attr("int", 1), **ACTIVATION_ATTRS})
 def conv(x, weight, bias=None, *, stride, padding, dilation, groups, activation="", activation_args=()):
@@ -363,7 +378,13 @@ def _sdpa_type(q, k, v, mask=None, *, is_causal, scale) -> TensorType:
     return TensorType(q.dtype, batch + (q.shape[-2], v.shape[-1]))
 
 
-@defop("attention", ["q", "k", "v", "mask?"], infer=_sdpa_type, tags=("attention",),
+def _attention_flops(ins, outs, **_):
+    """q @ k^T and p @ v: 2 * B * Lq * Lk * (D + Dv)."""
+    q, k, v = ins[:3]
+    return 2 * _prod(q[:-1]) * k[-2] * (q[-1] + v[-1])
+
+
+@defop("attention", ["q", "k", "v", "mask?"], infer=_sdpa_type, tags=("attention",), flops=_attention_flops,
        attrs={"is_causal": Attr("bool", False), "scale": Attr("optional_float", None)})
 def attention(q, k, v, mask=None, *, is_causal, scale):
     """softmax(q @ k^T * scale + mask) @ v (PyTorch scaled_dot_product_attention).
@@ -396,7 +417,12 @@ def _split_heads(x: np.ndarray, heads: int) -> np.ndarray:
     return x.reshape(b, s, heads, e // heads).transpose(0, 2, 1, 3)
 
 
-@defop("multi_head_attention", ["q", "k", "v"], infer=_mha_type, tags=("attention",),
+def _mha_flops(ins, outs, **_):
+    q, k, v = ins
+    return 2 * q[0] * q[1] * k[1] * (q[2] + v[2])
+
+
+@defop("multi_head_attention", ["q", "k", "v"], infer=_mha_type, tags=("attention",), flops=_mha_flops,
        attrs={"num_heads": Attr("int"), "scale": Attr("float")})
 def multi_head_attention(q, k, v, *, num_heads, scale):
     """Split [B, S, E] q/k/v into ``num_heads`` heads, run ``attention`` per head with
