@@ -23,15 +23,17 @@ class Target:
 
 
 def _emit_onnx(graph: Graph, options: dict[str, Any]) -> tuple[dict[str, bytes], dict[str, Any]]:
-    from backends.onnx.emit import DEFAULT_OPSET, emit_onnx
+    from backends.onnx.emitter import DEFAULT_OPSET, emit_onnx
 
     opset = options.get("opset") or DEFAULT_OPSET
-    model = emit_onnx(graph, opset=opset)
-    return {"model.onnx": model.SerializeToString()}, {"opset": opset}
+    standard_only = bool(options.get("onnx_standard_only"))
+    model = emit_onnx(graph, opset=opset, standard_only=standard_only)
+    return {"model.onnx": model.SerializeToString()}, {"opset": opset, "standard_only": standard_only}
 
 
 TARGETS: dict[str, Target] = {
-    "onnx": Target("onnx", "ONNX model run by onnxruntime (CPU)", _emit_onnx, ("opset",)),
+    "onnx": Target("onnx", "ONNX model run by onnxruntime (CPU)", _emit_onnx,
+                   ("opset", "onnx_standard_only")),
 }
 
 
@@ -42,9 +44,24 @@ def get_target(name: str) -> Target:
         raise CompileError(f"unknown target '{name}'; available: {', '.join(TARGETS)}") from None
 
 
+_EMITTER_MODULES = {"onnx": "backends.onnx.emitter"}
+
+
 def supported_ops(target: str) -> set[str]:
-    """Op names the target can emit (used to say which targets support an op)."""
-    module = {"onnx": "backends.onnx.emit"}.get(target)
+    """Op names the target can emit."""
+    module = _EMITTER_MODULES.get(target)
     if module is None:
         return set()
     return set(importlib.import_module(module).supported_ops())
+
+
+def targets_supporting(op: str) -> list[str]:
+    """Targets that can emit ``op`` (error messages suggest them)."""
+    found = []
+    for target in TARGETS:
+        try:
+            if op in supported_ops(target):
+                found.append(target)
+        except ImportError:  # a target whose toolchain is not installed here
+            continue
+    return found

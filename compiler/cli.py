@@ -45,6 +45,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--print-ir-after-all", action="store_true", help="print the IR after every pass (stderr)")
     p.add_argument("--dump-ir", metavar="DIR", help="write the IR after every pass into DIR")
     p.add_argument("--opset", type=int, default=None, help="ONNX opset (default: a recent one onnxruntime runs)")
+    p.add_argument("--onnx-standard-only", action="store_true",
+                   help="emit only standard ONNX ops (no onnxruntime contrib ops such as FusedConv, "
+                        "MultiHeadAttention), for runtimes other than onnxruntime")
     p.add_argument("--seed", type=int, default=0, help="seed for the random verification inputs")
     p.add_argument("--report-json", metavar="PATH", help="also write the compile report as JSON")
     p.add_argument("-q", "--quiet", action="store_true", help="print only errors")
@@ -92,7 +95,8 @@ def _run(args: argparse.Namespace) -> int:
     result = compile(args.model, target=args.target, output=args.output, dynamic_batch=args.dynamic_batch,
                      verify=args.verify, rtol=args.rtol if args.rtol is not None else DEFAULT_RTOL,
                      atol=args.atol if args.atol is not None else DEFAULT_ATOL, passes=args.passes,
-                     check_passes=args.check_passes, opset=args.opset, weights=args.weights,
+                     check_passes=args.check_passes, opset=args.opset,
+                     onnx_standard_only=args.onnx_standard_only, weights=args.weights,
                      trust_pickle=args.trust_pickle, input_shapes=args.input_shape, seed=args.seed,
                      progress=progress, after_pass=_ir_printer(args))
     if not args.quiet:

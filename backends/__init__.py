@@ -1,0 +1,1 @@
+"""Compile targets. ``registry`` lists them; each target lives in its own subpackage."""

@@ -1,0 +1,1 @@
+"""The ONNX target: IR -> ONNX emitter and the onnxruntime runner."""

@@ -1,0 +1,246 @@
+"""The one-file artifact: a zip archive holding ``manifest.json`` plus payload files.
+
+``write_artifact`` adds the format name and version and each payload file's sha256 and size to the
+manifest, stores the manifest's own sha256 in the zip comment, and writes the archive to a
+temporary file in the destination directory that is fsynced and renamed into place, so a failed
+or interrupted write never leaves a half-written artifact (and never touches an existing file).
+
+``read_artifact`` re-hashes the manifest and every payload file and refuses a missing, truncated,
+tampered or unknown-format file with an ``ArtifactError`` whose one-line message says what to do.
+The entries are written with a fixed timestamp, so the same manifest and payload give the same
+bytes.
+
+Standard library only (the runtime that reads artifacts must not need torch).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+import tempfile
+import zipfile
+import zlib
+from typing import Any
+
+from compiler.errors import ArtifactError
+
+FORMAT_NAME = "aot-artifact"
+FORMAT_VERSION = 1
+MANIFEST_NAME = "manifest.json"
+
+_ZIP_DATE = (1980, 1, 1, 0, 0, 0)  # fixed entry timestamps: reproducible artifacts
+_CHUNK = 1 << 20
+_MAX_MANIFEST_BYTES = 256 << 20
+_SHA256_HEX = re.compile(r"[0-9a-f]{64}")
+# What zipfile/zlib raise on a damaged archive.
+_CORRUPT = (zipfile.BadZipFile, zipfile.LargeZipFile, EOFError, zlib.error, ValueError, KeyError,
+            NotImplementedError, RuntimeError, OSError)
+
+
+def sha256_bytes(b: bytes) -> str:
+    return hashlib.sha256(b).hexdigest()
+
+
+def sha256_file(path: str | os.PathLike) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(_CHUNK), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+# -- writing ---------------------------------------------------------------------------------------
+def write_artifact(path: str | os.PathLike, manifest: dict[str, Any], payload: dict[str, bytes]) -> int:
+    """Write ``manifest`` and ``payload`` as one artifact file at ``path``; return its size in bytes.
+
+    Raises ``ArtifactError`` when the destination cannot be written (nothing is left at ``path``
+    then, and an existing file there is untouched), ``TypeError``/``ValueError`` for a manifest
+    that is not JSON or a bad payload name (bugs in the caller).
+    """
+    path = os.fspath(path)
+    full = dict(manifest)
+    entries: dict[str, bytes] = {}
+    for name, data in payload.items():
+        if not isinstance(name, str) or not name or name == MANIFEST_NAME or name.endswith("/"):
+            raise ValueError(f"invalid payload file name {name!r}")
+        data = bytes(data)
+        entries[name] = data
+    full["format"] = FORMAT_NAME
+    full["format_version"] = FORMAT_VERSION
+    full["payload"] = {name: {"sha256": sha256_bytes(data), "size": len(data)} for name, data in entries.items()}
+    try:
+        manifest_bytes = json.dumps(full, sort_keys=True, indent=2, allow_nan=False).encode("utf-8")
+    except (TypeError, ValueError) as e:
+        raise type(e)(f"artifact manifest is not JSON-serialisable: {e}") from e
+
+    directory = os.path.dirname(path) or "."
+    if not os.path.isdir(directory):
+        raise ArtifactError(f"output directory does not exist: {directory} "
+                            "(create it first or choose another -o path)")
+    if os.path.isdir(path):
+        raise ArtifactError(f"output path {path} is a directory; give a file name such as "
+                            f"{os.path.join(path, 'model.aot')}")
+
+    tmp_name = None
+    try:
+        with tempfile.NamedTemporaryFile(dir=directory, delete=False, prefix="." + os.path.basename(path) + ".",
+                                         suffix=".tmp") as tmp:
+            tmp_name = tmp.name
+            with zipfile.ZipFile(tmp, "w", allowZip64=True) as zf:
+                zf.comment = sha256_bytes(manifest_bytes).encode("ascii")
+                zf.writestr(_zip_info(MANIFEST_NAME), manifest_bytes)
+                for name, data in entries.items():
+                    zf.writestr(_zip_info(name), data)
+            tmp.flush()
+            os.fsync(tmp.fileno())
+        os.chmod(tmp_name, 0o666 & ~_umask())
+        os.replace(tmp_name, path)
+        tmp_name = None
+        _fsync_dir(directory)
+        return os.path.getsize(path)
+    except OSError as e:
+        reason = e.strerror or str(e)
+        raise ArtifactError(f"cannot write artifact {path}: {reason}") from e
+    finally:
+        if tmp_name is not None:
+            try:
+                os.unlink(tmp_name)
+            except OSError:
+                pass
+
+
+def _zip_info(name: str) -> zipfile.ZipInfo:
+    info = zipfile.ZipInfo(name, date_time=_ZIP_DATE)
+    info.compress_type = zipfile.ZIP_DEFLATED
+    info.external_attr = 0o644 << 16
+    return info
+
+
+def _umask() -> int:
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+def _fsync_dir(directory: str) -> None:
+    """Make the rename durable (best effort: not every platform can open a directory)."""
+    try:
+        fd = os.open(directory, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+# -- reading ---------------------------------------------------------------------------------------
+def read_artifact(path: str | os.PathLike) -> tuple[dict[str, Any], dict[str, bytes]]:
+    """(manifest, payload) of the artifact at ``path``, after checking every hash."""
+    return _read(path, load_payload=True)
+
+
+def read_manifest(path: str | os.PathLike) -> dict[str, Any]:
+    """The artifact's manifest, verified against the zip comment; payload files are checked for
+    presence and size but not hashed (cheap, for ``inspect``-style tools)."""
+    return _read(path, load_payload=False)[0]
+
+
+def _read(path: str | os.PathLike, load_payload: bool) -> tuple[dict[str, Any], dict[str, bytes]]:
+    p = os.fspath(path)
+    if not os.path.exists(p):
+        raise ArtifactError(f"artifact not found: {p}")
+    if os.path.isdir(p):
+        raise ArtifactError(f"{p} is a directory, not an artifact file")
+    try:
+        with open(p, "rb") as f:
+            try:
+                zf = zipfile.ZipFile(f)
+            except _CORRUPT as e:
+                raise _corrupt(p, e) from e
+            with zf:
+                return _read_zip(p, zf, load_payload)
+    except PermissionError as e:
+        raise ArtifactError(f"cannot read artifact {p}: {e.strerror or e}") from e
+    except ArtifactError:
+        raise
+    except _CORRUPT as e:
+        raise _corrupt(p, e) from e
+
+
+def _read_zip(p: str, zf: zipfile.ZipFile, load_payload: bool) -> tuple[dict[str, Any], dict[str, bytes]]:
+    infos = zf.infolist()
+    names = [i.filename for i in infos]
+    if MANIFEST_NAME not in names:
+        raise ArtifactError(f"{p} is not a valid artifact: it has no {MANIFEST_NAME} "
+                            "(not written by this compiler, or damaged; recompile it)")
+    duplicates = sorted({n for n in names if names.count(n) > 1})
+    if duplicates:
+        raise _integrity(p, f"the archive holds {', '.join(duplicates)} more than once")
+
+    if zf.getinfo(MANIFEST_NAME).file_size > _MAX_MANIFEST_BYTES:
+        raise _integrity(p, f"{MANIFEST_NAME} is {zf.getinfo(MANIFEST_NAME).file_size} bytes, more than any "
+                            "manifest this compiler writes")
+    manifest_bytes = zf.read(MANIFEST_NAME)
+    recorded = zf.comment.decode("ascii", "replace")
+    if not _SHA256_HEX.fullmatch(recorded):  # a cut-off comment: the file's last bytes are missing
+        raise ArtifactError(f"{p} is not a valid artifact: file is truncated or corrupt (its zip comment "
+                            f"holds no manifest hash: {recorded[:70]!r})")
+    if sha256_bytes(manifest_bytes) != recorded:
+        raise _integrity(p, f"{MANIFEST_NAME} has sha256 {sha256_bytes(manifest_bytes)}, the archive says "
+                            f"{recorded}: the manifest was modified after it was written")
+    try:
+        manifest = json.loads(manifest_bytes.decode("utf-8"))
+    except (UnicodeDecodeError, ValueError) as e:
+        raise ArtifactError(f"{p} is not a valid artifact: {MANIFEST_NAME} is not valid JSON ({e})") from e
+    if not isinstance(manifest, dict):
+        raise ArtifactError(f"{p} is not a valid artifact: {MANIFEST_NAME} is not a JSON object")
+
+    fmt, version = manifest.get("format"), manifest.get("format_version")
+    if fmt != FORMAT_NAME:
+        raise ArtifactError(f"{p} is not an {FORMAT_NAME} file (its manifest says format {fmt!r})")
+    if not isinstance(version, int) or isinstance(version, bool) or version < 1:
+        raise ArtifactError(f"{p} is not a valid artifact: unknown format_version {version!r}")
+    if version > FORMAT_VERSION:
+        raise ArtifactError(f"{p} uses artifact format version {version}, but this compiler reads versions "
+                            f"up to {FORMAT_VERSION}; upgrade the compiler to load it")
+
+    table = manifest.get("payload")
+    if not isinstance(table, dict) or not all(
+            isinstance(e, dict) and isinstance(e.get("sha256"), str) and isinstance(e.get("size"), int)
+            for e in table.values()):
+        raise ArtifactError(f"{p} is not a valid artifact: its manifest has no valid payload table")
+    present = {i.filename: i for i in infos if i.filename != MANIFEST_NAME}
+    extra = sorted(set(present) - set(table))
+    if extra:
+        raise _integrity(p, f"it holds {', '.join(extra)}, which the manifest does not list")
+
+    payload: dict[str, bytes] = {}
+    for name in sorted(table):
+        want_sha, want_size = table[name]["sha256"], table[name]["size"]
+        info = present.get(name)
+        if info is None:
+            raise _integrity(p, f"payload file {name} listed in the manifest is missing")
+        if info.file_size != want_size:  # checked before reading: no decompressing of a huge entry
+            raise _integrity(p, f"payload file {name} has {info.file_size} bytes, manifest says {want_size}")
+        if not load_payload:
+            continue
+        data = zf.read(name)
+        got_sha = sha256_bytes(data)
+        if len(data) != want_size or got_sha != want_sha:
+            raise _integrity(p, f"payload file {name} has sha256 {got_sha}, manifest says {want_sha}")
+        payload[name] = data
+    return manifest, payload
+
+
+def _integrity(p: str, what: str) -> ArtifactError:
+    return ArtifactError(f"{p} failed its integrity check: {what} (the file was modified or damaged; recompile it)")
+
+
+def _corrupt(p: str, e: BaseException) -> ArtifactError:
+    detail = str(e) or type(e).__name__
+    return ArtifactError(f"{p} is not a valid artifact: file is truncated or corrupt ({detail})")

@@ -1,0 +1,243 @@
+"""``load()``: artifact file -> a callable that runs it with numpy in and numpy out.
+
+Loading checks the artifact's integrity (``compiler.artifact``), then hands the manifest and the
+payload to the runner of the artifact's target. Runners are modules found by target through
+``_RUNNERS`` and imported only when an artifact of that target is loaded, so loading an ONNX
+artifact imports onnxruntime but never torch (nor another target's runtime). A runner module
+exposes::
+
+    def load_runner(manifest: dict, payload: dict[str, bytes], threads: int | None
+                    ) -> Callable[[list[np.ndarray]], list[np.ndarray]]
+
+Before each run the loaded model checks the number, dtypes and shapes of its inputs against the
+manifest (symbolic dims such as ``batch`` must take one size across all inputs of a call) and
+names the offending input; it never casts silently.
+
+numpy and the standard library only.
+"""
+
+from __future__ import annotations
+
+import importlib
+import os
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any, Callable
+
+import numpy as np
+
+from compiler import dims
+from compiler.artifact import read_artifact
+from compiler.errors import ArtifactError, InputError
+
+Runner = Callable[[list[np.ndarray]], list[np.ndarray]]
+
+# target -> module path of its runner (imported lazily, by load()).
+_RUNNERS: dict[str, str] = {"onnx": "backends.onnx.runner"}
+
+
+def register_runner(target: str, module_path: str) -> None:
+    """Make ``load()`` run artifacts of ``target`` with the runner module ``module_path``
+    (a dotted module path exposing ``load_runner``; imported on first use)."""
+    if not isinstance(target, str) or not target:
+        raise ValueError(f"target must be a non-empty string, got {target!r}")
+    if not isinstance(module_path, str) or not module_path:
+        raise ValueError(f"module_path must be a non-empty dotted module path, got {module_path!r}")
+    _RUNNERS[target] = module_path
+
+
+def known_targets() -> list[str]:
+    return sorted(_RUNNERS)
+
+
+@dataclass(frozen=True)
+class TensorSpec:
+    """One input or output as the manifest declares it."""
+
+    name: str
+    dtype: str
+    shape: tuple[int | str, ...]
+
+    def __str__(self) -> str:
+        return f"{self.name}: {self.dtype}[{', '.join(str(d) for d in self.shape)}]"
+
+
+def load(path: str | os.PathLike, threads: int | None = None) -> LoadedModel:
+    """Load the artifact at ``path`` after checking its integrity; ``threads`` caps the runner's
+    intra-op threads (None: the backend's default, usually all cores)."""
+    if threads is not None and (not isinstance(threads, (int, np.integer)) or isinstance(threads, bool)
+                                or threads < 1):
+        raise InputError(f"threads must be a positive integer or None, got {threads!r}")
+    threads = None if threads is None else int(threads)
+    p = os.fspath(path)
+    manifest, payload = read_artifact(p)
+    target = manifest.get("target")
+    inputs = _specs(p, manifest, "inputs")
+    outputs = _specs(p, manifest, "outputs")
+    if not isinstance(target, str) or not target:
+        raise ArtifactError(f"{p} has a malformed manifest: no target; recompile it")
+    module = _runner_module(p, target)
+    load_runner = getattr(module, "load_runner", None)
+    if not callable(load_runner):
+        raise RuntimeError(f"runner module {_RUNNERS[target]} for target '{target}' has no load_runner()")
+    runner = load_runner(manifest, payload, threads)
+    return LoadedModel(p, manifest, runner, inputs, outputs, threads)
+
+
+def _runner_module(p: str, target: str):
+    module_path = _RUNNERS.get(target)
+    if module_path is None:
+        raise ArtifactError(f"{p} is for target '{target}', which this runtime cannot run "
+                            f"(known targets: {', '.join(known_targets())}); upgrade the compiler or "
+                            "recompile for a known target")
+    try:
+        return importlib.import_module(module_path)
+    except ImportError as e:
+        missing = getattr(e, "name", None)
+        if missing and missing != module_path and not module_path.startswith(missing + "."):
+            raise ArtifactError(f"running a '{target}' artifact needs the Python package '{missing}', "
+                                f"which is not installed (pip install {missing})") from e
+        raise ArtifactError(f"the runtime for target '{target}' ({module_path}) cannot be imported: {e}") from e
+
+
+def _specs(p: str, manifest: dict[str, Any], key: str) -> tuple[TensorSpec, ...]:
+    entries = manifest.get(key)
+    if not isinstance(entries, list):
+        raise ArtifactError(f"{p} has a malformed manifest: '{key}' is not a list; recompile it")
+    specs = []
+    for i, e in enumerate(entries):
+        ok = (isinstance(e, dict) and isinstance(e.get("name"), str) and isinstance(e.get("dtype"), str)
+              and isinstance(e.get("shape"), list)
+              and all((isinstance(d, int) and not isinstance(d, bool) and d >= 0) or (isinstance(d, str) and d)
+                      for d in e["shape"]))
+        if not ok:
+            raise ArtifactError(f"{p} has a malformed manifest: {key}[{i}] is not "
+                                "{name, dtype, shape}; recompile it")
+        specs.append(TensorSpec(e["name"], e["dtype"], tuple(e["shape"])))
+    return tuple(specs)
+
+
+def _numpy_dtype(name: str) -> np.dtype | None:
+    try:
+        return np.dtype(name)
+    except TypeError:
+        return None  # a dtype numpy lacks (e.g. bfloat16): compared by name
+
+
+def _fmt_shape(shape: Sequence[int | str]) -> str:
+    items = [str(d) for d in shape]
+    return f"({items[0]},)" if len(items) == 1 else f"({', '.join(items)})"
+
+
+class LoadedModel:
+    """A loaded artifact: ``m(*arrays)`` returns an array (one output) or a tuple of arrays;
+    ``m.run([arrays])`` always returns a list."""
+
+    def __init__(self, path: str, manifest: dict[str, Any], runner: Runner, inputs: tuple[TensorSpec, ...],
+                 outputs: tuple[TensorSpec, ...], threads: int | None = None):
+        self.path = path
+        self.manifest = manifest
+        self.target: str = manifest["target"]
+        self.inputs = inputs
+        self.outputs = outputs
+        self.input_names: tuple[str, ...] = tuple(s.name for s in inputs)
+        self.output_names: tuple[str, ...] = tuple(s.name for s in outputs)
+        self.threads = threads
+        self._runner = runner
+        self._dtypes = [_numpy_dtype(s.dtype) for s in inputs]
+
+    # -- running ---------------------------------------------------------------------------------
+    def __call__(self, *inputs: Any) -> np.ndarray | tuple[np.ndarray, ...]:
+        outputs = self.run(inputs)
+        return outputs[0] if len(outputs) == 1 else tuple(outputs)
+
+    def run(self, inputs: Sequence[Any] | Mapping[str, Any]) -> list[np.ndarray]:
+        """Run on ``inputs`` (a sequence in manifest order, or a mapping by input name); return
+        the outputs as a list."""
+        arrays = self._check_inputs(inputs)
+        outputs = self._runner(arrays)
+        if not isinstance(outputs, (list, tuple)):
+            raise ArtifactError(f"the '{self.target}' runner for {self.path} returned a "
+                                f"{type(outputs).__name__}, not a list of outputs")
+        if len(outputs) != len(self.outputs):
+            raise ArtifactError(f"the '{self.target}' runner for {self.path} returned {len(outputs)} outputs, "
+                                f"the manifest lists {len(self.outputs)} ({', '.join(self.output_names)})")
+        return [np.asarray(o) for o in outputs]
+
+    def _check_inputs(self, inputs: Sequence[Any] | Mapping[str, Any]) -> list[np.ndarray]:
+        specs = self.inputs
+        if isinstance(inputs, Mapping):
+            unknown = [k for k in inputs if k not in self.input_names]
+            missing = [n for n in self.input_names if n not in inputs]
+            if unknown or missing:
+                what = "; ".join(filter(None, [f"unknown {', '.join(map(repr, unknown))}" if unknown else "",
+                                               f"missing {', '.join(map(repr, missing))}" if missing else ""]))
+                raise InputError(f"inputs by name must be exactly ({', '.join(self.input_names)}): {what}")
+            inputs = [inputs[n] for n in self.input_names]
+        elif isinstance(inputs, np.ndarray):
+            raise InputError("run() takes a list of arrays: use run([x]) (or call the model: m(x))")
+        else:
+            inputs = list(inputs)
+        if len(inputs) != len(specs):
+            n = len(specs)
+            raise InputError(f"expected {n} input{'' if n == 1 else 's'} ({', '.join(self.input_names)}), "
+                             f"got {len(inputs)}")
+
+        arrays: list[np.ndarray] = []
+        bound: dict[str, tuple[int, str]] = {}  # symbol -> (size, input that set it)
+        has_expressions = False
+        for spec, want_dtype, value in zip(specs, self._dtypes, inputs):
+            try:
+                arr = np.asarray(value)
+            except (ValueError, TypeError) as e:
+                raise InputError(f"input '{spec.name}' is not an array: {e}") from e
+            if not arr.dtype.isnative:
+                arr = arr.astype(arr.dtype.newbyteorder("="))  # same values, native byte order
+            dtype_ok = arr.dtype == want_dtype if want_dtype is not None else arr.dtype.name == spec.dtype
+            if not dtype_ok:
+                raise InputError(f"input '{spec.name}' has dtype {arr.dtype.name}, expected {spec.dtype} "
+                                 f"(convert it, e.g. x.astype(np.{spec.dtype}))")
+            if arr.ndim != len(spec.shape):
+                raise self._shape_error(spec, arr)
+            for axis, (got, want) in enumerate(zip(arr.shape, spec.shape)):
+                if isinstance(want, int):
+                    if got != want:
+                        raise self._shape_error(spec, arr)
+                elif dims.is_symbol(want):
+                    if want in bound:
+                        size, source = bound[want]
+                        if got != size:
+                            raise InputError(f"input '{spec.name}' dim {axis} is {got} but '{want}' is {size} "
+                                             f"from input '{source}'")
+                    else:
+                        bound[want] = (got, spec.name)
+                else:
+                    has_expressions = True
+            arrays.append(arr if arr.flags.c_contiguous else np.ascontiguousarray(arr))
+
+        if has_expressions:  # dims such as "seq*2": checked once every plain symbol is bound
+            sizes = {k: v[0] for k, v in bound.items()}
+            for spec, arr in zip(specs, arrays):
+                for axis, (got, want) in enumerate(zip(arr.shape, spec.shape)):
+                    if isinstance(want, str) and not dims.is_symbol(want):
+                        try:
+                            size = dims.evaluate(want, sizes)
+                        except (KeyError, ValueError, ZeroDivisionError, SyntaxError):
+                            continue  # a symbol no input binds on its own: the backend checks it
+                        if got != size:
+                            raise InputError(f"input '{spec.name}' dim {axis} is {got} but {want} is {size}")
+        return arrays
+
+    @staticmethod
+    def _shape_error(spec: TensorSpec, arr: np.ndarray) -> InputError:
+        return InputError(f"input '{spec.name}' has shape {_fmt_shape(arr.shape)}, expected {_fmt_shape(spec.shape)}")
+
+    # -- describing ------------------------------------------------------------------------------
+    def signature(self) -> str:
+        """``"(x: float32[batch, 1000]) -> y: float32[batch, 1]"`` (several outputs in parentheses)."""
+        ins = ", ".join(str(s) for s in self.inputs)
+        outs = ", ".join(str(s) for s in self.outputs)
+        return f"({ins}) -> {outs if len(self.outputs) == 1 else f'({outs})'}"
+
+    def __repr__(self) -> str:
+        return f"LoadedModel(target={self.target!r}, path={self.path!r}, {self.signature()})"
