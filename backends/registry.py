@@ -23,7 +23,7 @@ class Target:
 
 
 def _emit_onnx(graph: Graph, options: dict[str, Any]) -> tuple[dict[str, bytes], dict[str, Any]]:
-    from backends.onnx.emitter import DEFAULT_OPSET, emit_onnx
+    from backends.onnx.emit import DEFAULT_OPSET, emit_onnx
 
     opset = options.get("opset") or DEFAULT_OPSET
     standard_only = bool(options.get("onnx_standard_only"))
@@ -44,7 +44,7 @@ def get_target(name: str) -> Target:
         raise CompileError(f"unknown target '{name}'; available: {', '.join(TARGETS)}") from None
 
 
-_EMITTER_MODULES = {"onnx": "backends.onnx.emitter"}
+_EMITTER_MODULES = {"onnx": "backends.onnx.emit"}
 
 
 def supported_ops(target: str) -> set[str]:

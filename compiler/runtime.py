@@ -33,7 +33,7 @@ from compiler.errors import ArtifactError, InputError
 Runner = Callable[[list[np.ndarray]], list[np.ndarray]]
 
 # target -> module path of its runner (imported lazily, by load()).
-_RUNNERS: dict[str, str] = {"onnx": "backends.onnx.runner"}
+_RUNNERS: dict[str, str] = {"onnx": "backends.onnx.runtime"}
 
 
 def register_runner(target: str, module_path: str) -> None:

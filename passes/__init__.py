@@ -21,7 +21,8 @@ PASSES: dict[str, type[Pass]] = {p.name: p for p in (
     FoldConstants, Simplify, EliminateCommonSubexpressions, FoldBatchNorm, FuseGelu, FuseLayerNorm,
     FuseAttention, FuseActivation, EliminateDeadCode,
 )}
-DEFAULT_PIPELINE = ("fold", "simplify", "cse", "fold_bn", "dce")
+DEFAULT_PIPELINE = ("fold", "simplify", "cse", "fold_bn", "fuse_gelu", "fuse_layernorm", "fuse_attention",
+                    "fuse_act", "dce")
 
 
 def make_pipeline(names: str | list[str] | tuple[str, ...] | None = None) -> list[Pass]:

@@ -374,8 +374,12 @@ def _sdpa_type(q, k, v, mask=None, *, is_causal, scale) -> TensorType:
         raise ValueError("attention needs q, k, v of equal rank >= 2")
     if mask is not None and not (mask.dtype == q.dtype or mask.dtype.name == "bool"):
         raise ValueError(f"attention mask must be bool or {q.dtype}")
-    batch = dims.broadcast(q.shape[:-2], k.shape[:-2])
-    return TensorType(q.dtype, batch + (q.shape[-2], v.shape[-1]))
+    batch = dims.broadcast(dims.broadcast(q.shape[:-2], k.shape[:-2]), v.shape[:-2])
+    out = batch + (q.shape[-2], v.shape[-1])
+    if mask is not None:  # scores [.., Lq, Lk] + mask broadcast: mask may widen the batch dims too
+        scores = dims.broadcast(batch + (q.shape[-2], k.shape[-2]), mask.shape)
+        out = scores[:-2] + out[-2:]
+    return TensorType(q.dtype, out)
 
 
 def _attention_flops(ins, outs, **_):

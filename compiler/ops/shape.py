@@ -87,7 +87,7 @@ def _expand_type(x: TensorType, *, shape) -> TensorType:
         out = dims.broadcast(x.shape, tuple(shape))
     except ValueError:
         raise ValueError(f"cannot expand {x.shape} to {tuple(shape)}") from None
-    if len(out) != len(shape):
+    if out != tuple(shape):
         raise ValueError(f"cannot expand {x.shape} to {tuple(shape)}")
     return TensorType(x.dtype, tuple(shape))
 

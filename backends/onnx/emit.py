@@ -1,0 +1,956 @@
+"""The ONNX emitter: IR ``Graph`` -> ``onnx.ModelProto`` (run by onnxruntime's CPU provider).
+
+``EMITTERS`` is a table from IR op name to a function that appends the ONNX nodes for one IR
+node to an ``EmitContext``. The op registry's numpy references are the spec: where an ONNX
+operator differs (dtype support of onnxruntime's CPU kernels, fused activations, ceil-mode
+pooling, ...) the emitter composes or converts, and where it cannot express an attribute
+combination it raises ``UnsupportedOpError``.
+
+Naming: ONNX value names are the IR value names; the ONNX node producing an IR node's output
+carries the IR node's name, helper nodes are named after it ("conv_3_Add"). Every value gets
+value_info (dtype and shape, symbolic dims as ``dim_param``) and the model passes
+``onnx.checker.check_model(full_check=True)`` before it is returned.
+
+This module imports onnx and numpy only: no torch, no onnxruntime.
+"""
+
+from __future__ import annotations
+
+import ast
+import math
+import re
+from typing import Callable, Sequence
+
+import numpy as np
+import onnx
+from onnx import TensorProto, helper, numpy_helper
+
+from compiler import dims
+from compiler.errors import CompileError, UnsupportedOpError
+from compiler.ir import DType, Graph, Node, Value
+from compiler.ops.nn import activation_op
+
+# onnx 1.23 defines opset 28 and onnxruntime 1.32 has a CPU kernel for every op at the version
+# opset 28 selects (checked against onnxruntime's kernel registry: only the deprecated Scatter
+# and Upsample lack one); onnxruntime also loads such models without an "under development"
+# warning. Opset 18 is the oldest we emit (reductions take axes as an input from 18 on).
+DEFAULT_OPSET = 28
+MIN_OPSET = 18
+STAGE = "the ONNX backend"
+CONTRIB = "com.microsoft"  # onnxruntime's contrib operator domain
+INT64_MAX = 2 ** 63 - 1
+INT64_MIN = -(2 ** 63)
+
+
+class OnnxEmitError(CompileError):
+    """The emitted ONNX model failed onnx's checker (a backend bug); names the IR node."""
+
+
+# -- dtypes ------------------------------------------------------------------------------------
+ONNX_DTYPES: dict[DType, int] = {
+    DType.float16: TensorProto.FLOAT16, DType.float32: TensorProto.FLOAT, DType.float64: TensorProto.DOUBLE,
+    DType.bfloat16: TensorProto.BFLOAT16, DType.int8: TensorProto.INT8, DType.int16: TensorProto.INT16,
+    DType.int32: TensorProto.INT32, DType.int64: TensorProto.INT64, DType.uint8: TensorProto.UINT8,
+    DType.bool: TensorProto.BOOL,
+}
+
+_f16, _bf16, _f32, _f64 = DType.float16, DType.bfloat16, DType.float32, DType.float64
+_i8, _i16, _i32, _i64, _u8, _b = DType.int8, DType.int16, DType.int32, DType.int64, DType.uint8, DType.bool
+_FLOATS = frozenset({_f32, _f64})
+_F32 = frozenset({_f32})
+_ARITH = frozenset({_f32, _f64, _i8, _i16, _i32, _i64, _u8})
+_MINMAX = frozenset({_f16, _f32, _f64, _i8, _i32, _i64, _u8})
+
+# Element types onnxruntime's CPU kernels implement, per ONNX op (onnxruntime 1.32, read from
+# its kernel registry). Ops not listed (data movement, Cast, Shape, ...) take every IR dtype.
+# An IR dtype outside the set is computed in the first wider type of ``_WIDER`` that is in it.
+ORT_CPU_TYPES: dict[str, frozenset[DType]] = {
+    "Neg": frozenset({_f32, _f64, _i8, _i16, _i32, _i64}),
+    "Abs": _ARITH,
+    "Relu": frozenset({_f32, _f64, _i8, _i32}),
+    "Add": _ARITH, "Sub": _ARITH, "Mul": _ARITH, "Div": _ARITH,
+    "Pow": frozenset({_f32, _f64, _i32, _i64}),
+    "Max": _MINMAX, "Min": _MINMAX, "Clip": _MINMAX,
+    "Equal": _ARITH | {_b},
+    "Less": _ARITH, "LessOrEqual": _ARITH, "Greater": _ARITH, "GreaterOrEqual": _ARITH,
+    "Where": frozenset({_f32, _f64, _i8, _i32, _i64, _u8}),
+    "ReduceSum": frozenset({_f32, _f64, _i32, _i64}),
+    "ReduceMean": frozenset({_f32, _f64, _i32, _i64}),
+    "ReduceMax": frozenset({_b, _f32, _f64, _i8, _i32, _i64, _u8}),
+    "ReduceMin": frozenset({_b, _f32, _f64, _i8, _i32, _i64, _u8}),
+    "ArgMax": frozenset({_f32, _f64, _i8, _i32, _i64, _u8}),
+    "MatMul": frozenset({_f32, _f64, _i32, _i64}),
+    "Gemm": _FLOATS,
+    "MaxPool": frozenset({_f32, _f64, _i8, _u8}),
+    "Exp": _FLOATS, "Log": _FLOATS, "Sqrt": _FLOATS, "Reciprocal": _FLOATS, "Sin": _FLOATS,
+    "Cos": _FLOATS, "Tanh": _FLOATS, "Floor": _FLOATS, "Ceil": _FLOATS, "Sigmoid": _FLOATS,
+    "Softmax": _FLOATS, "LogSoftmax": _FLOATS, "BatchNormalization": _FLOATS,
+    "LayerNormalization": frozenset({_f16, _bf16, _f32, _f64}),
+    "Erf": _F32, "Gelu": _F32, "Conv": _F32, "AveragePool": _F32, "GlobalAveragePool": _F32,
+    "HardSigmoid": _F32, "HardSwish": _F32, "LeakyRelu": _F32,
+    "Trilu": frozenset({_b, _f32, _f64, _i32, _i64}),
+    "Not": frozenset({_b}), "And": frozenset({_b}), "Or": frozenset({_b}),
+}
+# (op, dtype) pairs the ONNX schema itself allows only from some opset on.
+_MIN_OPSET_FOR_TYPE: dict[tuple[str, DType], int] = {("ReduceMax", _b): 20, ("ReduceMin", _b): 20}
+_WIDER: dict[DType, tuple[DType, ...]] = {
+    _f16: (_f32, _f64), _bf16: (_f32, _f64), _f32: (_f64,), _f64: (_f32,),
+    _i8: (_i32, _i64, _f32), _i16: (_i32, _i64, _f32), _u8: (_i32, _i64, _f32),
+    _i32: (_i64, _f64), _i64: (_f64,), _b: (_u8, _i32, _i64, _f32),
+}
+
+
+# -- the context -------------------------------------------------------------------------------
+Emitter = Callable[["EmitContext", Node], None]
+
+
+class EmitContext:
+    """Collects ONNX nodes, initializers and value types while the emitters run."""
+
+    def __init__(self, graph: Graph, opset: int, standard_only: bool = False):
+        self.graph = graph
+        self.opset = opset
+        self.standard_only = standard_only  # no onnxruntime contrib ops (com.microsoft)
+        self.uses_contrib = False
+        self.nodes: list[onnx.NodeProto] = []
+        self.initializers: dict[str, TensorProto] = {}
+        self.const_arrays: dict[str, np.ndarray] = {}
+        self.value_types: dict[str, tuple[DType, tuple | None]] = {}  # name -> (dtype, shape or None)
+        self.node_of: dict[str, Node] = {}  # ONNX node name -> IR node it was emitted for
+        self.current: Node | None = None
+        self._names: set[str] = {v.name for v in graph.values()}
+        self._node_names: set[str] = {n.name for n in graph.nodes}
+        self._used_ir_node_names: set[str] = set()
+        self._const_cache: dict[tuple, str] = {}
+        self._dim_cache: dict[str, str] = {}
+        self._counter = 0
+
+    # names ------------------------------------------------------------------------------------
+    def fresh(self, hint: str) -> str:
+        hint = re.sub(r"[^A-Za-z0-9_]", "_", hint) or "v"
+        name = hint
+        while name in self._names:
+            self._counter += 1
+            name = f"{hint}_{self._counter}"
+        self._names.add(name)
+        return name
+
+    def _fresh_node_name(self, hint: str) -> str:
+        name = hint
+        while name in self._node_names:
+            self._counter += 1
+            name = f"{hint}_{self._counter}"
+        self._node_names.add(name)
+        return name
+
+    def _prefix(self) -> str:
+        return self.current.name if self.current is not None else "graph"
+
+    # values -----------------------------------------------------------------------------------
+    def value(self, v: Value | None) -> str:
+        """ONNX name of an IR value ("" for an absent optional input); constants become
+        initializers the first time they are used."""
+        if v is None:
+            return ""
+        if v.is_const and v.name not in self.initializers:
+            self._add_initializer(v.name, np.asarray(v.const))
+        return v.name
+
+    def _add_initializer(self, name: str, array: np.ndarray) -> None:
+        self.initializers[name] = numpy_helper.from_array(array, name)
+        self.const_arrays[name] = array
+        self.value_types[name] = (DType.from_numpy(array.dtype), tuple(int(d) for d in array.shape))
+
+    def const(self, array, dtype: DType | np.dtype | None = None, hint: str = "const") -> str:
+        """An initializer holding ``array`` (small ones are shared)."""
+        np_dtype = dtype.numpy if isinstance(dtype, DType) else dtype
+        array = np.ascontiguousarray(np.asarray(array, dtype=np_dtype))
+        key = None
+        if array.size <= 64:
+            key = (array.dtype.str, array.shape, array.tobytes())
+            if key in self._const_cache:
+                return self._const_cache[key]
+        name = self.fresh(f"{self._prefix()}_{hint}")
+        self._add_initializer(name, array)
+        if key is not None:
+            self._const_cache[key] = name
+        return name
+
+    def ints(self, values: Sequence[int], hint: str = "ints") -> str:
+        return self.const(np.asarray(list(values), dtype=np.int64), hint=hint)
+
+    def scalar(self, value, dtype: DType, hint: str = "scalar") -> str:
+        return self.const(np.asarray(value, dtype=dtype.numpy), hint=hint)
+
+    # nodes ------------------------------------------------------------------------------------
+    def add(self, op_type: str, inputs: Sequence[str], outputs: Sequence[str] | str | None = None, *,
+            dtype: DType | None = None, shape: tuple | None = None, n_outputs: int = 1, domain: str = "",
+            **attrs) -> str:
+        """Append an ONNX node; returns its (first) output name. Fresh outputs get the type
+        (``dtype``, ``shape``) when given, else the type onnx shape inference finds."""
+        if outputs is None:
+            outputs = [self.fresh(f"{self._prefix()}_{op_type}") for _ in range(n_outputs)]
+        elif isinstance(outputs, str):
+            outputs = [outputs]
+        if dtype is not None:  # IR outputs get their IR type after the emitter ran
+            for name in outputs:
+                self.value_types[name] = (dtype, shape)
+        inputs = list(inputs)
+        while inputs and inputs[-1] == "":
+            inputs.pop()  # trailing absent optional inputs are simply left out
+        node_name = self._node_name(op_type, outputs)
+        attrs = {k: v for k, v in attrs.items() if v is not None}
+        if domain:
+            self.uses_contrib = True
+        self.nodes.append(helper.make_node(op_type, inputs, list(outputs), name=node_name, domain=domain or None,
+                                           **attrs))
+        if self.current is not None:
+            self.node_of[node_name] = self.current
+        return outputs[0]
+
+    def _node_name(self, op_type: str, outputs: Sequence[str]) -> str:
+        cur = self.current
+        if cur is not None and cur.name not in self._used_ir_node_names \
+                and any(o.name in outputs for o in cur.outputs):
+            self._used_ir_node_names.add(cur.name)
+            return cur.name
+        return self._fresh_node_name(f"{self._prefix()}_{op_type}")
+
+    def cast(self, name: str, src: DType, dst: DType, shape: tuple | None = None,
+             out: str | None = None) -> str:
+        """``name`` converted from ``src`` to ``dst`` (constants are converted here, not at run time)."""
+        if src == dst and out is None:
+            return name
+        if name == "":
+            return name
+        if out is None and name in self.const_arrays and dst != DType.bfloat16:
+            return self.const(self.const_arrays[name].astype(dst.numpy), hint="cast")
+        return self.add("Cast", [name], out, dtype=dst, shape=shape, to=ONNX_DTYPES[dst])
+
+    def compute_dtype(self, op_type: str, dtype: DType) -> DType:
+        """The dtype ``op_type`` runs in on onnxruntime's CPU provider for IR dtype ``dtype``."""
+        supported = ORT_CPU_TYPES.get(op_type)
+
+        def ok(d: DType) -> bool:
+            return (supported is None or d in supported) and self.opset >= _MIN_OPSET_FOR_TYPE.get((op_type, d), 0)
+
+        if ok(dtype):
+            return dtype
+        for wider in _WIDER.get(dtype, ()):
+            if ok(wider):
+                return wider
+        raise self.unsupported(f"onnxruntime has no CPU {op_type} kernel for {dtype}")
+
+    def typed(self, op_type: str, inputs: Sequence[str], dtype: DType, out: str | None, shape: tuple | None, *,
+              fixed_dtype: DType | None = None, cast: Sequence[int] | None = None, **attrs) -> str:
+        """``op_type`` whose data inputs (indices ``cast``, default all) have IR dtype ``dtype``,
+        run in a dtype onnxruntime supports, result named ``out``. The result has the inputs'
+        dtype (a widened result is cast back to ``dtype``) unless the op always produces
+        ``fixed_dtype`` (comparisons: bool, ArgMax: int64)."""
+        cd = self.compute_dtype(op_type, dtype)
+        indices = range(len(inputs)) if cast is None else cast
+        names = [self.cast(n, dtype, cd) if i in indices else n for i, n in enumerate(inputs)]
+        if fixed_dtype is not None or cd == dtype:
+            return self.add(op_type, names, out, dtype=fixed_dtype or dtype, shape=shape, **attrs)
+        tmp = self.add(op_type, names, dtype=cd, shape=shape, **attrs)
+        return self.cast(tmp, cd, dtype, shape, out=out or self.fresh(f"{self._prefix()}_out"))
+
+    # symbolic dims -----------------------------------------------------------------------------
+    def dim_tensor(self, dim: dims.Dim) -> str:
+        """A 1-element int64 tensor holding ``dim`` at run time: symbols come from the shape of a
+        graph input that has them, expressions are computed with Add/Sub/Mul/Div."""
+        if isinstance(dim, int):
+            return self.ints([dim], "dim")
+        if dim in self._dim_cache:
+            return self._dim_cache[dim]
+        if dims.is_symbol(dim):
+            for v in self.graph.inputs:
+                if dim in v.shape:
+                    axis = v.shape.index(dim)
+                    saved, self.current = self.current, None
+                    name = self.add("Shape", [v.name], self.fresh(f"{dim}_size"), dtype=DType.int64,
+                                    shape=(1,), start=axis, end=axis + 1)
+                    self.current = saved
+                    break
+            else:
+                raise self.unsupported(f"symbolic dim '{dim}' is not a dim of any graph input")
+        else:
+            name = self._dim_expr(ast.parse(dim, mode="eval").body, dim)
+        self._dim_cache[dim] = name
+        return name
+
+    def _dim_expr(self, tree: ast.AST, text: str) -> str:
+        ops = {ast.Add: "Add", ast.Sub: "Sub", ast.Mult: "Mul", ast.FloorDiv: "Div"}  # dims are >= 0
+        if isinstance(tree, ast.Constant) and isinstance(tree.value, int):
+            return self.ints([tree.value], "dim")
+        if isinstance(tree, ast.Name):
+            return self.dim_tensor(tree.id)
+        if isinstance(tree, ast.BinOp) and type(tree.op) in ops:
+            return self.add(ops[type(tree.op)], [self._dim_expr(tree.left, text), self._dim_expr(tree.right, text)],
+                            dtype=DType.int64, shape=(1,))
+        if isinstance(tree, ast.UnaryOp) and isinstance(tree.op, ast.USub):
+            return self.add("Neg", [self._dim_expr(tree.operand, text)], dtype=DType.int64, shape=(1,))
+        raise self.unsupported(f"cannot compute the symbolic dim '{text}'")
+
+    def shape_input(self, target: tuple, source: tuple, *, mode: str) -> str:
+        """The int64 shape input of Reshape (``mode="reshape"``) or Expand (``"expand"``) that
+        produces ``target`` from an input of shape ``source``. Static shapes are constants; a
+        symbolic dim equal to the input's dim at the same place is 0 (Reshape copies it) or 1
+        (Expand keeps it); one remaining unknown dim of a Reshape is -1; otherwise the shape is
+        concatenated from constants and run-time dims."""
+        target = tuple(target)
+        if all(isinstance(d, int) for d in target):
+            return self.ints(target, "shape")
+        has_zero = any(isinstance(d, int) and d == 0 for d in target)
+        entries: list[int | None] = []
+        offset = len(target) - len(source)  # Expand aligns dims at the right, Reshape at the left
+        for i, d in enumerate(target):
+            if isinstance(d, int):
+                entries.append(d)
+            elif mode == "reshape" and not has_zero and i < len(source) and source[i] == d:
+                entries.append(0)
+            elif mode == "expand" and i - offset >= 0 and source[i - offset] == d:
+                entries.append(1)
+            else:
+                entries.append(None)
+        unknown = [i for i, e in enumerate(entries) if e is None]
+        if not unknown:
+            return self.ints(entries, "shape")
+        if mode == "reshape" and len(unknown) == 1 and not has_zero:
+            entries[unknown[0]] = -1
+            return self.ints(entries, "shape")
+        pieces: list[str] = []
+        run: list[int] = []
+        for i, e in enumerate(entries):
+            if e is None:
+                if run:
+                    pieces.append(self.ints(run, "shape"))
+                    run = []
+                pieces.append(self.dim_tensor(target[i]))
+            else:
+                run.append(e)
+        if run:
+            pieces.append(self.ints(run, "shape"))
+        return self.add("Concat", pieces, dtype=DType.int64, shape=(len(target),), axis=0)
+
+    # errors -----------------------------------------------------------------------------------
+    def unsupported(self, detail: str) -> UnsupportedOpError:
+        node = self.current
+        return UnsupportedOpError(node.op if node is not None else "?", stage=STAGE,
+                                  location=node.location if node is not None else None, detail=detail)
+
+
+# -- unary lowerings ---------------------------------------------------------------------------
+# A lowering computes one unary op on an ONNX value: (ctx, x, dtype, shape, out, attrs) -> out.
+# Unary EMITTERS and the fused activations of linear/conv both use them.
+Lowering = Callable[[EmitContext, str, DType, tuple, "str | None", dict], str]
+
+
+def _simple(op_type: str) -> Lowering:
+    def lower(ctx, x, dtype, shape, out, attrs):
+        return ctx.typed(op_type, [x], dtype, out, shape)
+    return lower
+
+
+def _lower_neg(ctx, x, dtype, shape, out, attrs):
+    if dtype == DType.uint8:  # numpy wraps: 0 - x in uint8
+        return ctx.add("Sub", [ctx.scalar(0, dtype), x], out, dtype=dtype, shape=shape)
+    return ctx.typed("Neg", [x], dtype, out, shape)
+
+
+def _lower_relu(ctx, x, dtype, shape, out, attrs):
+    if dtype in ORT_CPU_TYPES["Relu"]:
+        return ctx.add("Relu", [x], out, dtype=dtype, shape=shape)
+    if dtype == DType.uint8:
+        return ctx.add("Identity", [x], out, dtype=dtype, shape=shape)
+    cd = ctx.compute_dtype("Max", dtype)
+    return ctx.typed("Max", [x, ctx.scalar(0, cd)], dtype, out, shape, cast=[0])
+
+
+def _lower_rsqrt(ctx, x, dtype, shape, out, attrs):
+    cd = ctx.compute_dtype("Sqrt", dtype)
+    root = ctx.add("Sqrt", [ctx.cast(x, dtype, cd)], dtype=cd, shape=shape)
+    if cd == dtype:
+        return ctx.add("Reciprocal", [root], out, dtype=dtype, shape=shape)
+    return _finish(ctx, ctx.add("Reciprocal", [root], dtype=cd, shape=shape), cd, dtype, shape, out)
+
+
+def _finish(ctx, result: str, cd: DType, dtype: DType, shape, out) -> str:
+    """Name ``result`` (computed in ``cd``) ``out`` in ``dtype``."""
+    if cd != dtype:
+        return ctx.cast(result, cd, dtype, shape, out=out or ctx.fresh(f"{ctx._prefix()}_out"))
+    if out is not None:
+        return ctx.add("Identity", [result], out, dtype=dtype, shape=shape)
+    return result
+
+
+def _lower_silu(ctx, x, dtype, shape, out, attrs):
+    cd = ctx.compute_dtype("Sigmoid", dtype)
+    xc = ctx.cast(x, dtype, cd)
+    sig = ctx.add("Sigmoid", [xc], dtype=cd, shape=shape)
+    if cd == dtype:
+        return ctx.add("Mul", [xc, sig], out, dtype=dtype, shape=shape)
+    return _finish(ctx, ctx.add("Mul", [xc, sig], dtype=cd, shape=shape), cd, dtype, shape, out)
+
+
+def _lower_gelu(ctx, x, dtype, shape, out, attrs):
+    approximate = attrs.get("approximate", "none")
+    if approximate not in ("none", "tanh"):
+        raise ctx.unsupported(f"gelu approximate={approximate!r}")
+    if ctx.opset >= 20:
+        return ctx.typed("Gelu", [x], dtype, out, shape, approximate=approximate)
+    # Older opsets: 0.5 * x * (1 + erf(x / sqrt 2)) or the tanh form.
+    cd = ctx.compute_dtype("Erf" if approximate == "none" else "Tanh", dtype)
+    xc = ctx.cast(x, dtype, cd)
+
+    def k(v):
+        return ctx.scalar(v, cd)
+
+    def op(name, *args):
+        return ctx.add(name, list(args), dtype=cd, shape=shape)
+
+    if approximate == "none":
+        inner = op("Erf", op("Mul", xc, k(1.0 / math.sqrt(2.0))))
+    else:
+        cube = op("Mul", xc, op("Mul", xc, xc))
+        inner = op("Tanh", op("Mul", k(math.sqrt(2.0 / math.pi)), op("Add", xc, op("Mul", k(0.044715), cube))))
+    half_x = op("Mul", xc, k(0.5))
+    if cd == dtype:
+        return ctx.add("Mul", [half_x, op("Add", inner, k(1.0))], out, dtype=dtype, shape=shape)
+    return _finish(ctx, op("Mul", half_x, op("Add", inner, k(1.0))), cd, dtype, shape, out)
+
+
+def _lower_hardsigmoid(ctx, x, dtype, shape, out, attrs):
+    return ctx.typed("HardSigmoid", [x], dtype, out, shape, alpha=1.0 / 6.0, beta=0.5)
+
+
+def _lower_clamp(ctx, x, dtype, shape, out, attrs):
+    cd = ctx.compute_dtype("Clip", dtype)
+
+    def bound(v):
+        if v is None:
+            return ""
+        return ctx.scalar(np.asarray(v, dtype=dtype.numpy).astype(cd.numpy), cd, "bound")
+
+    return ctx.typed("Clip", [x, bound(attrs.get("min")), bound(attrs.get("max"))], dtype, out, shape, cast=[0])
+
+
+def _lower_leaky_relu(ctx, x, dtype, shape, out, attrs):
+    return ctx.typed("LeakyRelu", [x], dtype, out, shape, alpha=float(attrs.get("negative_slope", 0.01)))
+
+
+def _lower_cast(ctx, x, dtype, shape, out, attrs):
+    target: DType = attrs["dtype"]
+    return ctx.add("Cast", [x], out, dtype=target, shape=shape, to=ONNX_DTYPES[target])
+
+
+UNARY: dict[str, Lowering] = {
+    "neg": _lower_neg, "abs": _simple("Abs"), "exp": _simple("Exp"), "log": _simple("Log"),
+    "sqrt": _simple("Sqrt"), "rsqrt": _lower_rsqrt, "reciprocal": _simple("Reciprocal"),
+    "sin": _simple("Sin"), "cos": _simple("Cos"), "tanh": _simple("Tanh"), "erf": _simple("Erf"),
+    "floor": _simple("Floor"), "ceil": _simple("Ceil"), "sigmoid": _simple("Sigmoid"),
+    "relu": _lower_relu, "silu": _lower_silu, "hardsigmoid": _lower_hardsigmoid,
+    "hardswish": _simple("HardSwish"), "gelu": _lower_gelu, "clamp": _lower_clamp,
+    "leaky_relu": _lower_leaky_relu, "logical_not": _simple("Not"), "cast": _lower_cast,
+}
+
+
+def _unary_emitter(op: str) -> Emitter:
+    lower = UNARY[op]
+
+    def emit(ctx: EmitContext, node: Node) -> None:
+        x = node.inputs[0]
+        lower(ctx, ctx.value(x), x.dtype, node.output.shape, node.output.name, node.attrs)
+
+    emit.__name__ = f"emit_{op}"
+    return emit
+
+
+def _apply_activation(ctx: EmitContext, node: Node, pre: str, dtype: DType) -> None:
+    """Name ``pre`` (the op's result before its fused activation) as the node's output."""
+    out = node.output
+    if not node.attrs.get("activation"):
+        if pre != out.name:
+            ctx.add("Identity", [pre], out.name, dtype=dtype, shape=out.shape)
+        return
+    op, attrs = activation_op(node.attrs["activation"], node.attrs.get("activation_args", ()))
+    UNARY[op](ctx, pre, dtype, out.shape, out.name, attrs)
+
+
+# -- binary and ternary ------------------------------------------------------------------------
+def _binary_emitter(op_type: str, *, compare: bool = False, negate: bool = False) -> Emitter:
+    def emit(ctx: EmitContext, node: Node) -> None:
+        a, b = node.inputs
+        out = node.output
+        fixed = DType.bool if compare else None
+        if negate:
+            eq = ctx.typed(op_type, [ctx.value(a), ctx.value(b)], a.dtype, None, out.shape, fixed_dtype=fixed)
+            ctx.add("Not", [eq], out.name, dtype=out.dtype, shape=out.shape)
+        else:
+            ctx.typed(op_type, [ctx.value(a), ctx.value(b)], a.dtype, out.name, out.shape, fixed_dtype=fixed)
+
+    emit.__name__ = f"emit_{op_type}"
+    return emit
+
+
+def emit_where(ctx: EmitContext, node: Node) -> None:
+    cond, a, b = node.inputs
+    ctx.typed("Where", [ctx.value(cond), ctx.value(a), ctx.value(b)], a.dtype, node.output.name,
+              node.output.shape, cast=[1, 2])
+
+
+# -- reductions --------------------------------------------------------------------------------
+def _reduce_emitter(op_type: str) -> Emitter:
+    def emit(ctx: EmitContext, node: Node) -> None:
+        x = node.inputs[0]
+        rank = len(x.shape)
+        # Normalised and deduplicated; empty (or a rank-0 input) reduces every axis, which ONNX
+        # does when the axes input is absent and noop_with_empty_axes is 0.
+        axes = sorted({a % rank for a in node.attrs["axes"]}) if rank else []
+        inputs = [ctx.value(x)] + ([ctx.ints(axes, "axes")] if axes else [])
+        ctx.typed(op_type, inputs, x.dtype, node.output.name, node.output.shape, cast=[0],
+                  keepdims=int(node.attrs["keepdim"]), noop_with_empty_axes=0)
+
+    emit.__name__ = f"emit_{op_type}"
+    return emit
+
+
+def emit_argmax(ctx: EmitContext, node: Node) -> None:
+    x = node.inputs[0]
+    ctx.typed("ArgMax", [ctx.value(x)], x.dtype, node.output.name, node.output.shape, fixed_dtype=DType.int64,
+              axis=node.attrs["axis"], keepdims=int(node.attrs["keepdim"]), select_last_index=0)
+
+
+# -- shape ops ---------------------------------------------------------------------------------
+def emit_reshape(ctx: EmitContext, node: Node) -> None:
+    x = node.inputs[0]
+    target = node.attrs["shape"]
+    has_zero = any(isinstance(d, int) and d == 0 for d in target)
+    shape = ctx.shape_input(target, x.shape, mode="reshape")
+    ctx.add("Reshape", [ctx.value(x), shape], node.output.name, allowzero=1 if has_zero else None)
+
+
+def emit_expand(ctx: EmitContext, node: Node) -> None:
+    x = node.inputs[0]
+    shape = ctx.shape_input(node.attrs["shape"], x.shape, mode="expand")
+    ctx.add("Expand", [ctx.value(x), shape], node.output.name)
+
+
+def emit_transpose(ctx: EmitContext, node: Node) -> None:
+    ctx.add("Transpose", [ctx.value(node.inputs[0])], node.output.name, perm=list(node.attrs["perm"]))
+
+
+def emit_concat(ctx: EmitContext, node: Node) -> None:
+    ctx.add("Concat", [ctx.value(v) for v in node.inputs], node.output.name, axis=node.attrs["axis"])
+
+
+def _clamp64(v: int) -> int:
+    return max(INT64_MIN, min(INT64_MAX, int(v)))
+
+
+def emit_slice(ctx: EmitContext, node: Node) -> None:
+    a = node.attrs
+    # ONNX Slice clamps out-of-range starts/ends like Python for a positive step; ends beyond
+    # int64 (Python ints are unbounded) are clamped to INT64_MAX, which means "to the end".
+    inputs = [ctx.value(node.inputs[0]), ctx.ints([_clamp64(a["start"])], "starts"),
+              ctx.ints([_clamp64(a["end"])], "ends"), ctx.ints([a["axis"]], "axes"), ctx.ints([a["step"]], "steps")]
+    ctx.add("Slice", inputs, node.output.name)
+
+
+def emit_gather(ctx: EmitContext, node: Node) -> None:
+    x, indices = node.inputs
+    idx = ctx.value(indices)
+    if indices.dtype not in (DType.int32, DType.int64):
+        idx = ctx.cast(idx, indices.dtype, DType.int64, indices.shape)
+    ctx.add("Gather", [ctx.value(x), idx], node.output.name, axis=node.attrs["axis"])
+
+
+# -- matmul / linear / conv --------------------------------------------------------------------
+def emit_matmul(ctx: EmitContext, node: Node) -> None:
+    a, b = node.inputs
+    ctx.typed("MatMul", [ctx.value(a), ctx.value(b)], a.dtype, node.output.name, node.output.shape)
+
+
+def _transposed(ctx: EmitContext, v: Value, perm: list[int], dtype: DType) -> str:
+    """``v`` with axes permuted: a pre-transposed initializer when ``v`` is a constant."""
+    if v.is_const:
+        return ctx.const(np.ascontiguousarray(np.transpose(v.const, perm)).astype(dtype.numpy), hint=f"{v.name}_T")
+    shape = tuple(v.shape[p] for p in perm)
+    return ctx.add("Transpose", [ctx.cast(ctx.value(v), v.dtype, dtype)], dtype=dtype, shape=shape, perm=perm)
+
+
+def emit_linear(ctx: EmitContext, node: Node) -> None:
+    x, w, b = (list(node.inputs) + [None])[:3]
+    out = node.output
+    dtype = x.dtype
+    fused = bool(node.attrs.get("activation"))
+    if len(x.shape) == 2:
+        cd = ctx.compute_dtype("Gemm", dtype)
+        inputs = [ctx.cast(ctx.value(x), dtype, cd), ctx.cast(ctx.value(w), dtype, cd),
+                  ctx.cast(ctx.value(b), dtype, cd)]
+        target = None if (fused or cd != dtype) else out.name
+        pre = ctx.add("Gemm", inputs, target, dtype=cd, shape=out.shape, transB=1)
+    else:
+        cd = ctx.compute_dtype("MatMul", dtype)
+        w_t = _transposed(ctx, w, [1, 0], cd)
+        target = None if (fused or cd != dtype or b is not None) else out.name
+        pre = ctx.add("MatMul", [ctx.cast(ctx.value(x), dtype, cd), w_t], target, dtype=cd, shape=out.shape)
+        if b is not None:
+            target = None if (fused or cd != dtype) else out.name
+            pre = ctx.add("Add", [pre, ctx.cast(ctx.value(b), dtype, cd)], target, dtype=cd, shape=out.shape)
+    if cd != dtype:
+        pre = ctx.cast(pre, cd, dtype, out.shape, out=None if fused else out.name)
+    if pre != out.name:
+        _apply_activation(ctx, node, pre, dtype)
+
+
+# Activations onnxruntime's contrib FusedConv runs inside the convolution kernel:
+# IR activation -> (FusedConv activation name, activation_params from the IR args).
+_FUSED_CONV = {
+    "relu": ("Relu", lambda args: None), "sigmoid": ("Sigmoid", lambda args: None),
+    "tanh": ("Tanh", lambda args: None), "leaky_relu": ("LeakyRelu", lambda args: [args[0]]),
+    "clamp": ("Clip", lambda args: [-3.4028234e38 if math.isnan(args[0]) else args[0],
+                                    3.4028234e38 if math.isnan(args[1]) else args[1]]),
+    "hardsigmoid": ("HardSigmoid", lambda args: [1.0 / 6.0, 0.5]),
+}
+
+
+def emit_conv(ctx: EmitContext, node: Node) -> None:
+    x, w, b = (list(node.inputs) + [None])[:3]
+    out = node.output
+    dtype = x.dtype
+    a = node.attrs
+    fused = bool(a.get("activation"))
+    if fused and a["activation"] in _FUSED_CONV and not ctx.standard_only and dtype == DType.float32:
+        name, params = _FUSED_CONV[a["activation"]]
+        ctx.add("FusedConv", [ctx.value(v) for v in (x, w, b)], out.name, domain=CONTRIB,
+                kernel_shape=list(w.shape[2:]), strides=list(a["stride"]), pads=list(a["padding"]),
+                dilations=list(a["dilation"]), group=a["groups"], activation=name,
+                activation_params=params(a["activation_args"]))
+        return
+    cd = ctx.compute_dtype("Conv", dtype)
+    inputs = [ctx.cast(ctx.value(v), dtype, cd) for v in (x, w, b)]
+    target = None if (fused or cd != dtype) else out.name
+    pre = ctx.add("Conv", inputs, target, dtype=cd, shape=out.shape, kernel_shape=list(w.shape[2:]),
+                  strides=list(a["stride"]), pads=list(a["padding"]), dilations=list(a["dilation"]),
+                  group=a["groups"])
+    if cd != dtype:
+        pre = ctx.cast(pre, cd, dtype, out.shape, out=None if fused else out.name)
+    if pre != out.name:
+        _apply_activation(ctx, node, pre, dtype)
+
+
+# -- normalisation and softmax -----------------------------------------------------------------
+def _filled(ctx: EmitContext, like: Value, value: float, dtype: DType, dims_from: tuple) -> str:
+    """A tensor of ``value`` with shape ``dims_from`` (constant when static, else built from
+    the run-time shape of ``like``, whose last len(dims_from) dims they are)."""
+    if all(isinstance(d, int) for d in dims_from):
+        return ctx.const(np.full(dims_from, value, dtype=dtype.numpy), hint="fill")
+    shape = ctx.add("Shape", [ctx.value(like)], dtype=DType.int64, shape=(len(dims_from),),
+                    start=len(like.shape) - len(dims_from))
+    return ctx.add("ConstantOfShape", [shape], dtype=dtype, shape=dims_from,
+                   value=numpy_helper.from_array(np.asarray([value], dtype=dtype.numpy)))
+
+
+def emit_batch_norm(ctx: EmitContext, node: Node) -> None:
+    x, mean, var, weight, bias = (list(node.inputs) + [None] * 5)[:5]
+    dtype = x.dtype
+    cd = ctx.compute_dtype("BatchNormalization", dtype)
+    channels = (mean.shape[0],)
+    scale = ctx.value(weight) if weight is not None else _filled(ctx, mean, 1.0, dtype, channels)
+    shift = ctx.value(bias) if bias is not None else _filled(ctx, mean, 0.0, dtype, channels)
+    inputs = [ctx.value(x), scale, shift, ctx.value(mean), ctx.value(var)]
+    ctx.typed("BatchNormalization", inputs, dtype, node.output.name, node.output.shape,
+              epsilon=float(node.attrs["eps"]))
+
+
+def emit_layer_norm(ctx: EmitContext, node: Node) -> None:
+    x, weight, bias = (list(node.inputs) + [None] * 3)[:3]
+    nd = node.attrs["normalized_ndim"]
+    dtype = x.dtype
+    scale = ctx.value(weight) if weight is not None else _filled(ctx, x, 1.0, dtype, x.shape[len(x.shape) - nd:])
+    ctx.typed("LayerNormalization", [ctx.value(x), scale, ctx.value(bias)], dtype, node.output.name,
+              node.output.shape, axis=-nd, epsilon=float(node.attrs["eps"]))
+
+
+def _softmax_emitter(op_type: str) -> Emitter:
+    def emit(ctx: EmitContext, node: Node) -> None:
+        x = node.inputs[0]
+        ctx.typed(op_type, [ctx.value(x)], x.dtype, node.output.name, node.output.shape, axis=node.attrs["axis"])
+
+    emit.__name__ = f"emit_{op_type}"
+    return emit
+
+
+# -- pooling -----------------------------------------------------------------------------------
+def _pool(ctx: EmitContext, node: Node, op_type: str, dilation: tuple, **attrs) -> None:
+    """MaxPool / AveragePool. From opset 22 on, ONNX drops a ceil_mode window that would start
+    in the end padding, as PyTorch (and the reference) do; older opsets keep it, so there the
+    extra output positions are sliced off (the windows before them are the same)."""
+    x = node.inputs[0]
+    a = node.attrs
+    out = node.output
+    nd = len(a["kernel"])
+    pool_attrs = dict(kernel_shape=list(a["kernel"]), strides=list(a["stride"]), pads=list(a["padding"]),
+                      ceil_mode=int(a["ceil_mode"]), **attrs)
+    onnx_shape = out.shape
+    if a["ceil_mode"] and ctx.opset < 22:
+        onnx_shape = out.shape[:2] + tuple(
+            -(-(size + a["padding"][i] + a["padding"][nd + i] - d * (a["kernel"][i] - 1) - 1) // a["stride"][i]) + 1
+            for i, (size, d) in enumerate(zip(x.shape[2:], dilation)))
+    if onnx_shape == out.shape:
+        ctx.typed(op_type, [ctx.value(x)], x.dtype, out.name, out.shape, **pool_attrs)
+        return
+    pooled = ctx.typed(op_type, [ctx.value(x)], x.dtype, None, onnx_shape, **pool_attrs)
+    axes = list(range(2, 2 + nd))
+    ctx.add("Slice", [pooled, ctx.ints([0] * nd, "starts"), ctx.ints(out.shape[2:], "ends"), ctx.ints(axes, "axes")],
+            out.name)
+
+
+def emit_max_pool(ctx: EmitContext, node: Node) -> None:
+    _pool(ctx, node, "MaxPool", node.attrs["dilation"], dilations=list(node.attrs["dilation"]))
+
+
+def emit_avg_pool(ctx: EmitContext, node: Node) -> None:
+    # onnxruntime's AveragePool matches the reference (PyTorch) divisor for every combination
+    # of ceil_mode and count_include_pad: with count_include_pad the divisor counts the explicit
+    # padding but not the ceil_mode overhang (tested in tests/test_onnx_backend.py).
+    a = node.attrs
+    _pool(ctx, node, "AveragePool", (1,) * len(a["kernel"]), count_include_pad=int(a["count_include_pad"]))
+
+
+def emit_adaptive_avg_pool(ctx: EmitContext, node: Node) -> None:
+    x = node.inputs[0]
+    out_size = node.attrs["output_size"]
+    spatial = x.shape[2:]
+    if all(o == 1 for o in out_size):
+        ctx.typed("GlobalAveragePool", [ctx.value(x)], x.dtype, node.output.name, node.output.shape)
+        return
+    if not all(isinstance(s, int) for s in spatial):
+        raise ctx.unsupported(f"adaptive pooling of symbolic spatial dims {spatial} to {out_size} "
+                              "(only output size 1 is supported there)")
+    if any(s % o for s, o in zip(spatial, out_size)):
+        raise ctx.unsupported(f"adaptive pooling from {spatial} to {out_size}: an input size is not a "
+                              "multiple of the output size, so the bins overlap or differ in size")
+    kernel = [s // o for s, o in zip(spatial, out_size)]
+    ctx.typed("AveragePool", [ctx.value(x)], x.dtype, node.output.name, node.output.shape,
+              kernel_shape=kernel, strides=kernel, pads=[0] * (2 * len(kernel)))
+
+
+# -- attention ---------------------------------------------------------------------------------
+def _attention_core(ctx: EmitContext, q: str, k_t: str, v: str, mask: Value | None, *, dtype: DType,
+                    cd: DType, q_shape: tuple, k_shape: tuple, scale: float, is_causal: bool,
+                    out: str | None, out_shape: tuple) -> str:
+    """softmax(q @ k_t * scale [+ mask]) @ v on values already in compute dtype ``cd``."""
+    s_shape = None
+    if len(q_shape) >= 2 and len(k_shape) >= 2:
+        try:
+            s_shape = dims.broadcast(q_shape[:-2], k_shape[:-2]) + (q_shape[-2], k_shape[-2])
+        except ValueError:
+            s_shape = None
+    s = ctx.add("MatMul", [q, k_t], dtype=cd, shape=s_shape)
+    s = ctx.add("Mul", [s, ctx.scalar(scale, cd, "scale")], dtype=cd, shape=s_shape)
+    neg_inf = ctx.scalar(-np.inf, cd, "neg_inf")
+    if is_causal:
+        lq, lk = q_shape[-2], k_shape[-2]
+        if isinstance(lq, int) and isinstance(lk, int):
+            keep = ctx.const(np.tril(np.ones((lq, lk), dtype=bool)), hint="causal_mask")
+        else:
+            size = ctx.add("Shape", [s], dtype=DType.int64, shape=(2,), start=-2)
+            ones = ctx.add("ConstantOfShape", [size], dtype=DType.bool, shape=(lq, lk),
+                           value=numpy_helper.from_array(np.asarray([True])))
+            keep = ctx.add("Trilu", [ones], dtype=DType.bool, shape=(lq, lk), upper=0)
+        s = ctx.add("Where", [keep, s, neg_inf], dtype=cd, shape=s_shape)
+    if mask is not None:  # the mask may broadcast the scores: leave their shape to inference
+        if mask.dtype == DType.bool:
+            s = ctx.add("Where", [ctx.value(mask), s, neg_inf], dtype=cd)
+        else:
+            s = ctx.add("Add", [s, ctx.cast(ctx.value(mask), mask.dtype, cd)], dtype=cd)
+        s_shape = None
+    p = ctx.add("Softmax", [s], dtype=cd, shape=s_shape, axis=-1)
+    if cd == dtype:
+        return ctx.add("MatMul", [p, v], out, dtype=dtype, shape=out_shape)
+    y = ctx.add("MatMul", [p, v], dtype=cd, shape=out_shape)
+    return ctx.cast(y, cd, dtype, out_shape, out=out or ctx.fresh(f"{ctx._prefix()}_out"))
+
+
+def _default_scale(ctx: EmitContext, head_dim) -> float:
+    if not isinstance(head_dim, int):
+        raise ctx.unsupported(f"default scale with a symbolic head dim '{head_dim}' (pass scale explicitly)")
+    return 1.0 / math.sqrt(head_dim)
+
+
+def emit_attention(ctx: EmitContext, node: Node) -> None:
+    q, k, v, mask = (list(node.inputs) + [None])[:4]
+    dtype = q.dtype
+    cd = ctx.compute_dtype("MatMul", dtype)
+    scale = node.attrs["scale"]
+    scale = _default_scale(ctx, q.shape[-1]) if scale is None else scale
+    perm = list(range(len(k.shape)))
+    perm[-2], perm[-1] = perm[-1], perm[-2]
+    k_t = _transposed(ctx, k, perm, cd)
+    _attention_core(ctx, ctx.cast(ctx.value(q), dtype, cd), k_t, ctx.cast(ctx.value(v), dtype, cd), mask,
+                    dtype=dtype, cd=cd, q_shape=q.shape, k_shape=k.shape, scale=scale,
+                    is_causal=node.attrs["is_causal"], out=node.output.name, out_shape=node.output.shape)
+
+
+def emit_multi_head_attention(ctx: EmitContext, node: Node) -> None:
+    q, k, v = node.inputs
+    heads = node.attrs["num_heads"]
+    dtype = q.dtype
+    if not ctx.standard_only and dtype == DType.float32:  # onnxruntime's fused attention kernel
+        ctx.add("MultiHeadAttention", [ctx.value(q), ctx.value(k), ctx.value(v)], node.output.name,
+                domain=CONTRIB, num_heads=heads, scale=node.attrs["scale"])
+        return
+    cd = ctx.compute_dtype("MatMul", dtype)
+
+    def head_dim(e):
+        return dims.floordiv(e, heads)
+
+    def split(value: Value, perm: list[int]) -> str:
+        b, s, e = value.shape
+        # Reshape [B, S, E] -> [B, S, H, E/H] (0 copies B and S, so symbolic sizes need no Shape op).
+        split_shape = (b, s, heads, head_dim(e))
+        r = ctx.add("Reshape", [ctx.cast(ctx.value(value), dtype, cd), ctx.ints([0, 0, heads, -1], "heads")],
+                    dtype=cd, shape=split_shape)
+        return ctx.add("Transpose", [r], dtype=cd, shape=tuple(split_shape[p] for p in perm), perm=perm)
+
+    qh = split(q, [0, 2, 1, 3])
+    kh_t = split(k, [0, 2, 3, 1])  # heads, then k^T: [B, H, D, S]
+    vh = split(v, [0, 2, 1, 3])
+    b, sq, _ = q.shape
+    sk = k.shape[1]
+    q_shape = (b, heads, sq, head_dim(q.shape[2]))
+    k_shape = (b, heads, sk, head_dim(k.shape[2]))
+    y_shape = (b, heads, sq, head_dim(v.shape[2]))
+    y = _attention_core(ctx, qh, kh_t, vh, None, dtype=cd, cd=cd, q_shape=q_shape, k_shape=k_shape,
+                        scale=node.attrs["scale"], is_causal=False, out=None, out_shape=y_shape)
+    merged = ctx.add("Transpose", [y], dtype=cd, shape=(b, sq, heads, y_shape[3]), perm=[0, 2, 1, 3])
+    out = node.output
+    if cd == dtype:
+        ctx.add("Reshape", [merged, ctx.ints([0, 0, -1], "merge")], out.name)
+    else:
+        r = ctx.add("Reshape", [merged, ctx.ints([0, 0, -1], "merge")], dtype=cd, shape=out.shape)
+        ctx.cast(r, cd, dtype, out.shape, out=out.name)
+
+
+# -- the table ---------------------------------------------------------------------------------
+EMITTERS: dict[str, Emitter] = {
+    **{op: _unary_emitter(op) for op in UNARY},
+    "add": _binary_emitter("Add"), "sub": _binary_emitter("Sub"), "mul": _binary_emitter("Mul"),
+    "div": _binary_emitter("Div"), "pow": _binary_emitter("Pow"),
+    "maximum": _binary_emitter("Max"), "minimum": _binary_emitter("Min"),
+    "eq": _binary_emitter("Equal", compare=True), "ne": _binary_emitter("Equal", compare=True, negate=True),
+    "lt": _binary_emitter("Less", compare=True), "le": _binary_emitter("LessOrEqual", compare=True),
+    "gt": _binary_emitter("Greater", compare=True), "ge": _binary_emitter("GreaterOrEqual", compare=True),
+    "logical_and": _binary_emitter("And"), "logical_or": _binary_emitter("Or"),
+    "where": emit_where,
+    "reduce_sum": _reduce_emitter("ReduceSum"), "reduce_mean": _reduce_emitter("ReduceMean"),
+    "reduce_max": _reduce_emitter("ReduceMax"), "reduce_min": _reduce_emitter("ReduceMin"),
+    "argmax": emit_argmax,
+    "reshape": emit_reshape, "expand": emit_expand, "transpose": emit_transpose, "concat": emit_concat,
+    "slice": emit_slice, "gather": emit_gather,
+    "matmul": emit_matmul, "linear": emit_linear, "conv": emit_conv,
+    "batch_norm": emit_batch_norm, "layer_norm": emit_layer_norm,
+    "softmax": _softmax_emitter("Softmax"), "log_softmax": _softmax_emitter("LogSoftmax"),
+    "max_pool": emit_max_pool, "avg_pool": emit_avg_pool, "adaptive_avg_pool": emit_adaptive_avg_pool,
+    "attention": emit_attention, "multi_head_attention": emit_multi_head_attention,
+}
+
+
+def supported_ops() -> set[str]:
+    """IR ops this backend has an emitter for."""
+    return set(EMITTERS)
+
+
+# -- the model ---------------------------------------------------------------------------------
+def _value_info(name: str, dtype: DType, shape: tuple | None) -> onnx.ValueInfoProto:
+    dims_ = None if shape is None else [d if isinstance(d, int) else str(d) for d in shape]
+    return helper.make_tensor_value_info(name, ONNX_DTYPES[dtype], dims_)
+
+
+def emit_onnx(graph: Graph, *, opset: int = DEFAULT_OPSET, standard_only: bool = False,
+              producer: str = "aot-compiler") -> onnx.ModelProto:
+    """The ONNX model computing ``graph``. With ``standard_only`` only standard ONNX ops are
+    used and the model passes ``onnx.checker`` full_check; otherwise onnxruntime's contrib
+    kernels (FusedConv, MultiHeadAttention) are used where they apply, and the model passes
+    the checker with shape inference that skips those contrib nodes."""
+    max_opset = onnx.defs.onnx_opset_version()
+    if not MIN_OPSET <= opset <= max_opset:
+        raise CompileError(f"ONNX opset {opset} is not supported; use an opset from {MIN_OPSET} to {max_opset}")
+    ctx = EmitContext(graph, opset, standard_only)
+    for node in graph.nodes:
+        ctx.current = node
+        emitter = EMITTERS.get(node.op)
+        if emitter is None:
+            raise UnsupportedOpError(node.op, stage=STAGE, location=node.location,
+                                     detail="the ONNX backend has no emitter for this op")
+        try:
+            emitter(ctx, node)
+        except (UnsupportedOpError, CompileError):
+            raise
+        except Exception as exc:
+            exc.add_note(f"while emitting {node.describe()} to ONNX")
+            raise
+        for out in node.outputs:
+            ctx.value_types[out.name] = (out.dtype, out.shape)
+    ctx.current = None
+
+    # Graph outputs must be distinct node outputs: copy inputs, constants and repeats.
+    output_names: list[str] = []
+    seen: set[str] = set()
+    for v in graph.outputs:
+        name = ctx.value(v)
+        if v.producer is None or name in seen:
+            copy = ctx.fresh(f"{v.name}_out")
+            ctx.add("Identity", [name], copy)
+            name = copy
+        seen.add(name)
+        output_names.append(name)
+        ctx.value_types[name] = (v.dtype, v.shape)
+
+    inputs = [_value_info(v.name, v.dtype, v.shape) for v in graph.inputs]
+    outputs = [_value_info(n, v.dtype, v.shape) for n, v in zip(output_names, graph.outputs)]
+    io_names = {v.name for v in graph.inputs} | set(output_names) | set(ctx.initializers)
+    value_info = [_value_info(n, dt, sh) for n, (dt, sh) in ctx.value_types.items()
+                  if n not in io_names and sh is not None]
+    onnx_graph = helper.make_graph(ctx.nodes, graph.name, inputs, outputs,
+                                   initializer=list(ctx.initializers.values()), value_info=value_info)
+    opset_imports = [helper.make_opsetid("", opset)]
+    if ctx.uses_contrib:
+        opset_imports.append(helper.make_opsetid(CONTRIB, 1))
+    model = helper.make_model(onnx_graph, opset_imports=opset_imports, producer_name=producer)
+    model.ir_version = helper.find_min_ir_version_for(opset_imports[:1])  # contrib domain: no IR rule
+
+    # Fill in the types of helper values we did not type ourselves, then check strictly.
+    try:
+        # onnx has no schemas for contrib ops: strict inference only for standard-only models
+        inferred = onnx.shape_inference.infer_shapes(model, check_type=True, strict_mode=not ctx.uses_contrib,
+                                                     data_prop=True)
+    except Exception as exc:
+        raise _check_error(ctx, exc) from exc
+    typed = {vi.name for vi in model.graph.value_info} | io_names
+    for vi in inferred.graph.value_info:
+        if vi.name not in typed:
+            model.graph.value_info.append(vi)
+            typed.add(vi.name)
+    for name, (dt, _) in ctx.value_types.items():
+        if name not in typed:
+            model.graph.value_info.append(_value_info(name, dt, None))
+    try:
+        onnx.checker.check_model(model, full_check=not ctx.uses_contrib)
+    except Exception as exc:
+        raise _check_error(ctx, exc) from exc
+    return model
+
+
+def _check_error(ctx: EmitContext, exc: Exception) -> OnnxEmitError:
+    message = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+    match = re.search(r"node name: ([^)\s]+)\)", str(exc))
+    node = ctx.node_of.get(match.group(1)) if match else None
+    where = f" for {node.describe()}" if node is not None else ""
+    return OnnxEmitError(f"the ONNX backend emitted an invalid model{where}: {message}; "
+                         "this is a compiler bug, please report it")
+
+
+__all__ = ["DEFAULT_OPSET", "EMITTERS", "EmitContext", "OnnxEmitError", "emit_onnx", "supported_ops"]

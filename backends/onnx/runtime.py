@@ -1,0 +1,61 @@
+"""Run an ONNX artifact with onnxruntime's CPU provider.
+
+Used where the artifact is loaded, so it imports neither torch nor onnx; onnxruntime itself is
+imported when a session is made.
+"""
+
+from __future__ import annotations
+
+from typing import Callable
+
+import numpy as np
+
+from compiler.errors import ArtifactError, InputError
+
+MODEL_FILE = "model.onnx"
+
+
+def session_from_model(model_bytes: bytes, threads: int | None = None):
+    """An ``onnxruntime.InferenceSession`` for serialized model bytes: all graph optimisations,
+    ``threads`` intra-op threads (None or 0: onnxruntime's default), one inter-op thread, CPU."""
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    options.intra_op_num_threads = int(threads or 0)
+    options.inter_op_num_threads = 1
+    options.log_severity_level = 3  # errors only: no warnings about merged value_info shapes
+    return ort.InferenceSession(model_bytes, sess_options=options, providers=["CPUExecutionProvider"])
+
+
+def load_runner(manifest: dict, payload: dict[str, bytes],
+                threads: int | None) -> Callable[[list[np.ndarray]], list[np.ndarray]]:
+    """A function running the artifact's ONNX model: inputs in the model's input order, outputs
+    as a list in its output order."""
+    if MODEL_FILE not in payload:
+        raise ArtifactError(f"the ONNX artifact has no {MODEL_FILE}")
+    try:
+        session = session_from_model(payload[MODEL_FILE], threads)
+    except ImportError as exc:
+        raise ArtifactError("running an ONNX artifact needs onnxruntime (pip install onnxruntime)") from exc
+    except Exception as exc:  # onnxruntime raises its own Fail/InvalidGraph types
+        raise ArtifactError(f"onnxruntime cannot load {MODEL_FILE}: {exc}") from exc
+    input_names = [i.name for i in session.get_inputs()]
+    output_names = [o.name for o in session.get_outputs()]
+    from onnxruntime.capi.onnxruntime_pybind11_state import InvalidArgument
+
+    def run(inputs: list[np.ndarray]) -> list[np.ndarray]:
+        if len(inputs) != len(input_names):
+            raise InputError(f"the model takes {len(input_names)} inputs ({', '.join(input_names)}), "
+                             f"got {len(inputs)}")
+        feeds = {name: np.ascontiguousarray(a) for name, a in zip(input_names, inputs)}
+        try:
+            return list(session.run(output_names, feeds))
+        except InvalidArgument as exc:
+            raise InputError(f"onnxruntime rejected the inputs: {exc}") from exc
+
+    run.session = session  # type: ignore[attr-defined]  # for benchmarks and tests
+    return run
+
+
+__all__ = ["load_runner", "session_from_model"]
