@@ -170,6 +170,7 @@ def _run_passes(graph: Graph, passes, check_passes: bool, source, prog: Progress
     manager = PassManager(pipeline, verify=True, check_inputs=check_inputs, after_pass=after_pass)
     with prog.phase("passes", "optimizing the graph"):
         manager.run(graph)
+    graph.name_outputs()  # rewrites may have replaced an output value: keep the stable names
     return manager.records
 
 

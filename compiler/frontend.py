@@ -253,6 +253,7 @@ def import_exported_program(ep: torch.export.ExportedProgram, *, name: str = "ma
             if not all(isinstance(v, Value) for v in values):
                 raise CompileError("every model output must be a tensor")
             graph.set_outputs(_distinct_outputs(graph, values))
+            graph.name_outputs()
         elif node.op == "get_attr":
             ctx.env[node] = graph.add_constant(_to_numpy(getattr(ep.graph_module, node.target)), node.target)
         else:

@@ -287,6 +287,22 @@ class Graph:
             self.set_input(node, i, None)
         self.nodes.pop(self._index(node))
 
+    def rename_value(self, value: Value, name: str) -> None:
+        """Give ``value`` a new unique name (the name may get a suffix if taken)."""
+        self._names.discard(value.name)
+        if value.is_const:
+            del self.constants[value.name]
+        value.name = self.unique_name(name)
+        if value.is_const:
+            self.constants[value.name] = value
+
+    def name_outputs(self) -> None:
+        """Name graph outputs 'output' (one) or 'output_0', 'output_1', ... (several)."""
+        names = ["output"] if len(self.outputs) == 1 else [f"output_{i}" for i in range(len(self.outputs))]
+        for value, name in zip(self.outputs, names):
+            if value.name != name and value.producer is not None:
+                self.rename_value(value, name)
+
     def remove_unused_constants(self) -> int:
         outputs = {id(v) for v in self.outputs}
         dead = [n for n, v in self.constants.items() if not v.uses and id(v) not in outputs]

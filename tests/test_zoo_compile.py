@@ -28,6 +28,7 @@ def test_zoo_model_compiles_and_matches_torch(name, dynamic_batch, tmp_path):
     got = loaded(*[t.numpy() for t in inputs])
     np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-5)
     manifest = art.manifest
+    assert [o["name"] for o in manifest["outputs"]] == ["output"]
     assert manifest["target"] == "onnx" and manifest["passes"] == list(DEFAULT_PIPELINE)
     if dynamic_batch:
         assert all(i["shape"][0] == "batch" for i in manifest["inputs"])
