@@ -162,7 +162,7 @@ class LoadedModel:
         if len(outputs) != len(self.outputs):
             raise ArtifactError(f"the '{self.target}' runner for {self.path} returned {len(outputs)} outputs, "
                                 f"the manifest lists {len(self.outputs)} ({', '.join(self.output_names)})")
-        return [np.asarray(o) for o in outputs]
+        return [o if type(o) is np.ndarray else np.asarray(o) for o in outputs]
 
     def _check_inputs(self, inputs: Sequence[Any] | Mapping[str, Any]) -> list[np.ndarray]:
         specs = self.inputs

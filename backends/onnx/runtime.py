@@ -48,7 +48,7 @@ def load_runner(manifest: dict, payload: dict[str, bytes],
         if len(inputs) != len(input_names):
             raise InputError(f"the model takes {len(input_names)} inputs ({', '.join(input_names)}), "
                              f"got {len(inputs)}")
-        feeds = {name: np.ascontiguousarray(a) for name, a in zip(input_names, inputs)}
+        feeds = {name: a if a.flags.c_contiguous else np.ascontiguousarray(a) for name, a in zip(input_names, inputs)}
         try:
             return list(session.run(output_names, feeds))
         except InvalidArgument as exc:
