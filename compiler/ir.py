@@ -16,7 +16,7 @@ from __future__ import annotations
 import enum
 import itertools
 from dataclasses import dataclass, field
-from typing import Any, Iterable, Iterator, Sequence
+from typing import Any, Iterator, Sequence
 
 import numpy as np
 
@@ -408,11 +408,3 @@ class Graph:
         for v in self.outputs:
             if id(v) not in defined:
                 raise IRError(f"graph output %{v.name} is not defined")
-
-
-def constant_value(value: Value | None) -> np.ndarray | None:
-    return None if value is None else value.const
-
-
-def iter_values(values: Iterable[Value | None]) -> Iterator[Value]:
-    return (v for v in values if v is not None)

@@ -11,25 +11,13 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from models.common import randomize_batch_norms
+
 __all__ = ["MobileNetLike", "InvertedResidual", "SqueezeExcite"]
 
 _INIT_SEED = 0
 _BN_SEED = 1
 _INPUT_SEED = 1003
-
-
-def _randomize_batch_norms(module: nn.Module, seed: int) -> None:
-    """Give every BatchNorm random affine parameters and running statistics (variance > 0)."""
-    # Kept local (not imported from models.resnet) so this file also loads on its own by path.
-    g = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for m in module.modules():
-            if isinstance(m, nn.modules.batchnorm._BatchNorm):
-                n = m.num_features
-                m.running_mean.copy_(torch.randn(n, generator=g) * 0.5)
-                m.running_var.copy_(torch.rand(n, generator=g) * 1.5 + 0.5)
-                m.weight.copy_(torch.rand(n, generator=g) + 0.5)
-                m.bias.copy_(torch.randn(n, generator=g) * 0.2)
 
 
 def _conv_bn(in_ch: int, out_ch: int, kernel: int, stride: int = 1, groups: int = 1,
@@ -97,7 +85,7 @@ class MobileNetLike(nn.Module):
             self.head_act = nn.Hardswish()
             self.pool = nn.AdaptiveAvgPool2d(1)
             self.classifier = nn.Linear(96, num_classes)
-        _randomize_batch_norms(self, seed + _BN_SEED)
+        randomize_batch_norms(self, seed + _BN_SEED)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = self.blocks(self.stem(x))

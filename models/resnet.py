@@ -11,24 +11,13 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from models.common import randomize_batch_norms
+
 __all__ = ["SmallResNet", "BasicBlock"]
 
 _INIT_SEED = 0
 _BN_SEED = 1
 _INPUT_SEED = 1002
-
-
-def _randomize_batch_norms(module: nn.Module, seed: int) -> None:
-    """Give every BatchNorm random affine parameters and running statistics (variance > 0)."""
-    g = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for m in module.modules():
-            if isinstance(m, nn.modules.batchnorm._BatchNorm):
-                n = m.num_features
-                m.running_mean.copy_(torch.randn(n, generator=g) * 0.5)
-                m.running_var.copy_(torch.rand(n, generator=g) * 1.5 + 0.5)
-                m.weight.copy_(torch.rand(n, generator=g) + 0.5)
-                m.bias.copy_(torch.randn(n, generator=g) * 0.2)
 
 
 class BasicBlock(nn.Module):
@@ -73,7 +62,7 @@ class SmallResNet(nn.Module):
             self.layer3 = BasicBlock(widths[1], widths[2], stride=2)
             self.pool = nn.AdaptiveAvgPool2d(1)
             self.fc = nn.Linear(widths[2], num_classes)
-        _randomize_batch_norms(self, seed + _BN_SEED)
+        randomize_batch_norms(self, seed + _BN_SEED)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = self.stem(x)

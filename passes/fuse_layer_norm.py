@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from compiler.ir import Graph, Node, Value
 from passes.base import Pass
-from passes.rewrite import NoMatch, RewriteRule, apply_rules, producer, scalar_constant, single_use
+from passes.rewrite import NoMatch, RewriteRule, apply_rules, scalar_constant, single_use
 
 
 def _last_axis_mean(node: Node | None, rank: int) -> bool:

@@ -68,7 +68,9 @@ def explain(graph: Graph, rules: Sequence[RewriteRule]) -> list[str]:
 
 
 def _alive(graph: Graph, node: Node) -> bool:
-    return any(n is node for n in graph.nodes)
+    """False for a node an earlier rewrite in this round left without users (DCE removes it
+    after the round; matching it again would rewrite dead code)."""
+    return any(out.uses or any(out is v for v in graph.outputs) for out in node.outputs)
 
 
 def remove_dead_nodes(graph: Graph) -> None:

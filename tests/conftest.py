@@ -20,3 +20,15 @@ os.environ.setdefault("OMP_NUM_THREADS", "1")
 @pytest.fixture
 def rng():
     return np.random.default_rng(1234)
+
+
+def replace_first_relu_with_neg(graph) -> bool:
+    """A deliberately wrong rewrite (relu -> neg) that verification and the pass checker must
+    catch; shared by the pass and CLI tests."""
+    for node in list(graph.nodes):
+        if node.op == "relu":
+            neg = graph.insert_before(node, "neg", [node.inputs[0]]).output
+            graph.replace_all_uses_with(node.output, neg)
+            graph.remove_node(node)
+            return True
+    return False

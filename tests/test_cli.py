@@ -10,11 +10,10 @@ import textwrap
 import numpy as np
 import pytest
 import torch
-import torch.nn as nn
 
 import compiler
 from compiler.cli import main
-from conftest import ROOT
+from conftest import ROOT, replace_first_relu_with_neg
 
 NET_PY = textwrap.dedent("""
     import torch
@@ -174,13 +173,7 @@ def test_verification_failure_exits_1_and_writes_nothing(net_py, tmp_path, capsy
         name = "wrong"
 
         def run(self, graph):
-            for node in list(graph.nodes):
-                if node.op == "relu":
-                    neg = graph.insert_before(node, "neg", [node.inputs[0]]).output
-                    graph.replace_all_uses_with(node.output, neg)
-                    graph.remove_node(node)
-                    return True
-            return False
+            return replace_first_relu_with_neg(graph)
 
     monkeypatch.setitem(passes.PASSES, "wrong", WrongRelu)
     out_path = tmp_path / "bad.aot"

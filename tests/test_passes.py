@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 
 from compiler.errors import IRError
+from conftest import replace_first_relu_with_neg
 from compiler.interpreter import run_graph
 from compiler.ir import DType, Graph, TensorType
 from compiler.text import op_list
@@ -76,13 +77,7 @@ class BreakRelu(Pass):
     name = "break_relu"
 
     def run(self, graph):
-        for node in list(graph.nodes):
-            if node.op == "relu":
-                neg = graph.insert_before(node, "neg", [node.inputs[0]]).output
-                graph.replace_all_uses_with(node.output, neg)
-                graph.remove_node(node)
-                return True
-        return False
+        return replace_first_relu_with_neg(graph)
 
 
 class BreakTypes(Pass):

@@ -127,20 +127,18 @@ class EmitContext:
 
     # names ------------------------------------------------------------------------------------
     def fresh(self, hint: str) -> str:
-        hint = re.sub(r"[^A-Za-z0-9_]", "_", hint) or "v"
-        name = hint
-        while name in self._names:
-            self._counter += 1
-            name = f"{hint}_{self._counter}"
-        self._names.add(name)
-        return name
+        """A value name not used yet."""
+        return self._fresh_in(re.sub(r"[^A-Za-z0-9_]", "_", hint) or "v", self._names)
 
     def _fresh_node_name(self, hint: str) -> str:
+        return self._fresh_in(hint, self._node_names)
+
+    def _fresh_in(self, hint: str, taken: set[str]) -> str:
         name = hint
-        while name in self._node_names:
+        while name in taken:
             self._counter += 1
             name = f"{hint}_{self._counter}"
-        self._node_names.add(name)
+        taken.add(name)
         return name
 
     def _prefix(self) -> str:
@@ -655,7 +653,6 @@ def _filled(ctx: EmitContext, like: Value, value: float, dtype: DType, dims_from
 def emit_batch_norm(ctx: EmitContext, node: Node) -> None:
     x, mean, var, weight, bias = (list(node.inputs) + [None] * 5)[:5]
     dtype = x.dtype
-    cd = ctx.compute_dtype("BatchNormalization", dtype)
     channels = (mean.shape[0],)
     scale = ctx.value(weight) if weight is not None else _filled(ctx, mean, 1.0, dtype, channels)
     shift = ctx.value(bias) if bias is not None else _filled(ctx, mean, 0.0, dtype, channels)
