@@ -24,6 +24,7 @@ from pathlib import Path
 import numpy as np
 
 ROOT = Path(__file__).resolve().parent.parent
+ROUNDS = 3
 sys.path.insert(0, str(ROOT))
 
 
@@ -84,14 +85,23 @@ def bench_model(name: str, batch: int, threads: int) -> dict:
         row["torch_onnx_nodes"] = len(program.model_proto.graph.node)
         anchor_names = [i.name for i in anchor.get_inputs()]
 
-        with torch.no_grad():
-            row["eager_ms"] = 1e3 * median_latency(lambda: model(*inputs))
-        row["torch_onnx_ort_ms"] = 1e3 * median_latency(lambda: anchor.run(None, dict(zip(anchor_names, feeds))))
-        row["ours_ms"] = 1e3 * median_latency(lambda: ours.run(feeds))
         # The same graph without our input checks: separates graph quality from wrapper cost.
         session = ours._runner.session
         names = [i.name for i in session.get_inputs()]
-        row["ours_session_ms"] = 1e3 * median_latency(lambda: session.run(None, dict(zip(names, feeds))))
+        candidates = {
+            "eager_ms": lambda: model(*inputs),
+            "torch_onnx_ort_ms": lambda: anchor.run(None, dict(zip(anchor_names, feeds))),
+            "ours_ms": lambda: ours.run(feeds),
+            "ours_session_ms": lambda: session.run(None, dict(zip(names, feeds))),
+        }
+        # Interleave rounds and keep each candidate's best median: a noisy neighbour on a shared
+        # machine then slows all candidates alike instead of whichever ran at the time.
+        best = {k: float("inf") for k in candidates}
+        with torch.no_grad():
+            for _ in range(ROUNDS):
+                for key, fn in candidates.items():
+                    best[key] = min(best[key], 1e3 * median_latency(fn, budget_s=0.4))
+        row.update(best)
     row["vs_torch_onnx"] = row["ours_ms"] / row["torch_onnx_ort_ms"]
     row["session_vs_torch_onnx"] = row["ours_session_ms"] / row["torch_onnx_ort_ms"]
     row["vs_eager"] = row["ours_ms"] / row["eager_ms"]

@@ -145,6 +145,10 @@ class LoadedModel:
         self.threads = threads
         self._runner = runner
         self._dtypes = [_numpy_dtype(s.dtype) for s in inputs]
+        # Fast path for fully static signatures: one tuple compare per input.
+        self._static = None
+        if all(all(isinstance(d, int) for d in s.shape) for s in inputs) and None not in self._dtypes:
+            self._static = [(dt, tuple(s.shape)) for dt, s in zip(self._dtypes, inputs)]
 
     # -- running ---------------------------------------------------------------------------------
     def __call__(self, *inputs: Any) -> np.ndarray | tuple[np.ndarray, ...]:
@@ -165,6 +169,11 @@ class LoadedModel:
         return [o if type(o) is np.ndarray else np.asarray(o) for o in outputs]
 
     def _check_inputs(self, inputs: Sequence[Any] | Mapping[str, Any]) -> list[np.ndarray]:
+        static = self._static
+        if static is not None and type(inputs) in (list, tuple) and len(inputs) == len(static) and all(
+                type(a) is np.ndarray and a.dtype == dt and a.shape == shape and a.flags.c_contiguous
+                for a, (dt, shape) in zip(inputs, static)):
+            return list(inputs)  # already valid: skip the general checks below
         specs = self.inputs
         if isinstance(inputs, Mapping):
             unknown = [k for k in inputs if k not in self.input_names]
