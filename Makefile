@@ -6,7 +6,7 @@ STAMP  := $(VENV)/.installed
 # Pytest workers: the suite is CPU-bound; one per core.
 JOBS   ?= $(shell $(PYTHON) -c "import os; print(min(4, os.cpu_count() or 1))")
 
-.PHONY: venv demo test test-all bench clean
+.PHONY: venv demo test test-all bench coverage clean
 
 venv: $(STAMP)
 
@@ -28,6 +28,9 @@ test-all: venv
 
 bench: venv
 	$(PY) bench/bench.py
+
+coverage: venv
+	$(PY) scripts/op_coverage.py
 
 clean:
 	rm -rf out build *.egg-info .pytest_cache
