@@ -190,6 +190,8 @@ def _read_zip(p: str, zf: zipfile.ZipFile, load_payload: bool) -> tuple[dict[str
     if not _SHA256_HEX.fullmatch(recorded):  # a cut-off comment: the file's last bytes are missing
         raise ArtifactError(f"{p} is not a valid artifact: file is truncated or corrupt (its zip comment "
                             f"holds no manifest hash: {recorded[:70]!r})")
+    if not _ends_with_comment(p, zf.comment):  # bytes appended after the archive
+        raise _integrity(p, "data follows the end of the archive")
     if sha256_bytes(manifest_bytes) != recorded:
         raise _integrity(p, f"{MANIFEST_NAME} has sha256 {sha256_bytes(manifest_bytes)}, the archive says "
                             f"{recorded}: the manifest was modified after it was written")
@@ -235,6 +237,18 @@ def _read_zip(p: str, zf: zipfile.ZipFile, load_payload: bool) -> tuple[dict[str
             raise _integrity(p, f"payload file {name} has sha256 {got_sha}, manifest says {want_sha}")
         payload[name] = data
     return manifest, payload
+
+
+def _ends_with_comment(p: str, comment: bytes) -> bool:
+    """The file ends exactly with the zip's end record comment (zipfile ignores trailing data)."""
+    tail = len(comment) + 2
+    with open(p, "rb") as f:
+        f.seek(0, os.SEEK_END)
+        if f.tell() < tail:
+            return False
+        f.seek(-tail, os.SEEK_END)
+        data = f.read(tail)
+    return data == len(comment).to_bytes(2, "little") + comment
 
 
 def _integrity(p: str, what: str) -> ArtifactError:

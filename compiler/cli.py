@@ -15,6 +15,7 @@ import json
 import os
 import sys
 import traceback
+import warnings
 from typing import Sequence
 
 
@@ -58,6 +59,10 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     from compiler.errors import CompileError, VerificationError
+
+    if not args.debug:  # torch's own deprecation notices are not the user's business
+        warnings.filterwarnings("ignore", category=FutureWarning)
+        warnings.filterwarnings("ignore", category=DeprecationWarning)
 
     try:
         return _run(args)

@@ -304,3 +304,12 @@ def test_every_truncation_and_byte_flip_is_caught(tmp_path):
         except ArtifactError:
             continue
         assert got == original, f"flipping byte {i} changed the contents without an error"
+
+
+def test_appended_bytes_are_rejected(tmp_path):
+    path = tmp_path / "a.aot"
+    write_artifact(path, {"target": "onnx"}, {"model.onnx": b"payload"})
+    with open(path, "ab") as f:
+        f.write(b"x")
+    with pytest.raises(ArtifactError, match="follows the end"):
+        read_artifact(path)
