@@ -72,7 +72,9 @@ class PassManager:
 
         from compiler.cost import graph_flops
 
-        reference = run_graph(graph, self.check_inputs) if self.check_inputs is not None else None
+        reference = None
+        if self.check_inputs is not None:
+            reference, self._values = run_graph(graph, self.check_inputs, keep_values=True)
         changed = False
         flops = graph_flops(graph)
         for p in self.passes:
@@ -95,12 +97,26 @@ class PassManager:
             changed |= modified
         return changed
 
+    def _close(self, want: np.ndarray, got: np.ndarray) -> bool:
+        return want.shape == got.shape and np.allclose(got, want, rtol=self.rtol, atol=self.atol, equal_nan=True)
+
     def _check(self, p: Pass, graph: Graph, reference: list[np.ndarray]) -> None:
         from compiler.interpreter import run_graph
 
-        outputs = run_graph(graph, self.check_inputs)
+        outputs, values = run_graph(graph, self.check_inputs, keep_values=True)
         for i, (want, got) in enumerate(zip(reference, outputs)):
-            if want.shape != got.shape or not np.allclose(got, want, rtol=self.rtol, atol=self.atol, equal_nan=True):
+            if not self._close(want, got):
                 err = float(np.max(np.abs(got.astype(np.float64) - want))) if want.shape == got.shape else float("inf")
                 raise PassDriftError(f"pass {p.name} changed output {i} (max abs error {err:.3g} > "
-                                     f"rtol {self.rtol}, atol {self.atol})")
+                                     f"rtol {self.rtol}, atol {self.atol}){self._first_difference(graph, values)}")
+        self._values = values
+
+    def _first_difference(self, graph: Graph, values: dict[str, np.ndarray]) -> str:
+        """'; first differing value: %x of node ...' for the earliest node (in graph order) whose
+        output exists before and after the pass and changed."""
+        for node in graph.nodes:
+            for out in node.outputs:
+                before = self._values.get(out.name)
+                if before is not None and not self._close(before, values[out.name]):
+                    return f"; first differing value: %{out.name} of {node.describe()}"
+        return ""

@@ -96,6 +96,25 @@ def test_differential_check_names_the_wrong_pass(rng):
         pm.run(g)
 
 
+def test_differential_check_names_the_first_differing_node(rng):
+    class PerturbLinear(Pass):
+        """Wrong on purpose: scales the first linear's weight (its output keeps its name)."""
+
+        name = "perturb"
+
+        def run(self, graph):
+            node = next(n for n in graph.nodes if n.op == "linear")
+            factor = graph.add_constant(np.asarray(1.5, np.float32), "factor")
+            scaled = graph.insert_before(node, "mul", [node.inputs[1], factor]).output
+            graph.set_input(node, 1, scaled)
+            return True
+
+    g = graph_with_foldable_and_dead_parts(rng)
+    x = rng.standard_normal((4, 4)).astype(np.float32)
+    with pytest.raises(PassDriftError, match=r"first differing value: %linear of node linear \(linear\)"):
+        PassManager([PerturbLinear()], check_inputs=[x]).run(g)
+
+
 def test_verify_after_each_pass_names_the_pass(rng):
     g = graph_with_foldable_and_dead_parts(rng)
     with pytest.raises(IRError, match="after pass break_types"):
