@@ -7,9 +7,10 @@ dtype torch recorded for its result, so IR ops always see one dtype.
 
 from __future__ import annotations
 
+import numpy as np
 import torch
 
-from compiler.frontend import ImportContext, arg, handles
+from compiler.frontend import ImportContext, arg, handles, torch_dtype
 from compiler.ir import DType, Value
 
 Node = torch.fx.Node
@@ -469,3 +470,215 @@ def _sdpa(ctx: ImportContext, node: Node):
             mask_value = ctx.tensor(mask, q.dtype)
     return ctx.emit("attention", q, k, v, mask_value, is_causal=bool(arg(node, 5, "is_causal", False)),
                     scale=arg(node, 6, "scale"))
+
+
+# -- compositions of existing IR ops ---------------------------------------------------------------
+# Each overload below is written with IR ops that compute exactly what PyTorch computes (float
+# reductions up to summation order).
+_MAX_FOLDED_FILL = 1 << 16  # larger static fills are a scalar constant expanded at run time
+
+
+def _scalar_value(ctx: ImportContext, value):
+    if isinstance(value, (bool, int, float)):
+        return value
+    raise ctx.unsupported(f"a fill value that is not a Python number ({type(value).__name__})")
+
+
+def _filled(ctx: ImportContext, value, dtype: DType, shape: tuple) -> Value:
+    """A tensor of ``shape`` holding ``value`` converted to ``dtype`` as torch converts it."""
+    scalar = torch.tensor(_scalar_value(ctx, value)).to(torch_dtype(dtype)).numpy()
+    static = all(isinstance(d, int) for d in shape)
+    if static and int(np.prod(shape, dtype=np.int64)) <= _MAX_FOLDED_FILL:
+        return ctx.graph.add_constant(np.full(shape, scalar, dtype=dtype.numpy), "fill")
+    const = ctx.graph.add_constant(np.asarray(scalar, dtype=dtype.numpy), "fill")
+    return ctx.emit("expand", const, shape=list(shape))
+
+
+@handles("aten.full.default", "aten.full_like.default", "aten.zeros.default", "aten.ones.default",
+         "aten.zeros_like.default", "aten.ones_like.default", "aten.new_zeros.default",
+         "aten.new_ones.default", "aten.new_full.default", "aten.fill.Scalar", "aten.scalar_tensor.default")
+def _full(ctx: ImportContext, node: Node):
+    name = str(node.target).split(".")[1]
+    if name in ("zeros", "zeros_like", "new_zeros"):
+        value = 0
+    elif name in ("ones", "ones_like", "new_ones"):
+        value = 1
+    elif name == "new_full":
+        value = node.args[2] if len(node.args) > 2 else node.kwargs["fill_value"]
+    elif name == "scalar_tensor":
+        value = node.args[0]
+    else:  # full, full_like, fill
+        value = node.args[1] if len(node.args) > 1 else node.kwargs.get("fill_value", node.kwargs.get("value"))
+    return _filled(ctx, value, ctx.out_dtype(), ctx.out_shape())
+
+
+@handles("aten.split_with_sizes.default", "aten.split.Tensor")
+def _split(ctx: ImportContext, node: Node):
+    x = ctx.tensor(node.args[0])
+    axis = int(arg(node, 2, "dim", 0)) % max(x.type.rank, 1)
+    outputs, start = [], 0
+    for i in range(len(node.meta["val"])):
+        size = ctx.meta_type(node, i).shape[axis]
+        if not isinstance(size, int):
+            raise ctx.unsupported("split along a symbolic dim")
+        part = ctx.emit("slice", x, axis=axis, start=start, end=start + size, step=1)
+        outputs.append(part)
+        start += size
+    return tuple(outputs)
+
+
+def _arg_index(ctx: ImportContext, x: Value, axis: int, keepdim: bool, *, smallest: bool) -> Value:
+    """torch's argmax / argmin along ``axis``: the first index of the extreme value (of a NaN if any)."""
+    if not smallest:
+        return ctx.emit("argmax", x, axis=axis, keepdim=keepdim)
+    if x.dtype.is_float:  # neg is exact and keeps NaN a NaN, so argmax(-x) is argmin(x)
+        return ctx.emit("argmax", ctx.emit("neg", x), axis=axis, keepdim=keepdim)
+    # integers (where neg overflows) and bools: first position equal to the minimum
+    low = ctx.emit("reduce_min", x, axes=[axis], keepdim=True)
+    hit = ctx.emit("cast", ctx.emit("eq", x, low), dtype=DType.int32)
+    return ctx.emit("argmax", hit, axis=axis, keepdim=keepdim)
+
+
+@handles("aten.max.dim", "aten.min.dim")
+def _max_min_dim(ctx: ImportContext, node: Node):
+    x = ctx.tensor(node.args[0])
+    axis, keepdim = int(node.args[1]), bool(arg(node, 2, "keepdim", False))
+    smallest = "min" in str(node.target)
+    if x.type.rank == 0:
+        return x, ctx.graph.add_constant(np.asarray(0, dtype=np.int64), "index")
+    values = ctx.emit("reduce_min" if smallest else "reduce_max", x, axes=[axis], keepdim=keepdim)
+    return values, _arg_index(ctx, x, axis, keepdim, smallest=smallest)
+
+
+@handles("aten.max.default", "aten.min.default")
+def _max_min_all(ctx: ImportContext, node: Node):
+    x = ctx.tensor(node.args[0])
+    if x.type.rank == 0:
+        return ctx.emit("reshape", x, shape=())
+    return ctx.emit("reduce_min" if "min" in str(node.target) else "reduce_max", x, axes=[], keepdim=False)
+
+
+@handles("aten.argmin.default")
+def _argmin(ctx: ImportContext, node: Node):
+    dim = arg(node, 1, "dim")
+    x = ctx.tensor(node.args[0])
+    keepdim = bool(arg(node, 2, "keepdim", False))
+    if x.type.rank == 0:
+        return ctx.graph.add_constant(np.asarray(0, dtype=np.int64), "index")
+    if dim is None:
+        out = _arg_index(ctx, ctx.emit("reshape", x, shape=[_numel(x)]), 0, False, smallest=True)
+        return out if out.shape == tuple(ctx.out_shape()) else ctx.emit("reshape", out, shape=list(ctx.out_shape()))
+    return _arg_index(ctx, x, int(dim), keepdim, smallest=True)
+
+
+def _variance(ctx: ImportContext, x: Value, dim, correction, keepdim: bool) -> tuple[Value, Value]:
+    """(var, mean) as torch's reference: sum((x - mean)^2) / max(0, n - correction)."""
+    if not x.dtype.is_float:
+        raise ctx.unsupported(f"variance of a {x.dtype} tensor")
+    rank = x.type.rank
+    axes = sorted({a % max(rank, 1) for a in _axes(dim)}) if dim not in (None, [], ()) else list(range(rank))
+    n = 1
+    for a in axes:
+        size = x.shape[a]
+        if not isinstance(size, int):
+            raise ctx.unsupported("variance over a symbolic dim")
+        n *= size
+    correction = 1 if correction is None else correction
+    if rank == 0:
+        mean = x
+        centred = ctx.emit("sub", x, mean)
+        total = ctx.emit("mul", centred, centred)
+    else:
+        mean = ctx.emit("reduce_mean", x, axes=axes, keepdim=True)
+        centred = ctx.emit("sub", x, mean)
+        total = ctx.emit("reduce_sum", ctx.emit("mul", centred, centred), axes=axes, keepdim=keepdim)
+        if not keepdim:
+            mean = ctx.emit("reshape", mean, shape=list(total.shape))
+    var = ctx.emit("div", total, ctx.tensor(float(max(0, n - correction)), x.dtype))
+    return var, mean
+
+
+@handles("aten.var.correction", "aten.var_mean.correction")
+def _var(ctx: ImportContext, node: Node):
+    x = ctx.tensor(node.args[0])
+    var, mean = _variance(ctx, x, arg(node, 1, "dim"), node.kwargs.get("correction"),
+                          bool(node.kwargs.get("keepdim", False)))
+    return (var, mean) if "var_mean" in str(node.target) else var
+
+
+@handles("aten.var.dim")
+def _var_dim(ctx: ImportContext, node: Node):
+    x = ctx.tensor(node.args[0])
+    unbiased = bool(arg(node, 2, "unbiased", True))
+    var, _ = _variance(ctx, x, arg(node, 1, "dim"), 1 if unbiased else 0, bool(arg(node, 3, "keepdim", False)))
+    return var
+
+
+@handles("aten.sign.default")
+def _sign(ctx: ImportContext, node: Node):
+    dtype = ctx.out_dtype()
+    x = ctx.tensor(node.args[0], dtype)
+    if dtype == DType.bool:
+        return ctx.emit("reshape", x, shape=list(x.shape))  # distinct value: sign(b) == b
+    zero, one = ctx.tensor(0, dtype), ctx.tensor(1, dtype)
+    if dtype in (DType.uint8,):
+        return ctx.emit("where", ctx.emit("gt", x, zero), one, zero)
+    negative = ctx.emit("where", ctx.emit("lt", x, zero), ctx.tensor(-1, dtype), zero)
+    return ctx.emit("where", ctx.emit("gt", x, zero), one, negative)  # NaN -> 0, as torch
+
+
+@handles("aten.repeat.default")
+def _repeat(ctx: ImportContext, node: Node):
+    x = ctx.tensor(node.args[0])
+    repeats = [int(r) for r in node.args[1]]
+    shape = (1,) * (len(repeats) - x.type.rank) + tuple(x.shape)
+    if all(r == 1 for r in repeats):
+        return ctx.emit("reshape", x, shape=list(shape))
+    interleaved, expanded = [], []
+    for r, d in zip(repeats, shape):
+        if r != 1:
+            interleaved.append(1)
+            expanded.append(r)
+        interleaved.append(d)
+        expanded.append(d)
+    y = ctx.emit("reshape", x, shape=interleaved) if tuple(interleaved) != x.shape else x
+    y = ctx.emit("expand", y, shape=expanded)
+    return ctx.emit("reshape", y, shape=list(ctx.out_shape()))
+
+
+@handles("aten.logical_xor.default")
+def _logical_xor(ctx: ImportContext, node: Node):
+    return ctx.emit("ne", ctx.tensor(node.args[0], DType.bool), ctx.tensor(node.args[1], DType.bool))
+
+
+@handles("aten.isnan.default")
+def _isnan(ctx: ImportContext, node: Node):
+    x = ctx.tensor(node.args[0])
+    return ctx.emit("ne", x, x)
+
+
+@handles("aten.any.dim", "aten.any.dims", "aten.any.default", "aten.all.dim", "aten.all.dims",
+         "aten.all.default")
+def _any_all(ctx: ImportContext, node: Node):
+    x = ctx.tensor(node.args[0], DType.bool)
+    if x.type.rank == 0:
+        return ctx.emit("reshape", x, shape=())
+    keepdim = bool(arg(node, 2, "keepdim", False))
+    op = "reduce_max" if ".any." in str(node.target) else "reduce_min"
+    return ctx.emit(op, x, axes=_axes(arg(node, 1, "dim")), keepdim=keepdim)
+
+
+@handles("aten.addbmm.default")
+def _addbmm(ctx: ImportContext, node: Node):
+    dtype = ctx.out_dtype()
+    bias, a, b = (ctx.tensor(t, dtype) for t in node.args[:3])
+    beta, alpha = node.kwargs.get("beta", 1), node.kwargs.get("alpha", 1)
+    product = ctx.emit("reduce_sum", ctx.emit("matmul", a, b), axes=[0], keepdim=False)
+    if alpha != 1:
+        product = ctx.emit("mul", product, ctx.tensor(alpha, dtype))
+    if beta == 0:  # torch ignores the input (NaN and inf in it included)
+        return ctx.emit("expand", product, shape=list(ctx.out_shape())) if product.shape != ctx.out_shape() \
+            else product
+    if beta != 1:
+        bias = ctx.emit("mul", bias, ctx.tensor(beta, dtype))
+    return ctx.emit("add", product, bias)
