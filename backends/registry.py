@@ -7,7 +7,7 @@ imports tvm. The runtime side (artifact -> callable) is registered in ``compiler
 from __future__ import annotations
 
 import importlib
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Callable
 
 from compiler.errors import CompileError
@@ -19,7 +19,6 @@ class Target:
     name: str
     description: str
     emit: Callable[[Graph, dict[str, Any]], tuple[dict[str, bytes], dict[str, Any]]]
-    options: tuple[str, ...] = field(default_factory=tuple)  # option names the target accepts
 
 
 def _emit_onnx(graph: Graph, options: dict[str, Any]) -> tuple[dict[str, bytes], dict[str, Any]]:
@@ -32,8 +31,7 @@ def _emit_onnx(graph: Graph, options: dict[str, Any]) -> tuple[dict[str, bytes],
 
 
 TARGETS: dict[str, Target] = {
-    "onnx": Target("onnx", "ONNX model run by onnxruntime (CPU)", _emit_onnx,
-                   ("opset", "onnx_standard_only")),
+    "onnx": Target("onnx", "ONNX model run by onnxruntime (CPU)", _emit_onnx),
 }
 
 
@@ -53,15 +51,3 @@ def supported_ops(target: str) -> set[str]:
     if module is None:
         return set()
     return set(importlib.import_module(module).supported_ops())
-
-
-def targets_supporting(op: str) -> list[str]:
-    """Targets that can emit ``op`` (error messages suggest them)."""
-    found = []
-    for target in TARGETS:
-        try:
-            if op in supported_ops(target):
-                found.append(target)
-        except ImportError:  # a target whose toolchain is not installed here
-            continue
-    return found

@@ -58,7 +58,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    from compiler.errors import CompileError, VerificationError
+    from compiler.errors import CompileError, VerificationError, one_line
 
     if not args.debug:  # torch's own deprecation notices are not the user's business
         warnings.filterwarnings("ignore", category=FutureWarning)
@@ -67,10 +67,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         return _run(args)
     except CompileError as exc:
-        print(f"error: {_one_line(exc)}", file=sys.stderr)
+        print(f"error: {one_line(exc)}", file=sys.stderr)
         return 2
     except VerificationError as exc:
-        print(f"error: {_one_line(exc)}", file=sys.stderr)
+        print(f"error: {one_line(exc)}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
@@ -79,14 +79,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.debug:
             traceback.print_exc()
         else:
-            print(f"internal error: {type(exc).__name__}: {_one_line(exc)} "
+            print(f"internal error: {type(exc).__name__}: {one_line(exc)} "
                   "(this is a compiler bug; rerun with --debug for the traceback)", file=sys.stderr)
         return 3
-
-
-def _one_line(exc: BaseException) -> str:
-    text = " ".join(str(exc).split())
-    return text if len(text) <= 600 else text[:597] + "..."
 
 
 def _run(args: argparse.Namespace) -> int:

@@ -8,6 +8,12 @@ drifted beyond tolerance) exits with status 1. Anything else is a bug in the com
 from __future__ import annotations
 
 
+def one_line(text: object, limit: int = 600) -> str:
+    """``text`` on one line (whitespace runs collapsed), cut to ``limit`` characters."""
+    line = " ".join(str(text).split())
+    return line if len(line) <= limit else line[: limit - 3] + "..."
+
+
 class CompileError(Exception):
     """A problem with the user's input: model file, shapes, options or artifact."""
 

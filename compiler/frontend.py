@@ -14,7 +14,6 @@ from __future__ import annotations
 import inspect
 import operator
 import re
-from dataclasses import dataclass
 from typing import Any, Callable, Sequence
 
 import numpy as np
@@ -76,11 +75,6 @@ def source_location(node: torch.fx.Node) -> str | None:
 
 
 # -- the import context ------------------------------------------------------------------------
-@dataclass
-class ImportOptions:
-    dynamic_batch: bool = False
-
-
 class ImportContext:
     """Maps FX nodes to IR values while the handlers build the graph."""
 

@@ -84,7 +84,7 @@ from typing import TYPE_CHECKING, Any, Iterable, Sequence
 
 import torch
 
-from compiler.errors import ModelLoadError
+from compiler.errors import ModelLoadError, one_line
 
 if TYPE_CHECKING:  # pragma: no cover
     from torch.export import ExportedProgram
@@ -205,11 +205,6 @@ def _first_line(exc: BaseException) -> str:
     if len(line) > 300:
         line = line[:297] + "..."
     return f"{type(exc).__name__}: {line}" if line else type(exc).__name__
-
-
-def _one_line(text: str, limit: int = 400) -> str:
-    line = " ".join(part.strip() for part in str(text).splitlines() if part.strip())
-    return line if len(line) <= limit else line[: limit - 3] + "..."
 
 
 def _sha256_file(path: Path) -> str:
@@ -704,7 +699,7 @@ def _load_factory(spec: str, left: str, attr: str, weights: str | None,
             module.load_state_dict(sd, strict=True)
         except Exception as e:  # noqa: BLE001
             raise ModelLoadError(f"weights file {weights} does not fit {where}:{attr}: "
-                                 f"{_one_line(str(e))}") from None
+                                 f"{one_line(e, 400)}") from None
         sha = hashlib.sha256((sha + _sha256_file(Path(weights))).encode()).hexdigest()
     _set_eval(module)
     inputs = _module_inputs(f"{where}:{attr}", module, input_shapes, given)
