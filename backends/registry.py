@@ -1,14 +1,23 @@
 """Compile targets: how each one turns a Graph into artifact payload files.
 
-A target's emitter is imported only when that target is used, so ``compile --target onnx`` never
-imports tvm. The runtime side (artifact -> callable) is registered in ``compiler.runtime``.
+A target names the backend module that emits it. That module is imported only when the target
+is used, so ``compile --target onnx`` never imports tvm. An emitter module exposes::
+
+    def emit_target(graph: Graph, options: dict) -> tuple[dict[str, bytes], dict]
+        # payload files for the artifact, and target_info for the manifest. target_info may
+        # hold "tolerance": {"rtol": r, "atol": a}, the verification tolerance the target
+        # needs when the user gives none (fixed-point HLS is not float32-exact).
+    def supported_ops() -> set[str]
+
+``options`` holds the target's own options (``Target.options``) plus ``"target"``, the target
+name. The runtime side (artifact -> callable) is registered in ``compiler.runtime``.
 """
 
 from __future__ import annotations
 
 import importlib
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any
 
 from compiler.errors import CompileError
 from compiler.ir import Graph
@@ -18,21 +27,36 @@ from compiler.ir import Graph
 class Target:
     name: str
     description: str
-    emit: Callable[[Graph, dict[str, Any]], tuple[dict[str, bytes], dict[str, Any]]]
+    module: str  # emitter module: emit_target() and supported_ops()
+    options: tuple[str, ...] = ()  # names of the target options it accepts
+
+    def emit(self, graph: Graph, options: dict[str, Any]) -> tuple[dict[str, bytes], dict[str, Any]]:
+        unknown = sorted(k for k, v in options.items() if v is not None and k not in self.options)
+        if unknown:
+            raise CompileError(f"option(s) {', '.join(unknown)} do not apply to target '{self.name}'; "
+                               + _who_takes(unknown[0]))
+        chosen = {k: v for k, v in options.items() if k in self.options}
+        return importlib.import_module(self.module).emit_target(graph, {**chosen, "target": self.name})
 
 
-def _emit_onnx(graph: Graph, options: dict[str, Any]) -> tuple[dict[str, bytes], dict[str, Any]]:
-    from backends.onnx.emit import DEFAULT_OPSET, emit_onnx
-
-    opset = options.get("opset") or DEFAULT_OPSET
-    standard_only = bool(options.get("onnx_standard_only"))
-    model = emit_onnx(graph, opset=opset, standard_only=standard_only)
-    return {"model.onnx": model.SerializeToString()}, {"opset": opset, "standard_only": standard_only}
-
+_TVM_OPTIONS = ("cpu", "cuda_arch", "tune", "tuning_db")
+_HLS_OPTIONS = ("hls_precision", "reuse_factor", "hls_part", "hls_clock_ns", "hls_precision_map")
 
 TARGETS: dict[str, Target] = {
-    "onnx": Target("onnx", "ONNX model run by onnxruntime (CPU)", _emit_onnx),
+    "onnx": Target("onnx", "ONNX model run by onnxruntime (CPU)", "backends.onnx.emit",
+                   ("opset", "onnx_standard_only")),
+    "llvm": Target("llvm", "Apache TVM module for the host CPU (shared library, Relax VM)",
+                   "backends.tvm.emit", _TVM_OPTIONS),
+    "cuda": Target("cuda", "Apache TVM module for an NVIDIA GPU (builds without a GPU)",
+                   "backends.tvm.emit", _TVM_OPTIONS),
+    "hls": Target("hls", "Vitis HLS C++ project for an FPGA, run here as a g++ C simulation",
+                  "backends.hls.emit", _HLS_OPTIONS),
 }
+
+
+def _who_takes(option: str) -> str:
+    takers = [t.name for t in TARGETS.values() if option in t.options]
+    return f"'{option}' is for target(s) {', '.join(takers)}" if takers else f"'{option}' is not a known option"
 
 
 def get_target(name: str) -> Target:
@@ -42,12 +66,18 @@ def get_target(name: str) -> Target:
         raise CompileError(f"unknown target '{name}'; available: {', '.join(TARGETS)}") from None
 
 
-_EMITTER_MODULES = {"onnx": "backends.onnx.emit"}
-
-
 def supported_ops(target: str) -> set[str]:
-    """Op names the target can emit."""
-    module = _EMITTER_MODULES.get(target)
-    if module is None:
+    """Op names the target can emit (empty when its backend cannot be imported here)."""
+    tgt = TARGETS.get(target)
+    if tgt is None:
         return set()
-    return set(importlib.import_module(module).supported_ops())
+    try:
+        module = importlib.import_module(tgt.module)
+    except ImportError:
+        return set()
+    return set(module.supported_ops())
+
+
+def targets_supporting(op: str) -> list[str]:
+    """Targets whose backend emits ``op`` (for error messages that suggest another target)."""
+    return [name for name in TARGETS if op in supported_ops(name)]

@@ -48,9 +48,9 @@ class CompiledArtifact:
 
 def compile(model: Any, example_inputs: Sequence[Any] | None = None, *, target: str = "onnx",  # noqa: A001
             output: str | os.PathLike | None = None, dynamic_batch: bool = False, verify: bool = True,
-            rtol: float = DEFAULT_RTOL, atol: float = DEFAULT_ATOL, passes: str | Sequence[str] | None = None,
+            rtol: float | None = None, atol: float | None = None, passes: str | Sequence[str] | None = None,
             check_passes: bool = False, opset: int | None = None, onnx_standard_only: bool = False,
-            weights: str | None = None,
+            target_options: dict[str, Any] | None = None, weights: str | None = None,
             trust_pickle: bool = False, input_shapes: Sequence[str] | None = None, seed: int = 0,
             progress: bool | Progress = False, after_pass=None) -> CompiledArtifact:
     """Compile ``model`` for ``target`` into one artifact file.
@@ -73,7 +73,9 @@ def compile(model: Any, example_inputs: Sequence[Any] | None = None, *, target: 
     records = _run_passes(graph, passes, check_passes, source, prog, after_pass)
 
     with prog.phase("emit", f"emitting {target}"):
-        payload, target_info = tgt.emit(graph, {"opset": opset, "onnx_standard_only": onnx_standard_only})
+        options = {"opset": opset, "onnx_standard_only": onnx_standard_only or None, **(target_options or {})}
+        payload, target_info = tgt.emit(graph, {k: v for k, v in options.items() if v is not None})
+    rtol, atol = _tolerance(rtol, atol, target_info)
 
     report = CompileReport(model=source.name, target=target, output=str(output_path), source_kind=source.kind,
                            inputs=_signature(graph.inputs), outputs=_signature(graph.outputs),
@@ -84,6 +86,13 @@ def compile(model: Any, example_inputs: Sequence[Any] | None = None, *, target: 
     _write_verify_and_move(output_path, manifest, payload, report, source, exported, verify, rtol, atol,
                            dynamic_batch, seed, prog)
     return CompiledArtifact(str(output_path), report, manifest, graph)
+
+
+def _tolerance(rtol: float | None, atol: float | None, target_info: dict[str, Any]) -> tuple[float, float]:
+    """The user's tolerance where given, else the target's own (fixed point), else the defaults."""
+    own = target_info.get("tolerance") or {}
+    return (rtol if rtol is not None else float(own.get("rtol", DEFAULT_RTOL)),
+            atol if atol is not None else float(own.get("atol", DEFAULT_ATOL)))
 
 
 # -- phases ----------------------------------------------------------------------------------------

@@ -29,7 +29,7 @@ def build_parser() -> argparse.ArgumentParser:
                "or a pickled nn.Module (only with --trust-pickle).")
     p.add_argument("model", metavar="MODEL", help="model file or factory spec")
     p.add_argument("-o", "--output", help="artifact path (default: <model name>.aot)")
-    p.add_argument("-t", "--target", default="onnx", help="compile target (default: onnx)")
+    p.add_argument("-t", "--target", default="onnx", help="compile target: onnx (default), llvm, cuda or hls")
     p.add_argument("--dynamic-batch", action="store_true", help="keep dim 0 of every input symbolic")
     p.add_argument("--input-shape", action="append", metavar="SHAPE",
                    help="example input shape such as 1x3x224x224 or 2x32:int64 (repeat per input)")
@@ -40,7 +40,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="skip running the artifact against PyTorch")
     p.add_argument("--rtol", type=float, default=None, help="relative tolerance of verification (default 1e-3)")
     p.add_argument("--atol", type=float, default=None, help="absolute tolerance of verification (default 1e-4)")
-    p.add_argument("--passes", default=None, help="comma-separated pass pipeline, or 'none' (default: fold,dce)")
+    p.add_argument("--passes", default=None, help="comma-separated pass pipeline, or 'none' (default: the standard pipeline)")
     p.add_argument("--check-passes", action="store_true",
                    help="run the interpreter before and after each pass and name a pass that changes the numbers")
     p.add_argument("--print-ir-after-all", action="store_true", help="print the IR after every pass (stderr)")
@@ -49,6 +49,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--onnx-standard-only", action="store_true",
                    help="emit only standard ONNX ops (no onnxruntime contrib ops such as FusedConv, "
                         "MultiHeadAttention), for runtimes other than onnxruntime")
+    tvm = p.add_argument_group("TVM targets (llvm, cuda)")
+    tvm.add_argument("--cpu", metavar="MCPU", help="LLVM CPU to generate code for (default: the host's)")
+    tvm.add_argument("--cuda-arch", metavar="SM", help="CUDA architecture such as sm_90 (default: the local GPU's, "
+                                                      "else sm_80)")
+    tvm.add_argument("--tune", type=int, metavar="TRIALS", help="search schedules with MetaSchedule for TRIALS trials")
+    tvm.add_argument("--tuning-db", metavar="DIR", help="tuning database directory: read, and written by --tune")
+    hls = p.add_argument_group("HLS target (hls)")
+    hls.add_argument("--hls-precision", metavar="TYPE",
+                     help="default fixed-point type such as 'ap_fixed<16,6>', or 'auto' (from calibration ranges)")
+    hls.add_argument("--reuse-factor", type=int, metavar="N", help="multiplications sharing one multiplier (default 1)")
+    hls.add_argument("--hls-part", metavar="PART", help="FPGA part (default xcvu13p-flga2577-2-e)")
+    hls.add_argument("--hls-clock-ns", type=float, metavar="NS", help="clock period in ns (default 5)")
     p.add_argument("--seed", type=int, default=0, help="seed for the random verification inputs")
     p.add_argument("--report-json", metavar="PATH", help="also write the compile report as JSON")
     p.add_argument("-q", "--quiet", action="store_true", help="print only errors")
@@ -85,18 +97,21 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def _run(args: argparse.Namespace) -> int:
-    from compiler.api import DEFAULT_ATOL, DEFAULT_RTOL, compile
+    from compiler.api import compile
     from compiler.errors import CompileError
     from compiler.progress import Progress
 
     if args.dump_ir and not os.path.isdir(args.dump_ir):
         raise CompileError(f"--dump-ir directory does not exist: {args.dump_ir}")
     progress = Progress(enabled=not args.quiet)
+    target_options = {"cpu": args.cpu, "cuda_arch": args.cuda_arch, "tune": args.tune, "tuning_db": args.tuning_db,
+                      "hls_precision": args.hls_precision, "reuse_factor": args.reuse_factor,
+                      "hls_part": args.hls_part, "hls_clock_ns": args.hls_clock_ns}
     result = compile(args.model, target=args.target, output=args.output, dynamic_batch=args.dynamic_batch,
-                     verify=args.verify, rtol=args.rtol if args.rtol is not None else DEFAULT_RTOL,
-                     atol=args.atol if args.atol is not None else DEFAULT_ATOL, passes=args.passes,
+                     verify=args.verify, rtol=args.rtol, atol=args.atol, passes=args.passes,
                      check_passes=args.check_passes, opset=args.opset,
-                     onnx_standard_only=args.onnx_standard_only, weights=args.weights,
+                     onnx_standard_only=args.onnx_standard_only,
+                     target_options={k: v for k, v in target_options.items() if v is not None}, weights=args.weights,
                      trust_pickle=args.trust_pickle, input_shapes=args.input_shape, seed=args.seed,
                      progress=progress, after_pass=_ir_printer(args))
     if not args.quiet:

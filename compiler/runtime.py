@@ -33,7 +33,12 @@ from compiler.errors import ArtifactError, InputError
 Runner = Callable[[list[np.ndarray]], list[np.ndarray]]
 
 # target -> module path of its runner (imported lazily, by load()).
-_RUNNERS: dict[str, str] = {"onnx": "backends.onnx.runtime"}
+_RUNNERS: dict[str, str] = {
+    "onnx": "backends.onnx.runtime",
+    "llvm": "backends.tvm.runtime",
+    "cuda": "backends.tvm.runtime",
+    "hls": "backends.hls.runtime",
+}
 
 
 def register_runner(target: str, module_path: str) -> None:

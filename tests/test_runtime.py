@@ -209,8 +209,8 @@ def test_runner_output_count_checked(tmp_path, fake_target):
 
 
 def test_unknown_target(tmp_path, fake_target):
-    path = make(tmp_path, [spec("x", "float32", [2])], [spec("y", "float32", [2])], target="hls")
-    with pytest.raises(ArtifactError, match=r"target 'hls'.*known targets: (.*, )?fake, (.*, )?onnx"):
+    path = make(tmp_path, [spec("x", "float32", [2])], [spec("y", "float32", [2])], target="quantum")
+    with pytest.raises(ArtifactError, match=r"target 'quantum'.*known targets: (.*, )?fake, (.*, )?onnx"):
         load(path)
 
 

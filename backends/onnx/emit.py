@@ -941,6 +941,14 @@ def emit_onnx(graph: Graph, *, opset: int = DEFAULT_OPSET, standard_only: bool =
     return model
 
 
+def emit_target(graph: Graph, options: dict) -> tuple[dict[str, bytes], dict]:
+    """The registry's entry point: the artifact payload (``model.onnx``) and target info."""
+    opset = options.get("opset") or DEFAULT_OPSET
+    standard_only = bool(options.get("onnx_standard_only"))
+    model = emit_onnx(graph, opset=opset, standard_only=standard_only)
+    return {"model.onnx": model.SerializeToString()}, {"opset": opset, "standard_only": standard_only}
+
+
 def _check_error(ctx: EmitContext, exc: Exception) -> OnnxEmitError:
     message = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
     match = re.search(r"node name: ([^)\s]+)\)", str(exc))
@@ -950,4 +958,4 @@ def _check_error(ctx: EmitContext, exc: Exception) -> OnnxEmitError:
                          "this is a compiler bug, please report it")
 
 
-__all__ = ["DEFAULT_OPSET", "EMITTERS", "EmitContext", "OnnxEmitError", "emit_onnx", "supported_ops"]
+__all__ = ["DEFAULT_OPSET", "EMITTERS", "EmitContext", "OnnxEmitError", "emit_onnx", "emit_target", "supported_ops"]
