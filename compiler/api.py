@@ -8,8 +8,11 @@ into place. A failed verification leaves no artifact behind.
 
 from __future__ import annotations
 
+import copy
+import functools
 import os
 import platform
+import time
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,6 +21,7 @@ from typing import Any, Iterable, Sequence
 import numpy as np
 
 from compiler import __version__
+from compiler.compression import compress
 from compiler.errors import CompileError, VerificationError
 from compiler.ir import Graph
 from compiler.progress import Progress
@@ -52,7 +56,12 @@ def compile(model: Any, example_inputs: Sequence[Any] | None = None, *, target: 
             check_passes: bool = False, opset: int | None = None, onnx_standard_only: bool = False,
             target_options: dict[str, Any] | None = None, weights: str | None = None,
             trust_pickle: bool = False, input_shapes: Sequence[str] | None = None, seed: int = 0,
-            progress: bool | Progress = False, after_pass=None) -> CompiledArtifact:
+            progress: bool | Progress = False, after_pass=None,
+            quantize: str | None = None, calibration_data: Any = None, calibrator: str = "minmax",
+            quantize_skip: Sequence[str] = (), per_channel: bool = True,
+            prune: float | None = None, prune_structure: str = "unstructured", prune_scope: str = "global",
+            prune_multiple_of: int = 16, weight_sharing_bits: int | None = None,
+            eval_data: Any = None) -> CompiledArtifact:
     """Compile ``model`` for ``target`` into one artifact file.
 
     ``model`` is an ``nn.Module`` (then ``example_inputs`` is required unless the module has an
@@ -63,28 +72,46 @@ def compile(model: Any, example_inputs: Sequence[Any] | None = None, *, target: 
     """
     from backends.registry import get_target
 
+    from compiler.compression import CompressionOptions
+
     prog = progress if isinstance(progress, Progress) else Progress(enabled=bool(progress))
     tgt = get_target(target)
+    compression = CompressionOptions(quantize=quantize, calibration=calibration_data, calibrator=calibrator,
+                                     per_channel=per_channel, quantize_skip=tuple(quantize_skip or ()),
+                                     prune=prune, prune_structure=prune_structure, prune_scope=prune_scope,
+                                     prune_multiple_of=prune_multiple_of, weight_sharing_bits=weight_sharing_bits)
+    compression.check()
     source = _load_source(model, example_inputs, weights, trust_pickle, input_shapes, prog)
     output_path = Path(output) if output is not None else Path(f"{source.name}.aot")
     _check_output_dir(output_path)
 
     graph, exported = _trace(source, dynamic_batch, prog)
     records = _run_passes(graph, passes, check_passes, source, prog, after_pass)
+    options = {"opset": opset, "onnx_standard_only": onnx_standard_only or None, **(target_options or {})}
+    options = {k: v for k, v in options.items() if v is not None}
+    baseline, compression_report = None, None
+    if compression.active:
+        baseline = copy.deepcopy(graph) if eval_data is not None else None
+        with prog.phase("compress", "compressing the graph"):
+            example_arrays = [t.detach().cpu().numpy() for t in source.example_inputs]
+            compression_report = compress(graph, compression, example_arrays, prog.say)
 
     with prog.phase("emit", f"emitting {target}"):
-        options = {"opset": opset, "onnx_standard_only": onnx_standard_only or None, **(target_options or {})}
-        payload, target_info = tgt.emit(graph, {k: v for k, v in options.items() if v is not None})
+        payload, target_info = tgt.emit(graph, options)
     rtol, atol = _tolerance(rtol, atol, target_info)
 
     report = CompileReport(model=source.name, target=target, output=str(output_path), source_kind=source.kind,
                            inputs=_signature(graph.inputs), outputs=_signature(graph.outputs),
                            ops=graph.op_counts(), nodes=len(graph.nodes), parameters=graph.parameter_count(),
                            parameter_bytes=graph.parameter_bytes(), passes=[r.to_dict() for r in records],
-                           target_info=target_info)
+                           target_info=target_info, compression=compression_report)
     manifest = _manifest(graph, target, source, records, target_info, dynamic_batch)
+    evaluate = None
+    if eval_data is not None:
+        evaluate = functools.partial(_evaluate, eval_data=eval_data, graph=graph, baseline=baseline, target=tgt,
+                                     options=options, source=source, exported=exported, prog=prog)
     _write_verify_and_move(output_path, manifest, payload, report, source, exported, verify, rtol, atol,
-                           dynamic_batch, seed, prog)
+                           dynamic_batch, seed, prog, graph if compression.active else None, evaluate)
     return CompiledArtifact(str(output_path), report, manifest, graph)
 
 
@@ -224,7 +251,7 @@ def _check_output_dir(path: Path) -> None:
 
 def _write_verify_and_move(output_path: Path, manifest, payload, report: CompileReport, source, exported,
                            verify: bool, rtol: float, atol: float, dynamic_batch: bool, seed: int,
-                           prog: Progress) -> None:
+                           prog: Progress, spec_graph: Graph | None = None, evaluate=None) -> None:
     from compiler.artifact import write_artifact
 
     fd, tmp_name = tempfile.mkstemp(dir=output_path.parent if str(output_path.parent) else ".",
@@ -233,9 +260,16 @@ def _write_verify_and_move(output_path: Path, manifest, payload, report: Compile
     try:
         with prog.phase("write", "writing the artifact"):
             report.artifact_bytes = write_artifact(tmp_name, {**manifest, "report": None}, payload)
-        if verify:
+        runnable = report.target_info.get("runnable_here", True)
+        if verify and not runnable:
+            prog.say(f"verification skipped: {report.target_info.get('not_runnable_reason', 'cannot run here')}")
+        elif verify:
             with prog.phase("verify", "running the artifact against PyTorch"):
-                report.verification = _verify(tmp_name, source, exported, rtol, atol, dynamic_batch, seed)
+                report.verification = _verify(tmp_name, source, exported, rtol, atol, dynamic_batch, seed,
+                                              spec_graph, report.compression)
+        if evaluate is not None and runnable:
+            with prog.phase("evaluate", "measuring accuracy, size and latency before/after"):
+                report.evaluation = evaluate(tmp_name)
         report.phases = dict(prog.times)
         # The final artifact carries the finished report; rewriting it is cheap next to verification.
         manifest["report"] = report.to_dict()
@@ -252,15 +286,19 @@ def _write_verify_and_move(output_path: Path, manifest, payload, report: Compile
 
 # -- verification ----------------------------------------------------------------------------------
 def _verify(artifact_path: str, source, exported, rtol: float, atol: float, dynamic_batch: bool,
-            seed: int) -> Verification:
+            seed: int, spec_graph: Graph | None = None, compression: dict | None = None) -> Verification:
+    """Run the artifact on the example inputs and random inputs against the reference: PyTorch,
+    or for a compressed graph our interpreter on that graph (compression changes the numbers on
+    purpose; its drift from PyTorch goes into the compression report instead)."""
     import torch
 
+    from compiler.interpreter import run_graph
     from compiler.runtime import load
 
     # Archives have no eager module: their reference is the program we compiled (re-exported with
     # a symbolic batch when asked, so its input guards accept other batch sizes).
     eager = source.kind in ("factory", "pickle", "module") and source.module is not None
-    reference = source.module if eager else exported.module()
+    torch_model = source.module if eager else exported.module()
     loaded = load(artifact_path)
     cases = [("example inputs", tuple(source.example_inputs))]
     rng = np.random.default_rng(seed)
@@ -271,21 +309,91 @@ def _verify(artifact_path: str, source, exported, rtol: float, atol: float, dyna
             batch = (first.shape[0] + 2 + i) if first.dim() else None
         cases.append((f"random inputs #{i + 1}" + (f" (batch {batch})" if batch else ""),
                       random_like(source.example_inputs, rng, batch)))
-    worst_abs, worst_rel, worst_case, passed = 0.0, 0.0, "", True
+    worst_abs, worst_rel, worst_case, passed, drift = 0.0, 0.0, "", True, 0.0
     for label, inputs in cases:
+        arrays = [t.detach().cpu().numpy() for t in inputs]
         with torch.no_grad():
-            expected = reference(*inputs)
-        expected = _flatten_outputs(expected)
-        got = loaded.run([t.detach().cpu().numpy() for t in inputs])
+            from_torch = _flatten_outputs(torch_model(*inputs))
+        expected = from_torch if spec_graph is None else run_graph(spec_graph, arrays)
+        got = loaded.run(arrays)
         if len(got) != len(expected):
-            raise VerificationError(f"artifact returned {len(got)} outputs, PyTorch {len(expected)}")
+            raise VerificationError(f"artifact returned {len(got)} outputs, the reference {len(expected)}")
         for want, have in zip(expected, got):
             abs_err, rel_err, ok = compare(want, have, rtol, atol)
             passed &= ok
             if abs_err >= worst_abs:
                 worst_case = label
             worst_abs, worst_rel = max(worst_abs, abs_err), max(worst_rel, rel_err)
-    return Verification(len(cases), worst_abs, worst_rel, rtol, atol, passed, worst_case)
+        if spec_graph is not None:
+            drift = max([drift] + [compare(w, h, rtol, atol)[0] for w, h in zip(from_torch, got)])
+    if compression is not None:
+        compression["max_abs_drift_vs_pytorch"] = drift
+    reference = "PyTorch" if spec_graph is None else "the interpreter on the compressed graph"
+    return Verification(len(cases), worst_abs, worst_rel, rtol, atol, passed, worst_case, reference)
+
+
+# -- evaluation of compression ---------------------------------------------------------------------
+def _evaluate(artifact_path: str, *, eval_data, graph: Graph, baseline: Graph | None, target, options, source,
+              exported, prog: Progress) -> dict[str, Any]:
+    """Accuracy of the float PyTorch model and of the artifact on labelled data; with
+    compression, also the uncompressed artifact's size and latency on the same data."""
+    import torch
+
+    from compiler.artifact import write_artifact
+    from compiler.compression import load_npz, split_batches
+    from compiler.runtime import load
+
+    inputs, labels = _eval_arrays(graph, eval_data, load_npz)
+    batches = split_batches(graph, inputs)
+    n = len(batches) * len(batches[0][0])
+    labels = labels[:n]
+    eager = source.kind in ("factory", "pickle", "module") and source.module is not None
+    torch_model = source.module if eager else exported.module()
+    with torch.no_grad():
+        torch_logits = [_flatten_outputs(torch_model(*[torch.from_numpy(a) for a in b]))[0] for b in batches]
+    result: dict[str, Any] = {"samples": n, "accuracy_pytorch": _accuracy(torch_logits, labels)}
+    compressed_seconds, outputs = _timed_run(load(artifact_path), batches)
+    result["accuracy_artifact"] = _accuracy(outputs, labels)
+    result["seconds_artifact"] = compressed_seconds
+    if baseline is not None:
+        payload, _info = target.emit(baseline, options)
+        fd, tmp = tempfile.mkstemp(suffix=".aot")
+        os.close(fd)
+        try:
+            result["baseline_artifact_bytes"] = write_artifact(tmp, {"target": target.name, "inputs": _signature(
+                baseline.inputs), "outputs": _signature(baseline.outputs)}, payload)
+            baseline_seconds, baseline_outputs = _timed_run(load(tmp), batches)
+        finally:
+            os.unlink(tmp)
+        result["accuracy_uncompressed"] = _accuracy(baseline_outputs, labels)
+        result["seconds_uncompressed"] = baseline_seconds
+        result["latency_ratio"] = compressed_seconds / baseline_seconds if baseline_seconds else None
+    return result
+
+
+def _eval_arrays(graph: Graph, eval_data, load_npz) -> tuple[list[np.ndarray], np.ndarray]:
+    if isinstance(eval_data, (str, os.PathLike)):
+        inputs, labels = load_npz(graph, os.fspath(eval_data), want_labels=True)
+        return inputs, labels
+    try:
+        *inputs, labels = [np.asarray(a.detach().cpu().numpy() if hasattr(a, "detach") else a) for a in eval_data]
+    except (TypeError, ValueError):
+        raise CompileError("eval_data must be an .npz path or a tuple (inputs..., labels)") from None
+    if len(inputs) != len(graph.inputs):
+        raise CompileError(f"eval_data must hold {len(graph.inputs)} input array(s) and the labels")
+    return inputs, labels
+
+
+def _timed_run(model, batches) -> tuple[float, list[np.ndarray]]:
+    model.run(batches[0])  # warm-up: first runs allocate
+    start = time.perf_counter()
+    outputs = [model.run(b)[0] for b in batches]
+    return time.perf_counter() - start, outputs
+
+
+def _accuracy(logits: list[np.ndarray], labels: np.ndarray) -> float:
+    predicted = np.concatenate([np.asarray(x).reshape(len(x), -1).argmax(axis=1) for x in logits])
+    return float((predicted == labels.reshape(-1)[:len(predicted)]).mean())
 
 
 def _flatten_outputs(outputs: Any) -> list[np.ndarray]:

@@ -82,6 +82,24 @@ _unary("silu", "aten.silu.default", "aten.silu_.default")
 _unary("hardswish", "aten.hardswish.default", "aten.hardswish_.default")
 _unary("hardsigmoid", "aten.hardsigmoid.default", "aten.hardsigmoid_.default")
 _unary("logical_not", "aten.logical_not.default")
+for _name in ("tan", "asin", "acos", "atan", "sinh", "cosh", "asinh", "acosh", "atanh", "expm1", "log1p",
+              "log2", "log10", "trunc"):
+    _unary(_name, f"aten.{_name}.default")
+_unary("trunc", "aten.fix.default")
+_unary("round", "aten.round.default")
+
+
+@handles("aten.isinf.default")
+def _isinf(ctx: ImportContext, node: Node):
+    return ctx.emit("isinf", ctx.tensor(node.args[0]))
+
+
+@handles("aten.elu.default", "aten.elu_.default")
+def _elu(ctx: ImportContext, node: Node):
+    alpha, scale, input_scale = (float(arg(node, i, name, 1.0)) for i, name in
+                                 ((1, "alpha"), (2, "scale"), (3, "input_scale")))
+    return ctx.emit("elu", ctx.tensor(node.args[0], ctx.out_dtype()), alpha=alpha, scale=scale,
+                    input_scale=input_scale)
 
 
 @handles("aten.gelu.default")
@@ -138,12 +156,28 @@ def _rsub(ctx: ImportContext, node: Node):
     return ctx.emit("sub", ctx.tensor(node.args[1], dtype), ctx.tensor(node.args[0], dtype))
 
 
-@handles("aten.div.Tensor", "aten.div.Scalar", "aten.div.Tensor_mode")
+@handles("aten.div.Tensor", "aten.div.Scalar", "aten.div.Tensor_mode", "aten.div.Scalar_mode")
 def _div(ctx: ImportContext, node: Node):
-    if node.kwargs.get("rounding_mode") is not None or len(node.args) > 2:
-        raise ctx.unsupported("division with a rounding_mode")
+    mode = arg(node, 2, "rounding_mode")
     dtype = ctx.out_dtype()
-    return ctx.emit("div", ctx.tensor(node.args[0], dtype), ctx.tensor(node.args[1], dtype))
+    a, b = ctx.tensor(node.args[0], dtype), ctx.tensor(node.args[1], dtype)
+    if mode is None:
+        return ctx.emit("div", a, b)
+    if mode not in ("floor", "trunc"):
+        raise ctx.unsupported(f"division with rounding_mode={mode!r}")
+    return ctx.emit("floor_div" if mode == "floor" else "trunc_div", a, b)
+
+
+_binary("floor_div", "aten.floor_divide.default")
+_binary("fmod", "aten.fmod.Tensor", "aten.fmod.Scalar")
+_binary("remainder", "aten.remainder.Tensor", "aten.remainder.Scalar")
+_binary("atan2", "aten.atan2.default")
+
+
+@handles("aten.remainder.Scalar_Tensor")
+def _remainder_scalar_tensor(ctx: ImportContext, node: Node):
+    dtype = ctx.out_dtype()
+    return ctx.emit("remainder", ctx.tensor(node.args[0], dtype), ctx.tensor(node.args[1], dtype))
 
 
 def _compare(op: str, *names: str):
@@ -168,20 +202,34 @@ def _where(ctx: ImportContext, node: Node):
                     ctx.tensor(node.args[2], dtype))
 
 
-@handles("aten.logical_and.default", "aten.logical_or.default", "aten.bitwise_and.Tensor",
-         "aten.bitwise_or.Tensor")
+@handles("aten.logical_and.default", "aten.logical_or.default")
 def _logical(ctx: ImportContext, node: Node):
-    if "bitwise" in str(node.target) and ctx.out_dtype() != DType.bool:
-        raise ctx.unsupported("bitwise ops on integers")
     op = "logical_and" if "and" in str(node.target) else "logical_or"
     return ctx.emit(op, ctx.tensor(node.args[0], DType.bool), ctx.tensor(node.args[1], DType.bool))
 
 
+def _bitwise(op: str, *names: str):
+    @handles(*names)
+    def handler(ctx: ImportContext, node: Node):
+        dtype = ctx.out_dtype()
+        if dtype.is_float:
+            raise ctx.unsupported(f"{op} on {dtype} (bitwise ops take integers or bools)")
+        return ctx.emit(op, ctx.tensor(node.args[0], dtype), ctx.tensor(node.args[1], dtype))
+
+    return handler
+
+
+for _op in ("and", "or", "xor"):
+    _bitwise(f"bitwise_{_op}", f"aten.bitwise_{_op}.Tensor", f"aten.bitwise_{_op}.Scalar")
+
+
 @handles("aten.bitwise_not.default")
 def _bitwise_not(ctx: ImportContext, node: Node):
-    if ctx.out_dtype() != DType.bool:
-        raise ctx.unsupported("bitwise ops on integers")
-    return ctx.emit("logical_not", ctx.tensor(node.args[0], DType.bool))
+    dtype = ctx.out_dtype()
+    if dtype == DType.bool:
+        return ctx.emit("logical_not", ctx.tensor(node.args[0], DType.bool))
+    all_ones = np.array(-1).astype(dtype.numpy)  # ~x == x ^ 0b1...1 (two's complement or unsigned max)
+    return ctx.emit("bitwise_xor", ctx.tensor(node.args[0], dtype), ctx.tensor(all_ones.item(), dtype))
 
 
 # -- linear algebra --------------------------------------------------------------------------------
@@ -682,3 +730,194 @@ def _addbmm(ctx: ImportContext, node: Node):
     if beta != 1:
         bias = ctx.emit("mul", bias, ctx.tensor(beta, dtype))
     return ctx.emit("add", product, bias)
+
+
+# -- reductions and scans (more) -------------------------------------------------------------------
+@handles("aten.prod.default", "aten.prod.dim_int")
+def _prod(ctx: ImportContext, node: Node):
+    x = ctx.tensor(node.args[0], ctx.out_dtype())
+    if str(node.target).endswith("dim_int"):
+        return ctx.emit("reduce_prod", x, axes=[int(node.args[1])], keepdim=bool(arg(node, 2, "keepdim", False)))
+    return ctx.emit("reduce_prod", x, axes=[], keepdim=False)
+
+
+@handles("aten.cumsum.default", "aten.cumprod.default")
+def _cumulative(ctx: ImportContext, node: Node):
+    op = "cumsum" if "cumsum" in str(node.target) else "cumprod"
+    return ctx.emit(op, ctx.tensor(node.args[0], ctx.out_dtype()), axis=int(node.args[1]))
+
+
+# -- flip and padding ------------------------------------------------------------------------------
+@handles("aten.flip.default")
+def _flip(ctx: ImportContext, node: Node):
+    return ctx.emit("flip", ctx.tensor(node.args[0]), axes=[int(d) for d in node.args[1]])
+
+
+def _torch_pads(rank: int, pad) -> tuple[list[int], list[int]]:
+    """(begins, ends) per dim from PyTorch's pad list, which starts with the last dim."""
+    begins, ends = [0] * rank, [0] * rank
+    for i in range(len(pad) // 2):
+        begins[rank - 1 - i], ends[rank - 1 - i] = int(pad[2 * i]), int(pad[2 * i + 1])
+    return begins, ends
+
+
+def _padded(ctx: ImportContext, x: Value, pad, mode: str, value: float = 0.0) -> Value:
+    begins, ends = _torch_pads(x.type.rank, pad)
+    if any(p < 0 for p in begins + ends):  # negative padding crops
+        if mode != "constant":
+            raise ctx.unsupported(f"negative padding with mode {mode}")
+        for axis, (b, e) in enumerate(zip(begins, ends)):
+            if b < 0 or e < 0:
+                x = ctx.emit("slice", x, axis=axis, start=max(-b, 0), end=e if e < 0 else 2 ** 63 - 1)
+        begins, ends = [max(p, 0) for p in begins], [max(p, 0) for p in ends]
+    if not any(begins + ends):
+        return x
+    return ctx.emit("pad", x, pads=begins + ends, mode=mode, value=float(value))
+
+
+@handles("aten.constant_pad_nd.default")
+def _constant_pad(ctx: ImportContext, node: Node):
+    return _padded(ctx, ctx.tensor(node.args[0]), node.args[1], "constant", arg(node, 2, "value", 0.0))
+
+
+@handles("aten.reflection_pad1d.default", "aten.reflection_pad2d.default", "aten.reflection_pad3d.default",
+         "aten.replication_pad1d.default", "aten.replication_pad2d.default", "aten.replication_pad3d.default")
+def _mode_pad(ctx: ImportContext, node: Node):
+    mode = "reflect" if "reflection" in str(node.target) else "replicate"
+    return _padded(ctx, ctx.tensor(node.args[0]), node.args[1], mode)
+
+
+@handles("aten.pad.default")
+def _pad(ctx: ImportContext, node: Node):
+    mode = arg(node, 2, "mode", "constant")
+    if mode not in ("constant", "reflect", "replicate", "circular"):
+        raise ctx.unsupported(f"padding mode {mode!r}")
+    value = arg(node, 3, "value", None)
+    return _padded(ctx, ctx.tensor(node.args[0]), node.args[1], mode, 0.0 if value is None else value)
+
+
+# -- gather / scatter / advanced indexing ----------------------------------------------------------
+@handles("aten.gather.default")
+def _gather_elements(ctx: ImportContext, node: Node):
+    return ctx.emit("gather_elements", ctx.tensor(node.args[0]), ctx.tensor(node.args[2]), axis=int(node.args[1]))
+
+
+_SCATTER_REDUCE = {"sum": "add", "prod": "mul", "amax": "max", "amin": "min"}
+
+
+@handles("aten.scatter.src", "aten.scatter.value", "aten.scatter_add.default", "aten.scatter_reduce.two",
+         "aten.scatter.reduce", "aten.scatter.value_reduce")
+def _scatter(ctx: ImportContext, node: Node):
+    x = ctx.tensor(node.args[0])
+    axis, index = int(node.args[1]), ctx.tensor(node.args[2])
+    src = node.args[3]
+    src = ctx.tensor(src, x.dtype) if isinstance(src, Node) else ctx.emit(
+        "expand", ctx.tensor(src, x.dtype), shape=list(index.shape))
+    name = str(node.target)
+    reduction = "none"
+    if "scatter_add" in name:
+        reduction = "add"
+    elif "scatter_reduce" in name:
+        reduce = node.args[4]
+        if not arg(node, 5, "include_self", True):
+            raise ctx.unsupported("scatter_reduce with include_self=False")
+        if reduce not in _SCATTER_REDUCE:
+            raise ctx.unsupported(f"scatter_reduce with reduce={reduce!r} (sum, prod, amax and amin are supported)")
+        reduction = _SCATTER_REDUCE[reduce]
+    elif "reduce" in name:
+        reduction = {"add": "add", "multiply": "mul"}[arg(node, 4, "reduce")]
+    return ctx.emit("scatter_elements", x, index, src, axis=axis, reduction=reduction)
+
+
+def _index_tensors(ctx: ImportContext, indices) -> tuple[list[Value], list[int]]:
+    values, axes = [], []
+    for axis, index in enumerate(indices):
+        if index is None:
+            continue
+        value = ctx.tensor(index)
+        if value.dtype == DType.bool:
+            raise ctx.unsupported("indexing with a boolean mask (its result size depends on the data); "
+                                  "use torch.where(mask, x, other) instead")
+        values.append(value)
+        axes.append(axis)
+    if not values:
+        raise ctx.unsupported("indexing without index tensors")
+    return values, axes
+
+
+@handles("aten.index.Tensor")
+def _index(ctx: ImportContext, node: Node):
+    values, axes = _index_tensors(ctx, node.args[1])
+    return ctx.emit("index", ctx.tensor(node.args[0]), *values, axes=axes)
+
+
+@handles("aten.index_put.default", "aten.index_put_.default", "aten._unsafe_index_put.default")
+def _index_put(ctx: ImportContext, node: Node):
+    x = ctx.tensor(node.args[0])
+    values, axes = _index_tensors(ctx, node.args[1])
+    return ctx.emit("index_put", x, ctx.tensor(node.args[2], x.dtype), *values, axes=axes,
+                    accumulate=bool(arg(node, 3, "accumulate", False)))
+
+
+# -- top-k and sort --------------------------------------------------------------------------------
+@handles("aten.topk.default")
+def _topk(ctx: ImportContext, node: Node):
+    return ctx.emit_multi("topk", ctx.tensor(node.args[0]), k=int(node.args[1]), axis=int(arg(node, 2, "dim", -1)),
+                          largest=bool(arg(node, 3, "largest", True)), sorted=bool(arg(node, 4, "sorted", True)))
+
+
+@handles("aten.sort.default", "aten.sort.stable")
+def _sort(ctx: ImportContext, node: Node):
+    if str(node.target).endswith("stable"):
+        axis, descending = arg(node, 2, "dim", -1), arg(node, 3, "descending", False)
+    else:
+        axis, descending = arg(node, 1, "dim", -1), arg(node, 2, "descending", False)
+    return ctx.emit_multi("sort", ctx.tensor(node.args[0]), axis=int(axis), descending=bool(descending))
+
+
+# -- normalization and resampling (more) -----------------------------------------------------------
+@handles("aten.native_group_norm.default")
+def _native_group_norm(ctx: ImportContext, node: Node):
+    x, weight, bias, _n, _c, _hw, groups, eps = node.args[:8]
+    y = ctx.emit("group_norm", ctx.tensor(x), _optional(ctx, weight), _optional(ctx, bias), groups=int(groups),
+                 eps=float(eps))
+    return (y, None, None)
+
+
+@handles("aten._native_batch_norm_legit.no_stats")
+def _batch_statistics_norm(ctx: ImportContext, node: Node):
+    """Batch norm over the batch's own statistics: what instance_norm becomes (on a [1, N*C, ...]
+    view). With one sample that is group_norm with a group per channel; with more it is
+    training-mode batch norm, which has no inference meaning."""
+    x, weight, bias, _training, _momentum, eps = node.args[:6]
+    xv = ctx.tensor(x)
+    if xv.shape[0] != 1:
+        raise ctx.unsupported("batch norm computed from the batch's own statistics (training mode); "
+                              "call model.eval() before compiling")
+    y = ctx.emit("group_norm", xv, _optional(ctx, weight), _optional(ctx, bias), groups=int(xv.shape[1]),
+                 eps=float(eps))
+    return (y, None, None)
+
+
+@handles("aten.group_norm.default")
+def _group_norm(ctx: ImportContext, node: Node):
+    x, groups = node.args[:2]
+    return ctx.emit("group_norm", ctx.tensor(x), _optional(ctx, arg(node, 2, "weight")),
+                    _optional(ctx, arg(node, 3, "bias")), groups=int(groups), eps=float(arg(node, 4, "eps", 1e-5)))
+
+
+_UPSAMPLE_MODES = {"nearest": "nearest", "linear": "linear", "bilinear": "linear", "trilinear": "linear",
+                   "bicubic": "cubic"}
+
+
+@handles(*[f"aten.upsample_{m}{nd}d.vec" for m in ("nearest", "linear", "bilinear", "trilinear", "bicubic")
+           for nd in (1, 2, 3)])
+def _upsample(ctx: ImportContext, node: Node):
+    name = str(node.target).split(".")[1].removeprefix("upsample_")
+    mode = _UPSAMPLE_MODES[name[:-2]]
+    if mode == "nearest":
+        align_corners, scales = False, arg(node, 2, "scale_factors")
+    else:
+        align_corners, scales = bool(arg(node, 2, "align_corners", False)), arg(node, 3, "scale_factors")
+    return ctx.emit("resize", ctx.tensor(node.args[0]), sizes=list(ctx.out_shape()[2:]), mode=mode,
+                    align_corners=align_corners, scales=[float(s) for s in scales] if scales else [])

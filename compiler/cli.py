@@ -61,6 +61,24 @@ def build_parser() -> argparse.ArgumentParser:
     hls.add_argument("--reuse-factor", type=int, metavar="N", help="multiplications sharing one multiplier (default 1)")
     hls.add_argument("--hls-part", metavar="PART", help="FPGA part (default xcvu13p-flga2577-2-e)")
     hls.add_argument("--hls-clock-ns", type=float, metavar="NS", help="clock period in ns (default 5)")
+    c = p.add_argument_group("compression")
+    c.add_argument("--quantize", metavar="MODE",
+                   help="int8 (static, needs --calibration), int8-dynamic, int8-weight or int4-weight")
+    c.add_argument("--calibration", metavar="DATA",
+                   help="calibration inputs: an .npz with one array per model input (samples along dim 0), "
+                        "or 'random' (testing only)")
+    c.add_argument("--calibrator", default="minmax", help="activation range estimator: minmax or percentile")
+    c.add_argument("--quantize-skip", action="append", metavar="NAMES",
+                   help="comma-separated node names or op types to keep in float (repeatable)")
+    c.add_argument("--per-tensor-weights", action="store_true", help="one weight scale per tensor, not per channel")
+    c.add_argument("--prune", type=float, metavar="FRACTION", help="fraction of weights (or channels) to remove")
+    c.add_argument("--prune-structure", default="unstructured", help="unstructured (default) or channel")
+    c.add_argument("--prune-scope", default="global", help="unstructured threshold: global (default) or layer")
+    c.add_argument("--prune-multiple", type=int, default=16, metavar="N",
+                   help="keep channel counts a multiple of N (default 16)")
+    c.add_argument("--weight-sharing-bits", type=int, metavar="BITS", help="cluster each layer into 2^BITS values")
+    c.add_argument("--eval", metavar="DATA", dest="eval_data",
+                   help="labelled .npz (inputs + 'labels'): report accuracy, size and latency before/after")
     p.add_argument("--seed", type=int, default=0, help="seed for the random verification inputs")
     p.add_argument("--report-json", metavar="PATH", help="also write the compile report as JSON")
     p.add_argument("-q", "--quiet", action="store_true", help="print only errors")
@@ -113,13 +131,22 @@ def _run(args: argparse.Namespace) -> int:
                      onnx_standard_only=args.onnx_standard_only,
                      target_options={k: v for k, v in target_options.items() if v is not None}, weights=args.weights,
                      trust_pickle=args.trust_pickle, input_shapes=args.input_shape, seed=args.seed,
-                     progress=progress, after_pass=_ir_printer(args))
+                     progress=progress, after_pass=_ir_printer(args), quantize=args.quantize,
+                     calibration_data=args.calibration, calibrator=args.calibrator,
+                     quantize_skip=_names(args.quantize_skip), per_channel=not args.per_tensor_weights,
+                     prune=args.prune, prune_structure=args.prune_structure, prune_scope=args.prune_scope,
+                     prune_multiple_of=args.prune_multiple, weight_sharing_bits=args.weight_sharing_bits,
+                     eval_data=args.eval_data)
     if not args.quiet:
         print(result.report.format())
     if args.report_json:
         with open(args.report_json, "w") as f:
             json.dump(result.report.to_dict(), f, indent=2)
     return 0
+
+
+def _names(groups: list[str] | None) -> tuple[str, ...]:
+    return tuple(n.strip() for g in groups or () for n in g.split(",") if n.strip())
 
 
 def _ir_printer(args: argparse.Namespace):

@@ -18,10 +18,11 @@ class Verification:
     atol: float
     passed: bool
     worst_case: str = ""
+    reference: str = "PyTorch"
 
     def summary(self) -> str:
         verdict = "ok" if self.passed else "FAILED"
-        return (f"{verdict}: {self.cases} input sets, max abs error {self.max_abs_error:.3g}, "
+        return (f"{verdict} against {self.reference}: {self.cases} input sets, max abs error {self.max_abs_error:.3g}, "
                 f"max rel error {self.max_rel_error:.3g} (rtol {self.rtol:g}, atol {self.atol:g})")
 
 
@@ -42,6 +43,8 @@ class CompileReport:
     passes: list[dict[str, Any]] = field(default_factory=list)
     verification: Verification | None = None
     target_info: dict[str, Any] = field(default_factory=dict)
+    compression: dict[str, Any] | None = None
+    evaluation: dict[str, Any] | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -65,11 +68,43 @@ class CompileReport:
                          f"params {p['params_before']:,} -> {p['params_after']:,}, "
                          f"MFLOPs {p['flops_before'] / 1e6:.2f} -> {p['flops_after'] / 1e6:.2f}, "
                          f"{p['seconds'] * 1000:.1f} ms")
+        lines += _compression_lines(self.compression)
         if self.verification is not None:
             lines.append(f"  verify:     {self.verification.summary()}")
-        else:
+        elif self.target_info.get("runnable_here", True):
             lines.append("  verify:     skipped (--no-verify)")
+        else:
+            lines.append(f"  verify:     skipped ({self.target_info.get('not_runnable_reason', 'cannot run here')})")
+        lines += _evaluation_lines(self.evaluation)
         return "\n".join(lines)
+
+
+def _compression_lines(c: dict[str, Any] | None) -> list[str]:
+    if not c:
+        return []
+    lines = [f"  compress:   parameters {c['parameters_before']:,} ({_size(c['parameter_bytes_before'])}) -> "
+             f"{c['parameters_after']:,} ({_size(c['parameter_bytes_after'])})"]
+    for key in ("pruning", "weight_sharing", "quantization"):
+        section = c.get(key)
+        if isinstance(section, dict) and section.get("summary"):
+            lines.append(f"  {key + ':':<11} {section['summary']}")
+    if "max_abs_drift_vs_pytorch" in c:
+        lines.append(f"  drift:      max abs {c['max_abs_drift_vs_pytorch']:.3g} from the float PyTorch model")
+    for note in c.get("notes", []):
+        lines.append(f"  note:       {note}")
+    return lines
+
+
+def _evaluation_lines(e: dict[str, Any] | None) -> list[str]:
+    if not e:
+        return []
+    line = (f"  evaluate:   {e['samples']} samples, accuracy PyTorch {e['accuracy_pytorch']:.2%}, "
+            f"artifact {e['accuracy_artifact']:.2%}")
+    if "accuracy_uncompressed" in e:
+        line += (f" (uncompressed {e['accuracy_uncompressed']:.2%}); size "
+                 f"{_size(e['baseline_artifact_bytes'])} uncompressed; latency x{e['latency_ratio']:.2f} of "
+                 "uncompressed")
+    return [line]
 
 
 def _size(n: int) -> str:

@@ -89,7 +89,16 @@ ORT_CPU_TYPES: dict[str, frozenset[DType]] = {
     "Erf": _F32, "Gelu": _F32, "Conv": _F32, "AveragePool": _F32, "GlobalAveragePool": _F32,
     "HardSigmoid": _F32, "HardSwish": _F32, "LeakyRelu": _F32,
     "Trilu": frozenset({_b, _f32, _f64, _i32, _i64}),
-    "Not": frozenset({_b}), "And": frozenset({_b}), "Or": frozenset({_b}),
+    "Not": frozenset({_b}), "And": frozenset({_b}), "Or": frozenset({_b}), "Xor": frozenset({_b}),
+    "Tan": _F32, "Asin": _F32, "Acos": _F32, "Atan": _F32, "Sinh": _F32, "Cosh": _F32, "Asinh": _F32,
+    "Acosh": _F32, "Atanh": _F32, "Round": _FLOATS, "IsInf": _FLOATS, "Sign": _ARITH, "Elu": _F32,
+    "Mod": _ARITH, "CumSum": frozenset({_f32, _f64, _i32, _i64}),
+    "ReduceProd": frozenset({_f32, _f64, _i32, _i64}),
+    "BitwiseAnd": frozenset({_i8, _i16, _i32, _i64, _u8}), "BitwiseOr": frozenset({_i8, _i16, _i32, _i64, _u8}),
+    "BitwiseXor": frozenset({_i8, _i16, _i32, _i64, _u8}),
+    "TopK": frozenset({_f32, _f64, _i32, _i64}), "Resize": frozenset({_f32, _i32, _i8, _u8}),
+    "ScatterElements": frozenset({_f32, _f64, _f16, _bf16, _i8, _i16, _i32, _i64, _u8, _b}),
+    "ScatterND": frozenset({_f32, _f64, _f16, _bf16, _i8, _i16, _i32, _i64, _u8, _b}),
 }
 # (op, dtype) pairs the ONNX schema itself allows only from some opset on.
 _MIN_OPSET_FOR_TYPE: dict[tuple[str, DType], int] = {("ReduceMax", _b): 20, ("ReduceMin", _b): 20}
@@ -162,7 +171,7 @@ class EmitContext:
     def const(self, array, dtype: DType | np.dtype | None = None, hint: str = "const") -> str:
         """An initializer holding ``array`` (small ones are shared)."""
         np_dtype = dtype.numpy if isinstance(dtype, DType) else dtype
-        array = np.ascontiguousarray(np.asarray(array, dtype=np_dtype))
+        array = np.array(array, dtype=np_dtype, order="C")  # not ascontiguousarray: it makes 0-d arrays 1-d
         key = None
         if array.size <= 64:
             key = (array.dtype.str, array.shape, array.tobytes())
@@ -442,7 +451,66 @@ def _lower_cast(ctx, x, dtype, shape, out, attrs):
     return ctx.add("Cast", [x], out, dtype=target, shape=shape, to=ONNX_DTYPES[target])
 
 
+def _in_float64(build: Callable[[EmitContext, Callable, str], str]) -> Lowering:
+    """A lowering computed in float64 and rounded back (expm1 and log1p lose everything to
+    cancellation in float32 near zero)."""
+    def lower(ctx, x, dtype, shape, out, attrs):
+        f64 = DType.float64
+
+        def op(name, *args, **kw):
+            return ctx.add(name, list(args), dtype=f64, shape=shape, **kw)
+
+        result = build(ctx, op, ctx.cast(x, dtype, f64))
+        return _finish(ctx, result, f64, dtype, shape, out)
+    return lower
+
+
+_lower_expm1 = _in_float64(lambda ctx, op, x: op("Sub", op("Exp", x), ctx.scalar(1.0, DType.float64)))
+_lower_log1p = _in_float64(lambda ctx, op, x: op("Log", op("Add", x, ctx.scalar(1.0, DType.float64))))
+_lower_log2 = _in_float64(lambda ctx, op, x: op("Mul", op("Log", x), ctx.scalar(1 / math.log(2), DType.float64)))
+_lower_log10 = _in_float64(lambda ctx, op, x: op("Mul", op("Log", x), ctx.scalar(1 / math.log(10), DType.float64)))
+
+
+def _lower_trunc(ctx, x, dtype, shape, out, attrs):
+    cd = ctx.compute_dtype("Floor", dtype)
+    xc = ctx.cast(x, dtype, cd)
+    magnitude = ctx.add("Floor", [ctx.add("Abs", [xc], dtype=cd, shape=shape)], dtype=cd, shape=shape)
+    return _finish(ctx, ctx.add("Mul", [ctx.add("Sign", [xc], dtype=cd, shape=shape), magnitude], dtype=cd,
+                                shape=shape), cd, dtype, shape, out)
+
+
+def _lower_elu(ctx, x, dtype, shape, out, attrs):
+    alpha, scale, input_scale = attrs.get("alpha", 1.0), attrs.get("scale", 1.0), attrs.get("input_scale", 1.0)
+    if scale == 1.0 and input_scale == 1.0:
+        return ctx.typed("Elu", [x], dtype, out, shape, alpha=float(alpha))
+    cd = ctx.compute_dtype("Exp", dtype)  # selu and scaled forms: scale * (x > 0 ? x : alpha * expm1(x * s))
+    xc = ctx.cast(x, dtype, cd)
+
+    def op(name, *args):
+        return ctx.add(name, list(args), dtype=cd, shape=shape)
+
+    negative = op("Mul", op("Sub", op("Exp", op("Mul", xc, ctx.scalar(input_scale, cd))), ctx.scalar(1.0, cd)),
+                  ctx.scalar(alpha, cd))
+    chosen = ctx.add("Where", [ctx.add("Greater", [xc, ctx.scalar(0.0, cd)], dtype=DType.bool, shape=shape), xc,
+                               negative], dtype=cd, shape=shape)
+    return _finish(ctx, op("Mul", chosen, ctx.scalar(scale, cd)), cd, dtype, shape, out)
+
+
+def _lower_isinf(ctx, x, dtype, shape, out, attrs):
+    if not dtype.is_float:
+        return ctx.add("Identity", [ctx.const(np.zeros((), bool), hint="false")], out, dtype=DType.bool, shape=shape) \
+            if not shape else ctx.add("Expand", [ctx.const(np.zeros((), bool), hint="false"),
+                                                 ctx.add("Shape", [x], dtype=DType.int64, shape=(len(shape),))],
+                                      out, dtype=DType.bool, shape=shape)
+    return ctx.typed("IsInf", [x], dtype, out, shape, fixed_dtype=DType.bool)
+
+
 UNARY: dict[str, Lowering] = {
+    "tan": _simple("Tan"), "asin": _simple("Asin"), "acos": _simple("Acos"), "atan": _simple("Atan"),
+    "sinh": _simple("Sinh"), "cosh": _simple("Cosh"), "asinh": _simple("Asinh"), "acosh": _simple("Acosh"),
+    "atanh": _simple("Atanh"), "expm1": _lower_expm1, "log1p": _lower_log1p, "log2": _lower_log2,
+    "log10": _lower_log10, "round": _simple("Round"), "trunc": _lower_trunc, "elu": _lower_elu,
+    "isinf": _lower_isinf,
     "neg": _lower_neg, "abs": _simple("Abs"), "exp": _simple("Exp"), "log": _simple("Log"),
     "sqrt": _simple("Sqrt"), "rsqrt": _lower_rsqrt, "reciprocal": _simple("Reciprocal"),
     "sin": _simple("Sin"), "cos": _simple("Cos"), "tanh": _simple("Tanh"), "erf": _simple("Erf"),
@@ -491,6 +559,101 @@ def _binary_emitter(op_type: str, *, compare: bool = False, negate: bool = False
     return emit
 
 
+def _is_negative(ctx: EmitContext, x: str, dtype: DType, shape) -> str:
+    return ctx.typed("Less", [x, ctx.scalar(0, dtype)], dtype, None, shape, fixed_dtype=DType.bool)
+
+
+def _signs_differ(ctx: EmitContext, a: str, a_shape, b: str, b_shape, dtype: DType, shape) -> str:
+    return ctx.add("Xor", [_is_negative(ctx, a, dtype, a_shape), _is_negative(ctx, b, dtype, b_shape)],
+                   dtype=DType.bool, shape=shape)
+
+
+def _nonzero_and(ctx: EmitContext, x: str, dtype: DType, cond: str, shape) -> str:
+    zero = ctx.typed("Equal", [x, ctx.scalar(0, dtype)], dtype, None, shape, fixed_dtype=DType.bool)
+    return ctx.add("And", [ctx.add("Not", [zero], dtype=DType.bool, shape=shape), cond], dtype=DType.bool, shape=shape)
+
+
+def emit_fmod(ctx: EmitContext, node: Node) -> None:
+    a, b = node.inputs
+    ctx.typed("Mod", [ctx.value(a), ctx.value(b)], a.dtype, node.output.name, node.output.shape, fmod=1)
+
+
+def emit_remainder(ctx: EmitContext, node: Node) -> None:
+    """Sign of the divisor. Integers: ONNX Mod(fmod=0) is exactly that; floats: fmod, then add
+    the divisor where the remainder is non-zero and its sign differs from the divisor's."""
+    a, b = node.inputs
+    out, dtype = node.output, a.dtype
+    if not dtype.is_float:
+        ctx.typed("Mod", [ctx.value(a), ctx.value(b)], dtype, out.name, out.shape, fmod=0)
+        return
+    r = ctx.typed("Mod", [ctx.value(a), ctx.value(b)], dtype, None, out.shape, fmod=1)
+    fix = _nonzero_and(ctx, r, dtype, _signs_differ(ctx, r, out.shape, ctx.value(b), b.shape, dtype, out.shape),
+                       out.shape)
+    ctx.typed("Where", [fix, ctx.typed("Add", [r, ctx.value(b)], dtype, None, out.shape), r], dtype, out.name,
+              out.shape, cast=[1, 2])
+
+
+def emit_floor_div(ctx: EmitContext, node: Node) -> None:
+    """Integers: truncating Div, minus one where the remainder is non-zero and the operands'
+    signs differ. Floats: Floor(a / b)."""
+    a, b = node.inputs
+    out, dtype = node.output, a.dtype
+    xa, xb = ctx.value(a), ctx.value(b)
+    if dtype.is_float:
+        q = ctx.typed("Div", [xa, xb], dtype, None, out.shape)
+        ctx.typed("Floor", [q], dtype, out.name, out.shape)
+        return
+    q = ctx.typed("Div", [xa, xb], dtype, None, out.shape)
+    r = ctx.typed("Mod", [xa, xb], dtype, None, out.shape, fmod=1)
+    fix = _nonzero_and(ctx, r, dtype, _signs_differ(ctx, xa, a.shape, xb, b.shape, dtype, out.shape), out.shape)
+    ctx.typed("Sub", [q, ctx.cast(fix, DType.bool, dtype)], dtype, out.name, out.shape)
+
+
+def emit_trunc_div(ctx: EmitContext, node: Node) -> None:
+    a, b = node.inputs
+    out, dtype = node.output, a.dtype
+    if not dtype.is_float:
+        ctx.typed("Div", [ctx.value(a), ctx.value(b)], dtype, out.name, out.shape)  # C division truncates
+        return
+    q = ctx.typed("Div", [ctx.value(a), ctx.value(b)], dtype, None, out.shape)
+    _lower_trunc(ctx, q, dtype, out.shape, out.name, {})
+
+
+def emit_atan2(ctx: EmitContext, node: Node) -> None:
+    """atan(y / x) moved to the right quadrant; the axes (x == 0) handled explicitly."""
+    y, x = node.inputs
+    out, dtype = node.output, y.dtype
+    cd = ctx.compute_dtype("Atan", dtype)
+    shape = out.shape
+    yc, xc = ctx.cast(ctx.value(y), dtype, cd), ctx.cast(ctx.value(x), dtype, cd)
+
+    def op(name, *args, **kw):
+        return ctx.add(name, list(args), dtype=DType.bool if name in ("Less", "Greater", "Equal", "And") else cd,
+                       shape=shape, **kw)
+
+    zero = ctx.scalar(0.0, cd)
+    if y.shape != shape:
+        yc = ctx.add("Expand", [yc, ctx.shape_input(shape, y.shape, mode="expand")], dtype=cd, shape=shape)
+    base = op("Atan", op("Div", yc, xc))
+    y_negative = op("Less", yc, zero)
+    shift = op("Where", y_negative, ctx.scalar(-math.pi, cd), ctx.scalar(math.pi, cd))
+    left = op("Where", op("Less", xc, zero), op("Add", base, shift), base)
+    on_axis = op("Where", y_negative, ctx.scalar(-math.pi / 2, cd),
+                 op("Where", op("Greater", yc, zero), ctx.scalar(math.pi / 2, cd), op("Mul", yc, zero)))
+    result = op("Where", op("Equal", xc, zero), on_axis, left)
+    _finish(ctx, result, cd, dtype, shape, out.name)
+
+
+def _bitwise_emitter(int_op: str, bool_op: str) -> Emitter:
+    def emit(ctx: EmitContext, node: Node) -> None:
+        a, b = node.inputs
+        op_type = bool_op if a.dtype == DType.bool else int_op
+        ctx.typed(op_type, [ctx.value(a), ctx.value(b)], a.dtype, node.output.name, node.output.shape)
+
+    emit.__name__ = f"emit_{int_op}"
+    return emit
+
+
 def emit_where(ctx: EmitContext, node: Node) -> None:
     cond, a, b = node.inputs
     ctx.typed("Where", [ctx.value(cond), ctx.value(a), ctx.value(b)], a.dtype, node.output.name,
@@ -511,6 +674,41 @@ def _reduce_emitter(op_type: str) -> Emitter:
 
     emit.__name__ = f"emit_{op_type}"
     return emit
+
+
+def emit_cumsum(ctx: EmitContext, node: Node) -> None:
+    x = node.inputs[0]
+    axis = node.attrs["axis"] % max(len(x.shape), 1)
+    ctx.typed("CumSum", [ctx.value(x), ctx.const(np.asarray(axis, np.int64), hint="axis")], x.dtype,
+              node.output.name, node.output.shape, cast=[0])
+
+
+def emit_cumprod(ctx: EmitContext, node: Node) -> None:
+    """ONNX has no CumProd: product over a [.., n, n] lower-triangular expansion (exact, O(n^2)
+    memory, so only for a static axis)."""
+    x = node.inputs[0]
+    rank = len(x.shape)
+    axis = node.attrs["axis"] % max(rank, 1)
+    n = x.shape[axis] if rank else 1
+    if not isinstance(n, int):
+        raise ctx.unsupported("cumprod along a symbolic dim")
+    cd = ctx.compute_dtype("ReduceProd", x.dtype)
+    xc = ctx.cast(ctx.value(x), x.dtype, cd)
+    if rank == 0:
+        _finish(ctx, xc, cd, x.dtype, (), node.output.name)
+        return
+    # rows[..., j, i] = x[..., i] where i <= j else 1; the product over i is the running product.
+    moved = xc if axis == rank - 1 else ctx.add("Transpose", [xc], dtype=cd, perm=[d for d in range(rank) if d != axis]
+                                                 + [axis])
+    rows = ctx.add("Unsqueeze", [moved, ctx.ints([-2], "axes")], dtype=cd)
+    lower = ctx.const(np.tril(np.ones((n, n), bool)), hint="tril")
+    masked = ctx.add("Where", [lower, rows, ctx.scalar(1, cd)], dtype=cd)
+    product = ctx.add("ReduceProd", [masked, ctx.ints([-1], "axes")], dtype=cd, keepdims=0)
+    if axis != rank - 1:
+        perm = list(range(rank - 1))
+        perm.insert(axis, rank - 1)
+        product = ctx.add("Transpose", [product], dtype=cd, perm=perm)
+    _finish(ctx, product, cd, x.dtype, node.output.shape, node.output.name)
 
 
 def emit_argmax(ctx: EmitContext, node: Node) -> None:
@@ -561,6 +759,179 @@ def emit_gather(ctx: EmitContext, node: Node) -> None:
     if indices.dtype not in (DType.int32, DType.int64):
         idx = ctx.cast(idx, indices.dtype, DType.int64, indices.shape)
     ctx.add("Gather", [ctx.value(x), idx], node.output.name, axis=node.attrs["axis"])
+
+
+def emit_flip(ctx: EmitContext, node: Node) -> None:
+    x = node.inputs[0]
+    axes = sorted({a % len(x.shape) for a in node.attrs["axes"]})
+    if not axes:
+        ctx.add("Identity", [ctx.value(x)], node.output.name)
+        return
+    n = len(axes)  # a negative step walks from the last element to before the first
+    ctx.add("Slice", [ctx.value(x), ctx.ints([-1] * n, "starts"), ctx.ints([-(2 ** 63)] * n, "ends"),
+                      ctx.ints(axes, "axes"), ctx.ints([-1] * n, "steps")], node.output.name)
+
+
+_ONNX_PAD_MODES = {"constant": "constant", "reflect": "reflect", "replicate": "edge", "circular": "wrap"}
+
+
+def emit_pad(ctx: EmitContext, node: Node) -> None:
+    x = node.inputs[0]
+    mode = node.attrs["mode"]
+    if mode == "circular" and ctx.opset < 19:
+        raise ctx.unsupported("circular padding needs ONNX opset 19 or later")
+    value = ctx.scalar(node.attrs["value"], x.dtype) if mode == "constant" else ""
+    ctx.add("Pad", [ctx.value(x), ctx.ints(node.attrs["pads"], "pads"), value], node.output.name,
+            mode=_ONNX_PAD_MODES[mode])
+
+
+def _int64_indices(ctx: EmitContext, v: Value) -> str:
+    name = ctx.value(v)
+    return name if v.dtype == DType.int64 else ctx.cast(name, v.dtype, DType.int64, v.shape)
+
+
+def emit_gather_elements(ctx: EmitContext, node: Node) -> None:
+    x, index = node.inputs
+    data = ctx.value(x)
+    axis = node.attrs["axis"] % len(x.shape)
+    others = [a for a in range(len(x.shape)) if a != axis and x.shape[a] != index.shape[a]]
+    if others:  # PyTorch allows an index smaller than x on the other axes: cut x to it
+        idx_shape = ctx.add("Shape", [_int64_indices(ctx, index)], dtype=DType.int64, shape=(len(x.shape),))
+        ends = ctx.add("Gather", [idx_shape, ctx.ints(others, "axes")], dtype=DType.int64, shape=(len(others),))
+        data = ctx.add("Slice", [data, ctx.ints([0] * len(others), "starts"), ends, ctx.ints(others, "axes")],
+                       dtype=x.dtype)
+    ctx.add("GatherElements", [data, _int64_indices(ctx, index)], node.output.name, axis=axis)
+
+
+def emit_scatter_elements(ctx: EmitContext, node: Node) -> None:
+    x, index, src = node.inputs
+    src_name = ctx.value(src)
+    if src.shape != index.shape:  # PyTorch uses only the leading part of a larger src
+        rank = len(index.shape)
+        src_name = ctx.add("Slice", [src_name, ctx.ints([0] * rank, "starts"),
+                                     ctx.add("Shape", [_int64_indices(ctx, index)], dtype=DType.int64, shape=(rank,))],
+                           dtype=src.dtype, shape=index.shape)
+    reduction = node.attrs["reduction"]
+    ctx.typed("ScatterElements", [ctx.value(x), _int64_indices(ctx, index), src_name], x.dtype, node.output.name,
+              node.output.shape, cast=[0, 2], axis=node.attrs["axis"], reduction=reduction)
+
+
+def _normalised_index(ctx: EmitContext, x: Value, axis: int, index: Value) -> str:
+    """``index`` with negative entries counted from the end of ``x``'s dim ``axis``."""
+    idx = _int64_indices(ctx, index)
+    dim = x.shape[axis]
+    size = ctx.scalar(dim, DType.int64) if isinstance(dim, int) else ctx.add(
+        "Squeeze", [ctx.dim_tensor(dim), ctx.ints([0], "axes")], dtype=DType.int64, shape=())
+    negative = ctx.add("Less", [idx, ctx.scalar(0, DType.int64)], dtype=DType.bool, shape=index.shape)
+    return ctx.add("Where", [negative, ctx.add("Add", [idx, size], dtype=DType.int64, shape=None), idx],
+                   dtype=DType.int64, shape=None)
+
+
+def _stacked_indices(ctx: EmitContext, node: Node, x: Value, indices, axes) -> tuple[str, tuple]:
+    """The index tensors broadcast together and stacked on a new last axis, for GatherND /
+    ScatterND over ``x`` transposed so that the indexed ``axes`` come first."""
+    broadcast: tuple = ()
+    for v in indices:
+        broadcast = dims.broadcast(broadcast, v.shape)
+    pieces = []
+    for v, axis in zip(indices, axes):
+        idx = _normalised_index(ctx, x, axis, v)
+        if v.shape != broadcast:
+            idx = ctx.add("Expand", [idx, ctx.shape_input(broadcast, v.shape, mode="expand")], dtype=DType.int64,
+                          shape=broadcast)
+        pieces.append(ctx.add("Unsqueeze", [idx, ctx.ints([-1], "axes")], dtype=DType.int64,
+                              shape=broadcast + (1,)))
+    stacked = pieces[0] if len(pieces) == 1 else ctx.add("Concat", pieces, dtype=DType.int64,
+                                                          shape=broadcast + (len(pieces),), axis=-1)
+    return stacked, broadcast
+
+
+def _indexed_first(ctx: EmitContext, x: Value, axes: list[int]) -> tuple[str, list[int]]:
+    perm = axes + [i for i in range(len(x.shape)) if i not in axes]
+    if perm == list(range(len(x.shape))):
+        return ctx.value(x), perm
+    return ctx.add("Transpose", [ctx.value(x)], dtype=x.dtype, shape=tuple(x.shape[p] for p in perm),
+                   perm=perm), perm
+
+
+def emit_index(ctx: EmitContext, node: Node) -> None:
+    """One index tensor: Gather on its axis. Several: GatherND over x with the indexed axes moved
+    first, then the broadcast index dims moved to where numpy puts them."""
+    x, *indices = node.inputs
+    rank = len(x.shape)
+    axes = [a % rank for a in node.attrs["axes"]]
+    out = node.output
+    if len(indices) == 1:
+        ctx.add("Gather", [ctx.value(x), _normalised_index(ctx, x, axes[0], indices[0])], out.name, axis=axes[0])
+        return
+    data, _ = _indexed_first(ctx, x, axes)
+    stacked, broadcast = _stacked_indices(ctx, node, x, indices, axes)
+    adjacent = axes == list(range(axes[0], axes[0] + len(axes)))
+    if not adjacent or axes[0] == 0:
+        ctx.add("GatherND", [data, stacked], out.name)
+        return
+    gathered = ctx.add("GatherND", [data, stacked], dtype=x.dtype, shape=None)
+    nb, lead = len(broadcast), axes[0]  # result is broadcast + rest; numpy keeps the leading dims first
+    perm = list(range(nb, nb + lead)) + list(range(nb)) + list(range(nb + lead, len(out.shape)))
+    ctx.add("Transpose", [gathered], out.name, perm=perm)
+
+
+def emit_index_put(ctx: EmitContext, node: Node) -> None:
+    """ScatterND into x with the indexed axes moved first (reduction add when accumulating),
+    values broadcast to the indexed slice's shape, then the axes moved back."""
+    x, values, *indices = node.inputs
+    rank = len(x.shape)
+    axes = [a % rank for a in node.attrs["axes"]]
+    data, perm = _indexed_first(ctx, x, axes)
+    stacked, broadcast = _stacked_indices(ctx, node, x, indices, axes)
+    rest = tuple(x.shape[i] for i in range(rank) if i not in axes)
+    adjacent = axes == list(range(axes[0], axes[0] + len(axes)))
+    lead = axes[0] if adjacent else 0
+    # The values are given in numpy's layout of x[indices]: bring them to broadcast + rest.
+    numpy_shape = rest[:lead] + broadcast + rest[lead:]
+    vals = ctx.value(values)
+    if tuple(values.shape) != numpy_shape:
+        vals = ctx.add("Expand", [vals, ctx.shape_input(numpy_shape, values.shape, mode="expand")], dtype=x.dtype,
+                       shape=numpy_shape)
+    if lead:
+        nb = len(broadcast)
+        to_front = list(range(lead, lead + nb)) + list(range(lead)) + list(range(lead + nb, len(numpy_shape)))
+        vals = ctx.add("Transpose", [vals], dtype=x.dtype, shape=broadcast + rest, perm=to_front)
+    reduction = "add" if node.attrs["accumulate"] else "none"
+    inverse = [perm.index(i) for i in range(rank)]
+    if inverse == list(range(rank)):
+        ctx.typed("ScatterND", [data, stacked, vals], x.dtype, node.output.name, node.output.shape, cast=[0, 2],
+                  reduction=reduction)
+        return
+    scattered = ctx.typed("ScatterND", [data, stacked, vals], x.dtype, None, None, cast=[0, 2], reduction=reduction)
+    ctx.add("Transpose", [scattered], node.output.name, perm=inverse)
+
+
+def _top_k(ctx: EmitContext, node: Node, k: str, axis: int, largest: bool, is_sorted: bool) -> None:
+    x = node.inputs[0]
+    values, indices = node.outputs
+    cd = ctx.compute_dtype("TopK", x.dtype)
+    if cd == x.dtype:
+        ctx.add("TopK", [ctx.value(x), k], [values.name, indices.name], axis=axis, largest=int(largest),
+                sorted=int(is_sorted))
+        return
+    v, i = ctx.fresh(f"{node.name}_values"), indices.name
+    ctx.add("TopK", [ctx.cast(ctx.value(x), x.dtype, cd), k], [v, i], axis=axis, largest=int(largest),
+            sorted=int(is_sorted))
+    ctx.value_types[v] = (cd, values.shape)
+    ctx.cast(v, cd, x.dtype, values.shape, out=values.name)
+
+
+def emit_topk(ctx: EmitContext, node: Node) -> None:
+    a = node.attrs
+    _top_k(ctx, node, ctx.ints([a["k"]], "k"), a["axis"], a["largest"], a["sorted"])
+
+
+def emit_sort(ctx: EmitContext, node: Node) -> None:
+    """TopK over the whole axis: onnxruntime's TopK keeps equal values in index order, a stable sort."""
+    x = node.inputs[0]
+    axis = node.attrs["axis"] % len(x.shape)
+    _top_k(ctx, node, ctx.dim_tensor(x.shape[axis]), axis, node.attrs["descending"], True)
 
 
 # -- matmul / linear / conv --------------------------------------------------------------------
@@ -668,6 +1039,59 @@ def emit_layer_norm(ctx: EmitContext, node: Node) -> None:
     scale = ctx.value(weight) if weight is not None else _filled(ctx, x, 1.0, dtype, x.shape[len(x.shape) - nd:])
     ctx.typed("LayerNormalization", [ctx.value(x), scale, ctx.value(bias)], dtype, node.output.name,
               node.output.shape, axis=-nd, epsilon=float(node.attrs["eps"]))
+
+
+def emit_group_norm(ctx: EmitContext, node: Node) -> None:
+    """(x - mean) / sqrt(var + eps) over [N, groups, -1], reshaped back, then the per-channel
+    affine (ONNX's GroupNormalization has changed meaning across opsets; this form does not)."""
+    x, weight, bias = (list(node.inputs) + [None] * 3)[:3]
+    dtype, shape, groups = x.dtype, x.shape, node.attrs["groups"]
+    cd = ctx.compute_dtype("ReduceMean", dtype)
+    grouped_shape = (shape[0], groups, None)
+
+    def op(name, *args, shape_=None, **kw):
+        return ctx.add(name, list(args), dtype=cd, shape=shape_, **kw)
+
+    grouped = op("Reshape", ctx.cast(ctx.value(x), dtype, cd), ctx.ints([0, groups, -1], "groups"))
+    mean = op("ReduceMean", grouped, ctx.ints([2], "axes"), keepdims=1)
+    centered = op("Sub", grouped, mean)
+    var = op("ReduceMean", op("Mul", centered, centered), ctx.ints([2], "axes"), keepdims=1)
+    normed = op("Div", centered, op("Sqrt", op("Add", var, ctx.scalar(node.attrs["eps"], cd))))
+    y = op("Reshape", normed, ctx.add("Shape", [ctx.value(x)], dtype=DType.int64, shape=(len(shape),)),
+           shape_=shape)
+    del grouped_shape
+    affine = [1, -1] + [1] * (len(shape) - 2)
+    if weight is not None:
+        y = op("Mul", y, op("Reshape", ctx.cast(ctx.value(weight), dtype, cd), ctx.ints(affine, "affine")),
+               shape_=shape)
+    if bias is not None:
+        y = op("Add", y, op("Reshape", ctx.cast(ctx.value(bias), dtype, cd), ctx.ints(affine, "affine")),
+               shape_=shape)
+    _finish(ctx, y, cd, dtype, shape, node.output.name)
+
+
+def emit_resize(ctx: EmitContext, node: Node) -> None:
+    """ONNX Resize with the coordinate rules that reproduce F.interpolate: nearest = asymmetric +
+    floor; linear = pytorch_half_pixel (or align_corners); cubic = half_pixel with A = -0.75."""
+    x = node.inputs[0]
+    a = node.attrs
+    mode = a["mode"]
+    if a["align_corners"]:
+        transform = "align_corners"
+    else:
+        transform = {"nearest": "asymmetric", "linear": "pytorch_half_pixel", "cubic": "half_pixel"}[mode]
+    if a["scales"]:
+        scales = ctx.const(np.asarray([1.0, 1.0] + list(a["scales"]), np.float32), hint="scales")
+        inputs = [ctx.value(x), "", scales]
+    else:
+        sizes = ctx.shape_input(tuple(x.shape[:2]) + tuple(a["sizes"]), x.shape, mode="expand") \
+            if not all(isinstance(d, int) for d in x.shape[:2]) else ctx.ints(list(x.shape[:2]) + list(a["sizes"]),
+                                                                               "sizes")
+        inputs = [ctx.value(x), "", "", sizes]
+    ctx.typed("Resize", inputs, x.dtype, node.output.name, node.output.shape, cast=[0], mode=mode,
+              coordinate_transformation_mode=transform,
+              nearest_mode="floor" if mode == "nearest" else None,
+              cubic_coeff_a=-0.75 if mode == "cubic" else None, exclude_outside=0 if mode == "cubic" else None)
 
 
 def _softmax_emitter(op_type: str) -> Emitter:
@@ -842,9 +1266,16 @@ EMITTERS: dict[str, Emitter] = {
     "gt": _binary_emitter("Greater", compare=True), "ge": _binary_emitter("GreaterOrEqual", compare=True),
     "logical_and": _binary_emitter("And"), "logical_or": _binary_emitter("Or"),
     "where": emit_where,
+    "fmod": emit_fmod, "remainder": emit_remainder, "floor_div": emit_floor_div, "trunc_div": emit_trunc_div,
+    "atan2": emit_atan2, "bitwise_and": _bitwise_emitter("BitwiseAnd", "And"),
+    "bitwise_or": _bitwise_emitter("BitwiseOr", "Or"), "bitwise_xor": _bitwise_emitter("BitwiseXor", "Xor"),
     "reduce_sum": _reduce_emitter("ReduceSum"), "reduce_mean": _reduce_emitter("ReduceMean"),
     "reduce_max": _reduce_emitter("ReduceMax"), "reduce_min": _reduce_emitter("ReduceMin"),
-    "argmax": emit_argmax,
+    "argmax": emit_argmax, "reduce_prod": _reduce_emitter("ReduceProd"), "cumsum": emit_cumsum,
+    "cumprod": emit_cumprod,
+    "flip": emit_flip, "pad": emit_pad, "gather_elements": emit_gather_elements,
+    "scatter_elements": emit_scatter_elements, "index": emit_index, "index_put": emit_index_put,
+    "topk": emit_topk, "sort": emit_sort, "group_norm": emit_group_norm, "resize": emit_resize,
     "reshape": emit_reshape, "expand": emit_expand, "transpose": emit_transpose, "concat": emit_concat,
     "slice": emit_slice, "gather": emit_gather,
     "matmul": emit_matmul, "linear": emit_linear, "conv": emit_conv,

@@ -115,6 +115,43 @@ _unary("leaky_relu", lambda x, negative_slope=0.01:
        attrs={"negative_slope": Attr("float", 0.01)})
 
 
+def _elu(x, alpha=1.0, scale=1.0, input_scale=1.0):
+    x64 = x.astype(np.float64)
+    return (scale * np.where(x64 > 0, x64, alpha * np.expm1(x64 * input_scale))).astype(x.dtype)
+
+
+def _in_float64(fn):
+    """``fn`` evaluated in float64 and rounded back: for functions whose float32 evaluation in
+    numpy is less accurate than the backends' (and so would not be a fair spec)."""
+    return lambda x: fn(x.astype(np.float64)).astype(x.dtype)
+
+
+_unary("tan", lambda x: np.tan(x))
+_unary("asin", lambda x: np.arcsin(x))
+_unary("acos", lambda x: np.arccos(x))
+_unary("atan", lambda x: np.arctan(x))
+_unary("sinh", lambda x: np.sinh(x))
+_unary("cosh", lambda x: np.cosh(x))
+_unary("asinh", lambda x: np.arcsinh(x))
+_unary("acosh", lambda x: np.arccosh(x))
+_unary("atanh", lambda x: np.arctanh(x))
+_unary("expm1", _in_float64(np.expm1))
+_unary("log1p", _in_float64(np.log1p))
+_unary("log2", _in_float64(np.log2))
+_unary("log10", _in_float64(np.log10))
+_unary("round", lambda x: np.round(x))  # half to even, like torch.round
+_unary("trunc", lambda x: np.trunc(x))
+_unary("elu", _elu, attrs={"alpha": Attr("float", 1.0), "scale": Attr("float", 1.0),
+                           "input_scale": Attr("float", 1.0)})
+
+
+def _isinf_type(x: TensorType, **_) -> TensorType:
+    return TensorType(DType.bool, x.shape)
+
+
+_unary("isinf", lambda x: np.isinf(x), infer=_isinf_type)
+
+
 def _logical_not_type(x: TensorType, **_) -> TensorType:
     if x.dtype != DType.bool:
         raise ValueError("expects a bool input")
@@ -164,6 +201,62 @@ _binary("gt", lambda a, b: np.greater(a, b), infer=compare_type)
 _binary("ge", lambda a, b: np.greater_equal(a, b), infer=compare_type)
 _binary("logical_and", lambda a, b: np.logical_and(a, b), infer=bool_binary_type)
 _binary("logical_or", lambda a, b: np.logical_or(a, b), infer=bool_binary_type)
+
+
+def _int_type(a: TensorType, b: TensorType, **_) -> TensorType:
+    t = binary_type(a, b)
+    if t.dtype.is_float:
+        raise ValueError(f"expects integer or bool inputs, got {t.dtype}")
+    return t
+
+
+def _float_binary_type(a: TensorType, b: TensorType, **_) -> TensorType:
+    t = binary_type(a, b)
+    if not t.dtype.is_float:
+        raise ValueError(f"expects floating-point inputs, got {t.dtype}")
+    return t
+
+
+def _integer_divisor(b: np.ndarray) -> None:
+    if np.issubdtype(b.dtype, np.integer) and not np.all(b):
+        raise ZeroDivisionError("integer division by zero")  # torch raises too
+
+
+def _fmod(a, b):
+    """C-style remainder: the sign of the dividend (torch.fmod)."""
+    _integer_divisor(b)
+    return np.fmod(a, b).astype(a.dtype)
+
+
+def _remainder(a, b):
+    """Python-style remainder: the sign of the divisor (torch.remainder, ``%``)."""
+    _integer_divisor(b)
+    return np.remainder(a, b).astype(a.dtype)
+
+
+def _floor_div(a, b):
+    """Division rounded toward minus infinity (torch.floor_divide, ``//``, rounding_mode='floor')."""
+    _integer_divisor(b)
+    return np.floor_divide(a, b).astype(a.dtype)
+
+
+def _trunc_div(a, b):
+    """Division rounded toward zero (rounding_mode='trunc')."""
+    _integer_divisor(b)
+    if np.issubdtype(a.dtype, np.integer):
+        q = np.abs(a.astype(np.int64)) // np.abs(b.astype(np.int64))
+        return (np.sign(a.astype(np.int64)) * np.sign(b.astype(np.int64)) * q).astype(a.dtype)
+    return np.trunc(a / b).astype(a.dtype)
+
+
+_binary("fmod", _fmod)
+_binary("remainder", _remainder)
+_binary("floor_div", _floor_div)
+_binary("trunc_div", _trunc_div)
+_binary("atan2", lambda a, b: np.arctan2(a, b).astype(a.dtype), infer=_float_binary_type)
+_binary("bitwise_and", lambda a, b: np.bitwise_and(a, b), infer=_int_type)
+_binary("bitwise_or", lambda a, b: np.bitwise_or(a, b), infer=_int_type)
+_binary("bitwise_xor", lambda a, b: np.bitwise_xor(a, b), infer=_int_type)
 
 
 def _where_type(cond: TensorType, a: TensorType, b: TensorType) -> TensorType:

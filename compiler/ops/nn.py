@@ -254,6 +254,35 @@ def layer_norm(x, weight=None, bias=None, *, normalized_ndim, eps):
     return y.astype(x.dtype)
 
 
+def _group_norm_type(x, weight=None, bias=None, *, groups, eps) -> TensorType:
+    _same_dtype(x, weight, bias)
+    channels = x.shape[1] if x.rank >= 2 else None
+    if channels is None or (isinstance(channels, int) and channels % groups):
+        raise ValueError(f"group_norm needs an N, C, ... input with C divisible by {groups} groups, got {x.shape}")
+    for t in (weight, bias):
+        if t is not None and t.shape != (channels,):
+            raise ValueError(f"group_norm affine shape {t.shape} != ({channels},)")
+    return x
+
+
+@defop("group_norm", ["x", "weight?", "bias?"], infer=_group_norm_type, tags=("norm",),
+       attrs={"groups": Attr("int"), "eps": Attr("float", 1e-5)})
+def group_norm(x, weight=None, bias=None, *, groups, eps):
+    """Normalise each group of C/groups channels over its channels and spatial positions
+    (biased variance), then scale and shift per channel. groups == C is instance norm."""
+    n, c = x.shape[:2]
+    x64 = x.astype(np.float64).reshape(n, groups, -1)
+    mean = x64.mean(axis=2, keepdims=True)
+    var = ((x64 - mean) ** 2).mean(axis=2, keepdims=True)
+    y = ((x64 - mean) / np.sqrt(var + eps)).reshape(x.shape)
+    affine_shape = (1, c) + (1,) * (x.ndim - 2)
+    if weight is not None:
+        y = y * weight.reshape(affine_shape)
+    if bias is not None:
+        y = y + bias.reshape(affine_shape)
+    return y.astype(x.dtype)
+
+
 def _axis_float_type(x: TensorType, *, axis) -> TensorType:
     if not x.dtype.is_float:
         raise ValueError(f"expects a floating-point input, got {x.dtype}")
@@ -457,3 +486,82 @@ def gather(x, indices, *, axis):
 
 
 __all__ = ["broadcast_types"]
+
+
+# -- resize ----------------------------------------------------------------------------------------
+RESIZE_MODES = ("nearest", "linear", "cubic")
+CUBIC_A = -0.75  # PyTorch's bicubic coefficient
+
+
+def _resize_type(x: TensorType, *, sizes, mode, align_corners, scales) -> TensorType:
+    if mode not in RESIZE_MODES:
+        raise ValueError(f"resize mode must be one of {RESIZE_MODES}, got {mode!r}")
+    if len(sizes) != x.rank - 2 or x.rank < 3:
+        raise ValueError(f"resize needs one output size per spatial dim of an N, C, ... input, got {sizes}")
+    if scales and len(scales) != len(sizes):
+        raise ValueError("resize scales must match the spatial dims")
+    if align_corners and mode == "nearest":
+        raise ValueError("align_corners applies to linear and cubic modes only")
+    if not x.dtype.is_float:
+        raise ValueError(f"resize expects a floating-point input, got {x.dtype}")
+    return TensorType(x.dtype, tuple(x.shape[:2]) + tuple(sizes))
+
+
+def _source_coords(out_size: int, in_size: int, scale: float | None, mode: str, align_corners: bool) -> np.ndarray:
+    """Where each output position samples the input, PyTorch's rules: ``scale`` is the user's
+    scale factor when given (input/output ratio otherwise)."""
+    dst = np.arange(out_size, dtype=np.float64)
+    if align_corners:
+        return dst * ((in_size - 1) / (out_size - 1)) if out_size > 1 else np.zeros(out_size)
+    ratio = 1.0 / scale if scale else in_size / out_size
+    if mode == "nearest":
+        return np.minimum(np.floor(dst * ratio), in_size - 1)
+    src = (dst + 0.5) * ratio - 0.5
+    return np.maximum(src, 0.0) if mode == "linear" else src
+
+
+def _cubic_weights(t: np.ndarray) -> np.ndarray:
+    """Keys' cubic convolution weights for the 4 taps around a fractional offset ``t``."""
+    a = CUBIC_A
+
+    def near(d):  # |d| <= 1
+        return ((a + 2) * d - (a + 3)) * d * d + 1
+
+    def far(d):  # 1 < |d| < 2
+        return ((a * d - 5 * a) * d + 8 * a) * d - 4 * a
+
+    return np.stack([far(t + 1), near(t), near(1 - t), far(2 - t)], axis=-1)
+
+
+def _resize_axis(x: np.ndarray, axis: int, out_size: int, scale, mode: str, align_corners: bool) -> np.ndarray:
+    in_size = x.shape[axis]
+    src = _source_coords(out_size, in_size, scale, mode, align_corners)
+    if mode == "nearest":
+        return np.take(x, src.astype(np.int64), axis=axis)
+    base = np.floor(src).astype(np.int64)
+    frac = src - base
+    shape = [1] * x.ndim
+    shape[axis] = out_size
+    if mode == "linear":
+        lo, hi = np.minimum(base, in_size - 1), np.minimum(base + 1, in_size - 1)
+        w = frac.reshape(shape)
+        return np.take(x, lo, axis=axis) * (1 - w) + np.take(x, hi, axis=axis) * w
+    weights = _cubic_weights(frac)
+    result = 0.0
+    for tap in range(4):
+        idx = np.clip(base - 1 + tap, 0, in_size - 1)
+        result = result + np.take(x, idx, axis=axis) * weights[:, tap].reshape(shape)
+    return result
+
+
+@defop("resize", ["x"], infer=_resize_type, tags=("resize",),
+       attrs={"sizes": Attr("shape"), "mode": Attr("str", "nearest"), "align_corners": Attr("bool", False),
+              "scales": Attr("floats", ())})
+def resize(x, *, sizes, mode, align_corners, scales):
+    """Resample the spatial dims (2...) of an N, C, ... input to ``sizes`` (F.interpolate):
+    nearest (floor of the scaled index), linear or cubic (A = -0.75, edge-clamped taps), with
+    ``align_corners``; ``scales`` are the user's scale factors when given."""
+    y = x.astype(np.float64)
+    for i, size in enumerate(sizes):
+        y = _resize_axis(y, 2 + i, int(size), scales[i] if scales else None, mode, align_corners)
+    return np.ascontiguousarray(y.astype(x.dtype))

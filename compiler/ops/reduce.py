@@ -1,4 +1,5 @@
-"""Reductions over a set of axes: sum, mean, max, min, and argmax along one axis."""
+"""Reductions over a set of axes (sum, mean, max, min, prod), argmax along one axis, and the
+scans cumsum/cumprod."""
 
 from __future__ import annotations
 
@@ -45,6 +46,25 @@ defop("reduce_mean", ["x"], infer=_float_reduce_type, attrs=_REDUCE_ATTRS,
       tags=("reduction",))(_reduce(np.mean))
 defop("reduce_max", ["x"], infer=_reduce_type, attrs=_REDUCE_ATTRS, tags=("reduction",))(_reduce(np.max))
 defop("reduce_min", ["x"], infer=_reduce_type, attrs=_REDUCE_ATTRS, tags=("reduction",))(_reduce(np.min))
+defop("reduce_prod", ["x"], infer=_reduce_type, attrs=_REDUCE_ATTRS, tags=("reduction",))(_reduce(np.prod))
+
+
+def _cumulative_type(x: TensorType, *, axis) -> TensorType:
+    if not -max(x.rank, 1) <= axis < max(x.rank, 1):
+        raise ValueError(f"axis {axis} out of range for rank {x.rank}")
+    return x
+
+
+@defop("cumsum", ["x"], infer=_cumulative_type, attrs={"axis": Attr("int")}, tags=("scan",))
+def cumsum(x, *, axis):
+    """Running sum along ``axis`` (inclusive), in the input dtype."""
+    return np.cumsum(x, axis=axis if x.ndim else None).astype(x.dtype).reshape(x.shape)
+
+
+@defop("cumprod", ["x"], infer=_cumulative_type, attrs={"axis": Attr("int")}, tags=("scan",))
+def cumprod(x, *, axis):
+    """Running product along ``axis`` (inclusive), in the input dtype."""
+    return np.cumprod(x, axis=axis if x.ndim else None).astype(x.dtype).reshape(x.shape)
 
 
 def _argmax_type(x: TensorType, *, axis, keepdim) -> TensorType:

@@ -96,3 +96,42 @@ def _expand_type(x: TensorType, *, shape) -> TensorType:
 def expand(x, *, shape):
     """Broadcast to ``shape``."""
     return np.ascontiguousarray(np.broadcast_to(x, shape))
+
+
+def _flip_type(x: TensorType, *, axes) -> TensorType:
+    for a in axes:
+        if not -x.rank <= a < x.rank:
+            raise ValueError(f"flip axis {a} out of range for rank {x.rank}")
+    return x
+
+
+@defop("flip", ["x"], infer=_flip_type, attrs={"axes": Attr("ints")}, tags=("shape",))
+def flip(x, *, axes):
+    """Reverse the order of elements along ``axes``."""
+    return np.ascontiguousarray(np.flip(x, axis=tuple(axes))) if axes else x.copy()
+
+
+PAD_MODES = ("constant", "reflect", "replicate", "circular")
+_NUMPY_PAD = {"constant": "constant", "reflect": "reflect", "replicate": "edge", "circular": "wrap"}
+
+
+def _pad_type(x: TensorType, *, pads, mode, value) -> TensorType:
+    if mode not in PAD_MODES:
+        raise ValueError(f"pad mode must be one of {PAD_MODES}, got {mode!r}")
+    if len(pads) != 2 * x.rank or any(p < 0 for p in pads):
+        raise ValueError(f"pads must hold {2 * x.rank} non-negative numbers (begins then ends), got {pads}")
+    shape = tuple(dims.add(dims.add(d, pads[i]), pads[i + x.rank]) if (pads[i] or pads[i + x.rank]) else d
+                  for i, d in enumerate(x.shape))
+    return TensorType(x.dtype, shape)
+
+
+@defop("pad", ["x"], infer=_pad_type, tags=("shape",),
+       attrs={"pads": Attr("ints"), "mode": Attr("str", "constant"), "value": Attr("float", 0.0)})
+def pad(x, *, pads, mode, value):
+    """Pad every axis ``i`` by ``pads[i]`` before and ``pads[rank + i]`` after: with ``value``
+    (constant), mirrored without the edge (reflect), the edge repeated (replicate) or wrapped
+    around (circular)."""
+    widths = [(pads[i], pads[i + x.ndim]) for i in range(x.ndim)]
+    if mode == "constant":
+        return np.pad(x, widths, mode="constant", constant_values=np.asarray(value).astype(x.dtype))
+    return np.pad(x, widths, mode=_NUMPY_PAD[mode])

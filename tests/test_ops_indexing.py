@@ -1,0 +1,147 @@
+"""Indexing, scans, padding, sorting, normalisation and resampling with PyTorch's semantics:
+gather/scatter (with reductions), advanced indexing (several index tensors, None/ellipsis,
+negative indices), index_put with accumulate, topk/sort, cumsum/cumprod/prod, flip, pads of
+every mode, group/instance norm, interpolate in every mode.
+
+Each case: PyTorch eager vs frontend + interpreter, then ONNX (onnxruntime) vs the interpreter.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from op_check import check_backend, check_frontend, run_onnx
+
+
+def gen(seed=0):
+    return torch.Generator().manual_seed(seed)
+
+
+def randn(*shape, seed=0):
+    return torch.randn(*shape, generator=gen(seed))
+
+
+def ints(lo, hi, *shape, seed=0):
+    return torch.randint(lo, hi, shape, generator=gen(seed))
+
+
+def distinct(*shape, seed=0):
+    """Values without ties (sort and topk order ties by index; tested separately)."""
+    n = 1
+    for d in shape:
+        n *= d
+    return (torch.randperm(n, generator=gen(seed)).float() / 7 - 3).reshape(shape)
+
+
+def _assign_columns(x, i, v):
+    y = x.clone()
+    y[:, i] = v
+    return y
+
+
+X = randn(3, 4, 5, seed=1)
+IDX3 = ints(-3, 3, 2, 4, 5, seed=2)
+SCATTER_IDX = torch.stack([torch.randperm(4, generator=gen(i))[:3] for i in range(5)], dim=1)  # [3, 5], unique per column
+
+CASES = [
+    # scans and reductions
+    ("cumsum", lambda x: torch.cumsum(x, 1), (X,)),
+    ("cumsum", lambda x: torch.cumsum(x, -1), (ints(-5, 5, 3, 6),)),
+    ("cumsum", lambda x: torch.cumsum(x, 0), (ints(-5, 5, 4, 2).to(torch.int32),)),  # int32 -> int64 like torch
+    ("cumprod", lambda x: torch.cumprod(x, 2), (randn(2, 3, 4, seed=3),)),
+    ("cumprod", lambda x: torch.cumprod(x, 0), (ints(-3, 4, 5, 2),)),
+    ("reduce_prod", lambda x: torch.prod(x, 1, keepdim=True), (randn(3, 4, seed=4),)),
+    ("reduce_prod", lambda x: torch.prod(x), (ints(1, 4, 2, 3),)),
+    # flip and pads
+    ("flip", lambda x: torch.flip(x, [0, 2]), (X,)),
+    ("flip", lambda x: torch.flip(x, [-1]), (ints(0, 9, 2, 5),)),
+    ("pad", lambda x: F.pad(x, (1, 2)), (X,)),
+    ("pad", lambda x: F.pad(x, (1, 2, 0, 3), value=-1.5), (X,)),
+    ("pad", lambda x: F.pad(x, (2, 1, 1, 2), mode="reflect"), (randn(1, 2, 4, 5, seed=5),)),
+    ("pad", lambda x: F.pad(x, (2, 1, 1, 2), mode="replicate"), (randn(1, 2, 4, 5, seed=5),)),
+    ("pad", lambda x: F.pad(x, (2, 1), mode="circular"), (randn(1, 2, 5, seed=6),)),
+    ("slice", lambda x: F.pad(x, (-1, 2)), (X,)),  # negative padding crops
+    # gather / scatter
+    ("gather_elements", lambda x, i: torch.gather(x, 1, i.abs() % 4), (X, IDX3[:, :3])),
+    ("gather_elements", lambda x, i: torch.gather(x, -1, i.abs()), (X, IDX3[:3, :2, :3])),
+    ("scatter_elements", lambda x, i, s: x.scatter(0, i, s), (randn(4, 5, seed=7), SCATTER_IDX, randn(3, 5, seed=8))),
+    ("scatter_elements", lambda x, i: x.scatter(0, i, 2.5), (randn(4, 5, seed=7), SCATTER_IDX)),
+    ("scatter_elements", lambda x, i, s: x.scatter_add(0, i, s), (randn(4, 5, seed=7), ints(0, 4, 6, 5),
+                                                                  randn(6, 5, seed=9))),
+    ("scatter_elements", lambda x, i, s: x.scatter_reduce(0, i, s, "amax"), (randn(4, 5, seed=7), ints(0, 4, 6, 5),
+                                                                            randn(6, 5, seed=9))),
+    ("scatter_elements", lambda x, i, s: x.scatter_reduce(1, i, s, "prod"), (randn(4, 5, seed=7), ints(0, 5, 4, 3),
+                                                                            randn(4, 3, seed=9))),
+    ("scatter_elements", lambda x, i, s: x.scatter_add(1, i, s), (ints(0, 9, 4, 5), ints(0, 5, 4, 3),
+                                                                  ints(0, 9, 4, 7))),  # src larger than index
+    # advanced indexing
+    ("index", lambda x, i: x[i], (X, ints(-3, 3, 2, 2))),
+    ("index", lambda x, i: x[:, i], (X, ints(-4, 4, 3))),
+    ("index", lambda x, i, j: x[i, j], (X, ints(0, 3, 4), ints(-4, 4, 4))),
+    ("index", lambda x, i, j: x[:, i, j], (X, ints(0, 4, 2, 1), ints(0, 5, 3))),  # adjacent: kept in place
+    ("index", lambda x, i, j: x[i, :, j], (X, ints(0, 3, 2), ints(0, 5, 2))),  # separated: in front
+    ("index", lambda x, i: x[..., i], (X, ints(0, 5, 2, 3))),
+    ("index", lambda x, i: x[None, i], (X, ints(0, 3, 2))),
+    ("index_put", lambda x, i, v: x.index_put((i,), v), (X, torch.tensor([2, 0]), randn(2, 4, 5, seed=10))),
+    ("index_put", lambda x, i, j, v: x.index_put((i, j), v, accumulate=True),
+     (X, torch.tensor([0, 1, 0, 0]), torch.tensor([1, 3, 1, -1]), randn(4, 5, seed=11))),
+    ("index_put", lambda x, i, v: _assign_columns(x, i, v), (X, torch.tensor([3, 1]), randn(5, seed=12))),
+    # sort / topk
+    ("topk", lambda x: torch.topk(x, 3, dim=1), (distinct(3, 6, 2, seed=13),)),
+    ("topk", lambda x: torch.topk(x, 2, dim=-1, largest=False), (distinct(4, 5, seed=14),)),
+    ("sort", lambda x: torch.sort(x, dim=0), (distinct(5, 3, seed=15),)),
+    ("sort", lambda x: torch.sort(x, dim=-1, descending=True), (distinct(2, 7, seed=16),)),
+    ("sort", lambda x: torch.sort(x, stable=True), (torch.tensor([[2.0, 1.0, 2.0, 0.5, 1.0]]),)),
+    ("sort", lambda x: torch.sort(x, stable=True, descending=True), (torch.tensor([[2, 1, 2, 0, 1]]),)),
+    # normalisation
+    ("group_norm", lambda x: F.group_norm(x, 2), (randn(2, 4, 3, 3, seed=17),)),
+    ("group_norm", lambda x, w, b: F.group_norm(x, 3, w, b, eps=1e-3), (randn(2, 6, 5, seed=18), randn(6, seed=19),
+                                                                         randn(6, seed=20))),
+    # resampling
+    ("resize", lambda x: F.interpolate(x, scale_factor=2, mode="nearest"), (randn(1, 2, 3, 4, seed=21),)),
+    ("resize", lambda x: F.interpolate(x, size=(5, 7), mode="nearest"), (randn(1, 2, 3, 4, seed=21),)),
+    ("resize", lambda x: F.interpolate(x, size=(5, 7), mode="bilinear"), (randn(1, 2, 3, 4, seed=21),)),
+    ("resize", lambda x: F.interpolate(x, size=(2, 3), mode="bilinear"), (randn(1, 2, 5, 7, seed=22),)),
+    ("resize", lambda x: F.interpolate(x, scale_factor=1.5, mode="bilinear", align_corners=True),
+     (randn(1, 2, 4, 4, seed=23),)),
+    ("resize", lambda x: F.interpolate(x, size=(6, 5), mode="bicubic"), (randn(1, 1, 4, 3, seed=24),)),
+    ("resize", lambda x: F.interpolate(x, size=(6, 5), mode="bicubic", align_corners=True),
+     (randn(1, 1, 4, 3, seed=24),)),
+    ("resize", lambda x: F.interpolate(x, size=9, mode="linear"), (randn(2, 3, 4, seed=25),)),
+    ("resize", lambda x: F.interpolate(x, scale_factor=2, mode="trilinear"), (randn(1, 1, 2, 3, 2, seed=26),)),
+]
+
+
+@pytest.mark.parametrize("op, fn, xs", CASES, ids=[f"{c[0]}-{i}" for i, c in enumerate(CASES)])
+def test_op(op, fn, xs):
+    graph, arrays, reference = check_frontend(fn, xs, ops=[op], rtol=1e-5, atol=1e-5)
+    check_backend(run_onnx, graph, arrays, reference, name="onnx", rtol=1e-5, atol=1e-5)
+
+
+def test_instance_norm():
+    graph, arrays, reference = check_frontend(lambda x: F.instance_norm(x), (randn(2, 3, 4, 4, seed=27),),
+                                              rtol=1e-5, atol=1e-5)
+    check_backend(run_onnx, graph, arrays, reference, name="onnx", rtol=1e-5, atol=1e-5)
+
+
+def test_topk_ties_take_the_lower_index_on_every_backend():
+    # PyTorch leaves the order of ties unspecified; ours is defined (lower index first) and
+    # every backend must agree with the interpreter on it.
+    from compiler.interpreter import run_graph
+    from op_check import import_fn
+
+    x = torch.tensor([[3, 1, 3, 2], [5, 5, 5, 1]])
+    _, graph = import_fn(lambda t: torch.topk(t, 2), (x,))
+    values, indices = run_graph(graph, [x.numpy()])
+    assert indices.tolist() == [[0, 2], [0, 1]] and values.tolist() == [[3, 3], [5, 5]]
+    check_backend(run_onnx, graph, [x.numpy()], [values, indices], name="onnx")
+
+
+def test_boolean_mask_indexing_is_refused_with_advice():
+    from compiler.errors import UnsupportedOpError
+    from op_check import import_fn
+
+    with pytest.raises(UnsupportedOpError, match="boolean mask|data"):
+        import_fn(lambda x: x[x > 0], (X,))
