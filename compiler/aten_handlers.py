@@ -7,9 +7,12 @@ dtype torch recorded for its result, so IR ops always see one dtype.
 
 from __future__ import annotations
 
+import operator
+
 import numpy as np
 import torch
 
+from compiler import dims
 from compiler.frontend import ImportContext, arg, handles, torch_dtype
 from compiler.ir import DType, Value
 
@@ -283,13 +286,30 @@ def _conv(ctx: ImportContext, node: Node):
 
 @handles("aten.convolution.default")
 def _convolution(ctx: ImportContext, node: Node):
-    x, weight, bias, stride, padding, dilation, transposed, _output_padding, groups = node.args[:9]
-    if transposed:
-        raise ctx.unsupported("transposed convolution")
+    x, weight, bias, stride, padding, dilation, transposed, output_padding, groups = node.args[:9]
     w = ctx.tensor(weight)
+    if transposed:
+        return _conv_transpose(ctx, ctx.tensor(x), w, bias, stride, padding, output_padding, dilation, groups)
     attrs = _conv_attrs(w.type.rank - 2, stride, padding, dilation)
     return ctx.emit("conv", ctx.tensor(x), w, ctx.tensor(bias) if bias is not None else None,
                     groups=int(groups), **attrs)
+
+
+def _conv_transpose(ctx: ImportContext, x: Value, w: Value, bias, stride, padding, output_padding, dilation,
+                    groups) -> Value:
+    nd = w.type.rank - 2
+    attrs = _conv_attrs(nd, stride, padding, dilation)
+    out_pad = list(output_padding) if isinstance(output_padding, (list, tuple)) else [output_padding]
+    out_pad = out_pad * nd if len(out_pad) == 1 else out_pad
+    return ctx.emit("conv_transpose", x, w, ctx.tensor(bias) if bias is not None else None, groups=int(groups),
+                    output_padding=[int(p) for p in out_pad], **attrs)
+
+
+@handles("aten.conv_transpose1d.default", "aten.conv_transpose2d.input", "aten.conv_transpose3d.input")
+def _conv_transpose_call(ctx: ImportContext, node: Node):
+    return _conv_transpose(ctx, ctx.tensor(node.args[0]), ctx.tensor(node.args[1]), arg(node, 2, "bias"),
+                           arg(node, 3, "stride", 1), arg(node, 4, "padding", 0), arg(node, 5, "output_padding", 0),
+                           arg(node, 7, "dilation", 1), arg(node, 6, "groups", 1))
 
 
 def _optional(ctx: ImportContext, value):
@@ -348,26 +368,41 @@ def _pool_args(nd: int, kernel, stride, padding):
 
 
 @handles("aten.max_pool1d.default", "aten.max_pool2d.default", "aten.max_pool3d.default",
-         "aten.max_pool2d_with_indices.default")
+         "aten.max_pool2d_with_indices.default", "aten.max_pool3d_with_indices.default",
+         "aten.max_pool1d_with_indices.default")
 def _max_pool(ctx: ImportContext, node: Node):
     x = ctx.tensor(node.args[0])
     nd = x.type.rank - 2
     kernel, stride, pads = _pool_args(nd, node.args[1], arg(node, 2, "stride"), arg(node, 3, "padding", 0))
     dilation = arg(node, 4, "dilation", 1)
     dilation = list(dilation) * (nd if len(list(dilation)) == 1 else 1) if isinstance(dilation, (list, tuple)) else [dilation] * nd
-    y = ctx.emit("max_pool", x, kernel=kernel, stride=stride, padding=pads, dilation=dilation,
-                 ceil_mode=bool(arg(node, 5, "ceil_mode", False)))
+    ceil_mode = bool(arg(node, 5, "ceil_mode", False))
+    if "with_indices" in str(node.target) and _output_used(node, 1):
+        return ctx.emit_multi("max_pool_with_indices", x, kernel=kernel, stride=stride, padding=pads,
+                              dilation=dilation, ceil_mode=ceil_mode)
+    y = ctx.emit("max_pool", x, kernel=kernel, stride=stride, padding=pads, dilation=dilation, ceil_mode=ceil_mode)
     return (y, None) if "with_indices" in str(node.target) else y
+
+
+def _output_used(node: Node, index: int) -> bool:
+    """Whether a later node reads output ``index`` of a multi-output ATen call."""
+    return any(user.target is operator.getitem and user.args[1] == index for user in node.users)
 
 
 @handles("aten.avg_pool1d.default", "aten.avg_pool2d.default", "aten.avg_pool3d.default")
 def _avg_pool(ctx: ImportContext, node: Node):
     x = ctx.tensor(node.args[0])
     kernel, stride, pads = _pool_args(x.type.rank - 2, node.args[1], arg(node, 2, "stride"), arg(node, 3, "padding", 0))
-    if arg(node, 6, "divisor_override") is not None:
-        raise ctx.unsupported("avg_pool with divisor_override")
-    return ctx.emit("avg_pool", x, kernel=kernel, stride=stride, padding=pads,
-                    ceil_mode=bool(arg(node, 4, "ceil_mode", False)),
+    divisor = arg(node, 6, "divisor_override")
+    ceil_mode = bool(arg(node, 4, "ceil_mode", False))
+    if divisor is not None:
+        if ceil_mode:
+            raise ctx.unsupported("avg_pool with divisor_override and ceil_mode")
+        # window sum / divisor == (window mean counting padding) * window size / divisor
+        mean = ctx.emit("avg_pool", x, kernel=kernel, stride=stride, padding=pads, ceil_mode=False,
+                        count_include_pad=True)
+        return ctx.emit("mul", mean, ctx.tensor(float(np.prod(kernel)) / float(divisor), x.dtype))
+    return ctx.emit("avg_pool", x, kernel=kernel, stride=stride, padding=pads, ceil_mode=ceil_mode,
                     count_include_pad=bool(arg(node, 5, "count_include_pad", True)))
 
 
@@ -829,15 +864,28 @@ def _scatter(ctx: ImportContext, node: Node):
     return ctx.emit("scatter_elements", x, index, src, axis=axis, reduction=reduction)
 
 
+def _data_dependent_dim(ctx: ImportContext, position: int) -> str:
+    """The symbol torch gave the data-dependent size at ``position`` of this node's output."""
+    dim = ctx.out_shape()[position]
+    if not dims.is_symbol(dim):
+        raise ctx.unsupported(f"expected a data-dependent size at dim {position}, torch recorded {dim}")
+    return dim
+
+
 def _index_tensors(ctx: ImportContext, indices) -> tuple[list[Value], list[int]]:
     values, axes = [], []
     for axis, index in enumerate(indices):
         if index is None:
             continue
         value = ctx.tensor(index)
-        if value.dtype == DType.bool:
-            raise ctx.unsupported("indexing with a boolean mask (its result size depends on the data); "
-                                  "use torch.where(mask, x, other) instead")
+        if value.dtype == DType.bool:  # a mask over k dims: its k coordinate columns (data-dependent count)
+            count = _data_dependent_dim(ctx, axis)
+            coords = ctx.emit("nonzero", value, count=count)
+            for j in range(value.type.rank):
+                column = ctx.emit("slice", coords, axis=1, start=j, end=j + 1, step=1)
+                values.append(ctx.emit("reshape", column, shape=[count]))
+                axes.append(axis + j)
+            continue
         values.append(value)
         axes.append(axis)
     if not values:
@@ -921,3 +969,179 @@ def _upsample(ctx: ImportContext, node: Node):
         align_corners, scales = bool(arg(node, 2, "align_corners", False)), arg(node, 3, "scale_factors")
     return ctx.emit("resize", ctx.tensor(node.args[0]), sizes=list(ctx.out_shape()[2:]), mode=mode,
                     align_corners=align_corners, scales=[float(s) for s in scales] if scales else [])
+
+
+# -- compositions of existing ops (more) -----------------------------------------------------------
+@handles("aten.arange.start_step", "aten.arange.default", "aten.arange.start")
+def _arange(ctx: ImportContext, node: Node):
+    name = str(node.target).split(".")[-1]
+    args = list(node.args)
+    if name == "default":
+        args = [0, args[0], 1]
+    elif name == "start":
+        args = args[:2] + [1]
+    start, end, step = (args + [1])[:3]
+    if not all(isinstance(v, (int, float)) for v in (start, end, step)):
+        raise ctx.unsupported("arange with a size that depends on an input's shape")
+    values = torch.arange(start, end, step, dtype=torch_dtype(ctx.out_dtype())).numpy()
+    return ctx.graph.add_constant(values, "arange")
+
+
+@handles("aten.clamp.Tensor", "aten.clamp_min.Tensor", "aten.clamp_max.Tensor", "aten.clamp_min.default",
+         "aten.clamp_max.default")
+def _clamp_tensor(ctx: ImportContext, node: Node):
+    dtype = ctx.out_dtype()
+    y = ctx.tensor(node.args[0], dtype)
+    name = str(node.target)
+    if "clamp_min" in name:
+        lo, hi = node.args[1], None
+    elif "clamp_max" in name:
+        lo, hi = None, node.args[1]
+    else:
+        lo, hi = arg(node, 1, "min"), arg(node, 2, "max")
+    if lo is not None:
+        y = ctx.emit("maximum", y, ctx.tensor(lo, dtype))
+    if hi is not None:
+        y = ctx.emit("minimum", y, ctx.tensor(hi, dtype))
+    return y
+
+
+@handles("aten.pow.Scalar")
+def _pow_scalar(ctx: ImportContext, node: Node):
+    dtype = ctx.out_dtype()
+    return ctx.emit("pow", ctx.tensor(node.args[0], dtype), ctx.tensor(node.args[1], dtype))
+
+
+@handles("aten.diagonal.default")
+def _diagonal(ctx: ImportContext, node: Node):
+    """Advanced indexing with two aranges, the diagonal moved last as torch.diagonal does."""
+    x = ctx.tensor(node.args[0])
+    offset, d1, d2 = int(arg(node, 1, "offset", 0)), int(arg(node, 2, "dim1", 0)), int(arg(node, 3, "dim2", 1))
+    rank = x.type.rank
+    d1, d2 = d1 % rank, d2 % rank
+    n = ctx.out_shape()[-1]
+    if not isinstance(n, int) or not all(isinstance(x.shape[d], int) for d in (d1, d2)):
+        raise ctx.unsupported("diagonal of symbolic dims")
+    rows = np.arange(n) + max(-offset, 0)
+    cols = np.arange(n) + max(offset, 0)
+    i, j = ctx.graph.add_constant(rows, "diag_rows"), ctx.graph.add_constant(cols, "diag_cols")
+    y = ctx.emit("index", x, i, j, axes=[d1, d2])
+    # numpy placement: at min(d1, d2) when adjacent, else in front; torch wants it last
+    lo = min(d1, d2) if abs(d1 - d2) == 1 else 0
+    perm = [a for a in range(rank - 1) if a != lo] + [lo]
+    return y if perm == list(range(rank - 1)) else ctx.emit("transpose", y, perm=perm)
+
+
+@handles("aten.linalg_vector_norm.default")
+def _vector_norm(ctx: ImportContext, node: Node):
+    x = ctx.tensor(node.args[0], ctx.out_dtype())
+    order = float(arg(node, 1, "ord", 2))
+    axes = arg(node, 2, "dim")
+    axes = [] if axes is None else ([int(axes)] if isinstance(axes, int) else [int(a) for a in axes])
+    keepdim = bool(arg(node, 3, "keepdim", False))
+    magnitude = ctx.emit("abs", x)
+    if order == float("inf"):
+        return ctx.emit("reduce_max", magnitude, axes=axes, keepdim=keepdim)
+    if order == float("-inf"):
+        return ctx.emit("reduce_min", magnitude, axes=axes, keepdim=keepdim)
+    if order == 0:
+        nonzero = ctx.emit("cast", ctx.emit("ne", x, ctx.tensor(0.0, x.dtype)), dtype=x.dtype)
+        return ctx.emit("reduce_sum", nonzero, axes=axes, keepdim=keepdim)
+    if order == 1:
+        return ctx.emit("reduce_sum", magnitude, axes=axes, keepdim=keepdim)
+    if order == 2:
+        return ctx.emit("sqrt", ctx.emit("reduce_sum", ctx.emit("mul", x, x), axes=axes, keepdim=keepdim))
+    powered = ctx.emit("pow", magnitude, ctx.tensor(order, x.dtype))
+    return ctx.emit("pow", ctx.emit("reduce_sum", powered, axes=axes, keepdim=keepdim), ctx.tensor(1 / order, x.dtype))
+
+
+@handles("aten.bucketize.Tensor")
+def _bucketize(ctx: ImportContext, node: Node):
+    """The number of boundaries below x (or at most x with right=True)."""
+    x, boundaries = ctx.tensor(node.args[0]), ctx.tensor(node.args[1])
+    right = bool(node.kwargs.get("right", False))
+    dtype = DType.int32 if node.kwargs.get("out_int32", False) else DType.int64
+    common = x.dtype if x.dtype == boundaries.dtype else DType.float64
+    xs = ctx.emit("reshape", ctx.tensor(x, common), shape=list(x.shape) + [1])
+    below = ctx.emit("ge" if right else "gt", xs, ctx.tensor(boundaries, common))
+    return ctx.emit("reduce_sum", ctx.emit("cast", below, dtype=dtype), axes=[-1], keepdim=False)
+
+
+@handles("aten._cdist_forward.default")
+def _cdist(ctx: ImportContext, node: Node):
+    a, b, p = ctx.tensor(node.args[0]), ctx.tensor(node.args[1]), float(node.args[2])
+    ra, rb = a.type.rank, b.type.rank
+    left = ctx.emit("reshape", a, shape=list(a.shape[:-1]) + [1, a.shape[-1]])
+    right = ctx.emit("reshape", b, shape=list(b.shape[:-2]) + [1] + list(b.shape[-2:]))
+    diff = ctx.emit("abs", ctx.emit("sub", left, right))
+    del ra, rb
+    if p == 2:
+        return ctx.emit("sqrt", ctx.emit("reduce_sum", ctx.emit("mul", diff, diff), axes=[-1], keepdim=False))
+    if p == 1:
+        return ctx.emit("reduce_sum", diff, axes=[-1], keepdim=False)
+    if p == float("inf"):
+        return ctx.emit("reduce_max", diff, axes=[-1], keepdim=False)
+    powered = ctx.emit("pow", diff, ctx.tensor(p, a.dtype))
+    return ctx.emit("pow", ctx.emit("reduce_sum", powered, axes=[-1], keepdim=False), ctx.tensor(1 / p, a.dtype))
+
+
+@handles("aten.masked_scatter.default")
+def _masked_scatter(ctx: ImportContext, node: Node):
+    """The k-th True position takes source[k]: k = (running count of True) - 1, then a gather and
+    a where. Exact, and no data-dependent shape."""
+    x = ctx.tensor(node.args[0])
+    mask = ctx.emit("expand", ctx.tensor(node.args[1], DType.bool), shape=list(x.shape))
+    source = ctx.emit("reshape", ctx.tensor(node.args[2], x.dtype), shape=[_static_count(ctx, node.args[2])])
+    total = _static_count(ctx, node.args[0])
+    flat_mask = ctx.emit("reshape", mask, shape=[total])
+    rank = ctx.emit("cumsum", ctx.emit("cast", flat_mask, dtype=DType.int64), axis=0)
+    position = ctx.emit("maximum", ctx.emit("sub", rank, ctx.tensor(1, DType.int64)), ctx.tensor(0, DType.int64))
+    taken = ctx.emit("reshape", ctx.emit("gather", source, position, axis=0), shape=list(x.shape))
+    return ctx.emit("where", mask, taken, x)
+
+
+def _static_count(ctx: ImportContext, tensor_node) -> int:
+    shape = ctx.meta_type(tensor_node).shape
+    if not all(isinstance(d, int) for d in shape):
+        raise ctx.unsupported("masked_scatter on symbolic shapes")
+    return int(np.prod(shape, dtype=np.int64))
+
+
+@handles("aten.adaptive_max_pool1d.default", "aten.adaptive_max_pool2d.default", "aten.adaptive_max_pool3d.default")
+def _adaptive_max_pool(ctx: ImportContext, node: Node):
+    if _output_used(node, 1):
+        raise ctx.unsupported("the indices of adaptive max pooling")
+    y = ctx.emit("adaptive_max_pool", ctx.tensor(node.args[0]), output_size=list(ctx.meta_type(node, 0).shape[2:]))
+    return (y, None)
+
+
+@handles("aten.nonzero.default")
+def _nonzero(ctx: ImportContext, node: Node):
+    return ctx.emit("nonzero", ctx.tensor(node.args[0]), count=_data_dependent_dim(ctx, 0))
+
+
+@handles("aten.masked_select.default")
+def _masked_select(ctx: ImportContext, node: Node):
+    x, mask = ctx.tensor(node.args[0]), ctx.tensor(node.args[1], DType.bool)
+    shape = list(dims.broadcast(x.shape, mask.shape))
+    total = _static_numel(ctx, shape)
+    flat_x = ctx.emit("reshape", ctx.emit("expand", x, shape=shape) if list(x.shape) != shape else x, shape=[total])
+    flat_mask = ctx.emit("reshape", ctx.emit("expand", mask, shape=shape) if list(mask.shape) != shape else mask,
+                         shape=[total])
+    count = _data_dependent_dim(ctx, 0)
+    rows = ctx.emit("reshape", ctx.emit("nonzero", flat_mask, count=count), shape=[count])
+    return ctx.emit("gather", flat_x, rows, axis=0)
+
+
+def _static_numel(ctx: ImportContext, shape) -> int:
+    if not all(isinstance(d, int) for d in shape):
+        raise ctx.unsupported("masked_select on symbolic shapes")
+    return int(np.prod(shape, dtype=np.int64))
+
+
+@handles(*[str(f) for f in (operator.ge, operator.le, operator.gt, operator.lt, operator.eq, operator.ne)])
+def _size_comparison(ctx: ImportContext, node: Node):
+    """Comparisons of sizes feed only torch's runtime shape assertions, checked at export."""
+    if any(user.target != torch.ops.aten._assert_scalar.default for user in node.users):
+        raise ctx.unsupported("a size comparison used as a value")
+    return None

@@ -49,6 +49,16 @@ def _bound_attrs(node: Node, bindings: Mapping[str, int]) -> dict:
     return attrs
 
 
+def _bind_data_dependent(out: Value, result: np.ndarray, bindings) -> None:
+    """A symbol first seen on an op's output (nonzero's row count) takes its size from the
+    result: its size depends on the data, not on the input shapes."""
+    if not isinstance(bindings, dict) or result.ndim != out.type.rank:
+        return
+    for dim, size in zip(out.shape, result.shape):
+        if dims.is_symbol(dim) and dim not in bindings:
+            bindings[dim] = int(size)
+
+
 def run_node(node: Node, args: list[np.ndarray | None], bindings: Mapping[str, int]) -> list[np.ndarray]:
     opdef = get_op(node.op)
     try:
@@ -56,6 +66,7 @@ def run_node(node: Node, args: list[np.ndarray | None], bindings: Mapping[str, i
     except Exception as exc:
         raise InterpreterError(f"while interpreting {node.describe()}: {exc}") from exc
     for out, result in zip(node.outputs, results):
+        _bind_data_dependent(out, result, bindings)
         expected = concrete_shape(out.type, bindings)
         if result.dtype != out.dtype.numpy or result.shape != expected:
             raise InterpreterError(

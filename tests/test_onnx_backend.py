@@ -543,17 +543,6 @@ def test_invalid_emitted_model_is_reported_with_the_ir_node(monkeypatch):
         emit_onnx(g)
 
 
-def test_unsupported_adaptive_pool_raises():
-    g = Graph("adaptive")
-    x = g.add_input("x", TensorType(DType.float32, (1, 2, 5, 5)))
-    node = g.add_node("adaptive_avg_pool", [x], {"output_size": (3, 3)}, location="model.py:7 in forward")
-    g.set_outputs([node.output])
-    with pytest.raises(UnsupportedOpError) as info:
-        emit_onnx(g)
-    assert info.value.op == "adaptive_avg_pool" and info.value.stage == "the ONNX backend"
-    assert "model.py:7" in str(info.value)
-
-
 def test_unsupported_adaptive_pool_of_symbolic_size_raises():
     g = Graph("adaptive")
     x = g.add_input("x", TensorType(DType.float32, ("batch", 2, "h", 4)))

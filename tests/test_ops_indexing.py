@@ -139,9 +139,44 @@ def test_topk_ties_take_the_lower_index_on_every_backend():
     check_backend(run_onnx, graph, [x.numpy()], [values, indices], name="onnx")
 
 
-def test_boolean_mask_indexing_is_refused_with_advice():
-    from compiler.errors import UnsupportedOpError
-    from op_check import import_fn
+NN_CASES = [
+    ("conv_transpose", torch.nn.ConvTranspose2d(3, 4, 3, stride=2, padding=1, output_padding=1), (randn(2, 3, 5, 5),)),
+    ("conv_transpose", torch.nn.ConvTranspose1d(4, 6, 3, stride=2, groups=2, dilation=2), (randn(1, 4, 7),)),
+    ("conv_transpose", torch.nn.ConvTranspose3d(2, 2, 2, stride=(1, 2, 2), bias=False), (randn(1, 2, 3, 3, 3),)),
+    ("conv_transpose", torch.nn.ConvTranspose2d(2, 3, 3, padding=2), (randn(1, 2, 4, 4),)),  # padding > k - 1 crops
+    ("max_pool_with_indices", lambda x: F.max_pool2d(x, 2, return_indices=True), (randn(2, 3, 6, 6),)),
+    ("max_pool_with_indices", lambda x: F.max_pool2d(x, 3, stride=2, padding=1, return_indices=True),
+     (randn(1, 2, 7, 6),)),
+    ("max_pool_with_indices", lambda x: F.max_pool1d(x, 3, dilation=2, return_indices=True), (randn(1, 2, 9),)),
+    ("max_pool_with_indices", lambda x: F.max_pool3d(x, 2, return_indices=True), (randn(1, 2, 4, 4, 4),)),
+    ("max_pool_with_indices", lambda x: F.max_pool2d(x, 2, return_indices=True),
+     (torch.tensor([[[[1.0, 1.0, 0.0, 2.0], [1.0, 0.0, 2.0, 2.0]]]]),)),  # ties: the first maximum
+    ("adaptive_max_pool", lambda x: F.adaptive_max_pool2d(x, (3, 3)), (randn(2, 3, 8, 7),)),
+    ("adaptive_max_pool", lambda x: F.adaptive_max_pool2d(x, 2), (randn(2, 3, 8, 8),)),
+    ("adaptive_max_pool", lambda x: F.adaptive_max_pool1d(x, 1), (randn(2, 3, 5),)),
+    ("adaptive_avg_pool", lambda x: F.adaptive_avg_pool2d(x, (3, 5)), (randn(1, 2, 7, 9),)),  # uneven bins
+]
 
-    with pytest.raises(UnsupportedOpError, match="boolean mask|data"):
-        import_fn(lambda x: x[x > 0], (X,))
+
+@pytest.mark.parametrize("op, fn, xs", NN_CASES, ids=[f"{c[0]}-{i}" for i, c in enumerate(NN_CASES)])
+def test_nn_op(op, fn, xs):
+    if isinstance(fn, torch.nn.Module):
+        torch.manual_seed(0)
+        fn = fn.eval()
+    graph, arrays, reference = check_frontend(fn, xs, ops=[op], rtol=1e-5, atol=1e-5)
+    check_backend(run_onnx, graph, arrays, reference, name="onnx", rtol=1e-5, atol=1e-5)
+
+
+DATA_DEPENDENT = [
+    ("nonzero", lambda x: torch.nonzero(x > 0), (X,)),
+    ("nonzero", lambda x: torch.masked_select(x, x > 0.5), (X,)),
+    ("nonzero", lambda x, m: torch.masked_select(x, m), (X, torch.rand(4, 1, generator=gen(30)) > 0.5)),
+    ("nonzero", lambda x: x[x > 0], (X,)),
+    ("nonzero", lambda x, m: x[:, m], (X, torch.tensor([True, False, True, True]))),
+]
+
+
+@pytest.mark.parametrize("op, fn, xs", DATA_DEPENDENT, ids=[f"{c[0]}-{i}" for i, c in enumerate(DATA_DEPENDENT)])
+def test_data_dependent_sizes(op, fn, xs):
+    graph, arrays, reference = check_frontend(fn, xs, ops=[op])
+    check_backend(run_onnx, graph, arrays, reference, name="onnx")

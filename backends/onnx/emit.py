@@ -96,7 +96,7 @@ ORT_CPU_TYPES: dict[str, frozenset[DType]] = {
     "ReduceProd": frozenset({_f32, _f64, _i32, _i64}),
     "BitwiseAnd": frozenset({_i8, _i16, _i32, _i64, _u8}), "BitwiseOr": frozenset({_i8, _i16, _i32, _i64, _u8}),
     "BitwiseXor": frozenset({_i8, _i16, _i32, _i64, _u8}),
-    "TopK": frozenset({_f32, _f64, _i32, _i64}), "Resize": frozenset({_f32, _i32, _i8, _u8}),
+    "TopK": frozenset({_f32, _f64, _i32, _i64}), "ConvTranspose": _F32, "NonZero": frozenset({_b, _f32, _i32, _i64, _u8}), "GlobalMaxPool": _FLOATS, "Resize": frozenset({_f32, _i32, _i8, _u8}),
     "ScatterElements": frozenset({_f32, _f64, _f16, _bf16, _i8, _i16, _i32, _i64, _u8, _b}),
     "ScatterND": frozenset({_f32, _f64, _f16, _bf16, _i8, _i16, _i32, _i64, _u8, _b}),
 }
@@ -922,6 +922,14 @@ def _top_k(ctx: EmitContext, node: Node, k: str, axis: int, largest: bool, is_so
     ctx.cast(v, cd, x.dtype, values.shape, out=values.name)
 
 
+def emit_nonzero(ctx: EmitContext, node: Node) -> None:
+    x = node.inputs[0]
+    cd = ctx.compute_dtype("NonZero", x.dtype)
+    coords = ctx.add("NonZero", [ctx.cast(ctx.value(x), x.dtype, cd)], dtype=DType.int64,
+                     shape=(len(x.shape), node.attrs["count"]))
+    ctx.add("Transpose", [coords], node.output.name, perm=[1, 0])
+
+
 def emit_topk(ctx: EmitContext, node: Node) -> None:
     a = node.attrs
     _top_k(ctx, node, ctx.ints([a["k"]], "k"), a["axis"], a["largest"], a["sorted"])
@@ -1007,6 +1015,46 @@ def emit_conv(ctx: EmitContext, node: Node) -> None:
         pre = ctx.cast(pre, cd, dtype, out.shape, out=None if fused else out.name)
     if pre != out.name:
         _apply_activation(ctx, node, pre, dtype)
+
+
+# -- quantization ------------------------------------------------------------------------------
+# One ONNX op per IR op. onnxruntime fuses DequantizeLinear -> Conv/Gemm/MatMul -> QuantizeLinear
+# into QLinearConv / QGemm / QLinearMatMul and DynamicQuantizeLinear -> MatMulInteger -> Cast ->
+# Mul into DynamicQuantizeMatMul, so the quantization pass's IR form is also the fast ONNX form.
+def _axis_attr(node: Node) -> int | None:
+    """ONNX ``axis`` only for per-channel parameters (per-tensor ones ignore it)."""
+    scale = node.inputs[1]
+    return node.attrs["axis"] % len(node.inputs[0].shape) if scale.shape else None
+
+
+def _check_quant_dtype(ctx: EmitContext, dtype: DType, op_type: str) -> None:
+    if dtype == DType.int32 and op_type == "QuantizeLinear":
+        raise ctx.unsupported("ONNX QuantizeLinear has no int32 output; quantize int32 values (biases) "
+                              "ahead of time and keep only their DequantizeLinear")
+    if dtype == DType.int16 and ctx.opset < 21:
+        raise ctx.unsupported(f"int16 {op_type} needs ONNX opset 21 or newer (pass --opset 21)")
+
+
+def emit_quantize_linear(ctx: EmitContext, node: Node) -> None:
+    x, scale, zp = (list(node.inputs) + [None])[:3]
+    _check_quant_dtype(ctx, node.attrs["dtype"], "QuantizeLinear")
+    zp_name = ctx.value(zp) if zp is not None else ctx.const(np.zeros(scale.shape, node.attrs["dtype"].numpy),
+                                                             hint="zero_point")
+    ctx.add("QuantizeLinear", [ctx.value(x), ctx.value(scale), zp_name], node.output.name, axis=_axis_attr(node))
+
+
+def emit_dequantize_linear(ctx: EmitContext, node: Node) -> None:
+    x, scale, zp = (list(node.inputs) + [None])[:3]
+    _check_quant_dtype(ctx, x.dtype, "DequantizeLinear")
+    ctx.add("DequantizeLinear", [ctx.value(v) for v in (x, scale, zp)], node.output.name, axis=_axis_attr(node))
+
+
+def emit_dynamic_quantize_linear(ctx: EmitContext, node: Node) -> None:
+    ctx.add("DynamicQuantizeLinear", [ctx.value(node.inputs[0])], [o.name for o in node.outputs])
+
+
+def emit_matmul_integer(ctx: EmitContext, node: Node) -> None:
+    ctx.add("MatMulInteger", [ctx.value(v) for v in node.inputs], node.output.name)
 
 
 # -- normalisation and softmax -----------------------------------------------------------------
@@ -1140,22 +1188,78 @@ def emit_avg_pool(ctx: EmitContext, node: Node) -> None:
     _pool(ctx, node, "AveragePool", (1,) * len(a["kernel"]), count_include_pad=int(a["count_include_pad"]))
 
 
-def emit_adaptive_avg_pool(ctx: EmitContext, node: Node) -> None:
+def _adaptive_pool(ctx: EmitContext, node: Node, global_op: str, window_op: str, reduce_op: str) -> None:
+    """Output 1: the global pool. Input sizes multiples of the output: one strided window pool.
+    Otherwise, axis by axis, each bin [floor(i*L/O), ceil((i+1)*L/O)) sliced, reduced and
+    concatenated (the bins are rectangles, so mean and max separate over axes)."""
     x = node.inputs[0]
     out_size = node.attrs["output_size"]
     spatial = x.shape[2:]
     if all(o == 1 for o in out_size):
-        ctx.typed("GlobalAveragePool", [ctx.value(x)], x.dtype, node.output.name, node.output.shape)
+        ctx.typed(global_op, [ctx.value(x)], x.dtype, node.output.name, node.output.shape)
         return
     if not all(isinstance(s, int) for s in spatial):
         raise ctx.unsupported(f"adaptive pooling of symbolic spatial dims {spatial} to {out_size} "
                               "(only output size 1 is supported there)")
-    if any(s % o for s, o in zip(spatial, out_size)):
-        raise ctx.unsupported(f"adaptive pooling from {spatial} to {out_size}: an input size is not a "
-                              "multiple of the output size, so the bins overlap or differ in size")
-    kernel = [s // o for s, o in zip(spatial, out_size)]
-    ctx.typed("AveragePool", [ctx.value(x)], x.dtype, node.output.name, node.output.shape,
-              kernel_shape=kernel, strides=kernel, pads=[0] * (2 * len(kernel)))
+    if not any(s % o for s, o in zip(spatial, out_size)):
+        kernel = [s // o for s, o in zip(spatial, out_size)]
+        ctx.typed(window_op, [ctx.value(x)], x.dtype, node.output.name, node.output.shape,
+                  kernel_shape=kernel, strides=kernel, pads=[0] * (2 * len(kernel)))
+        return
+    cd = ctx.compute_dtype(reduce_op, x.dtype)
+    current, shape = ctx.cast(ctx.value(x), x.dtype, cd), tuple(x.shape)
+    for axis, (size, out) in enumerate(zip(spatial, out_size), start=2):
+        bins = []
+        for i in range(out):
+            lo, hi = (i * size) // out, -(-((i + 1) * size) // out)
+            piece = ctx.add("Slice", [current, ctx.ints([lo], "starts"), ctx.ints([hi], "ends"),
+                                      ctx.ints([axis], "axes")], dtype=cd)
+            bins.append(ctx.add(reduce_op, [piece, ctx.ints([axis], "axes")], dtype=cd, keepdims=1))
+        shape = shape[:axis] + (out,) + shape[axis + 1:]
+        current = ctx.add("Concat", bins, dtype=cd, shape=shape, axis=axis)
+    _finish(ctx, current, cd, x.dtype, node.output.shape, node.output.name)
+
+
+def emit_adaptive_avg_pool(ctx: EmitContext, node: Node) -> None:
+    _adaptive_pool(ctx, node, "GlobalAveragePool", "AveragePool", "ReduceMean")
+
+
+def emit_adaptive_max_pool(ctx: EmitContext, node: Node) -> None:
+    _adaptive_pool(ctx, node, "GlobalMaxPool", "MaxPool", "ReduceMax")
+
+
+def emit_max_pool_with_indices(ctx: EmitContext, node: Node) -> None:
+    """MaxPool's second output counts over the whole N, C, *spatial tensor; PyTorch's over one
+    (N, C) plane: the remainder modulo the plane size converts it."""
+    x = node.inputs[0]
+    a = node.attrs
+    values, indices = node.outputs
+    if a["ceil_mode"] and ctx.opset < 22:
+        raise ctx.unsupported("max pooling indices with ceil_mode need ONNX opset 22 or later")
+    plane = 1
+    for d in x.shape[2:]:
+        if not isinstance(d, int):
+            raise ctx.unsupported("max pooling indices over symbolic spatial dims")
+        plane *= d
+    cd = ctx.compute_dtype("MaxPool", x.dtype)
+    flat = ctx.fresh(f"{node.name}_flat_indices")
+    pooled = values.name if cd == x.dtype else ctx.fresh(f"{node.name}_values")
+    ctx.add("MaxPool", [ctx.cast(ctx.value(x), x.dtype, cd)], [pooled, flat], kernel_shape=list(a["kernel"]),
+            strides=list(a["stride"]), pads=list(a["padding"]), dilations=list(a["dilation"]),
+            ceil_mode=int(a["ceil_mode"]))
+    ctx.value_types[pooled] = (cd, values.shape)
+    ctx.value_types[flat] = (DType.int64, indices.shape)
+    if pooled != values.name:
+        ctx.cast(pooled, cd, x.dtype, values.shape, out=values.name)
+    ctx.add("Mod", [flat, ctx.scalar(plane, DType.int64)], indices.name, fmod=0)
+
+
+def emit_conv_transpose(ctx: EmitContext, node: Node) -> None:
+    x, weight, bias = (list(node.inputs) + [None] * 3)[:3]
+    a = node.attrs
+    ctx.typed("ConvTranspose", [ctx.value(x), ctx.value(weight), ctx.value(bias)], x.dtype, node.output.name,
+              node.output.shape, strides=list(a["stride"]), pads=list(a["padding"]),
+              output_padding=list(a["output_padding"]), dilations=list(a["dilation"]), group=a["groups"])
 
 
 # -- attention ---------------------------------------------------------------------------------
@@ -1275,7 +1379,8 @@ EMITTERS: dict[str, Emitter] = {
     "cumprod": emit_cumprod,
     "flip": emit_flip, "pad": emit_pad, "gather_elements": emit_gather_elements,
     "scatter_elements": emit_scatter_elements, "index": emit_index, "index_put": emit_index_put,
-    "topk": emit_topk, "sort": emit_sort, "group_norm": emit_group_norm, "resize": emit_resize,
+    "topk": emit_topk, "sort": emit_sort, "nonzero": emit_nonzero, "adaptive_max_pool": emit_adaptive_max_pool,
+    "max_pool_with_indices": emit_max_pool_with_indices, "conv_transpose": emit_conv_transpose, "group_norm": emit_group_norm, "resize": emit_resize,
     "reshape": emit_reshape, "expand": emit_expand, "transpose": emit_transpose, "concat": emit_concat,
     "slice": emit_slice, "gather": emit_gather,
     "matmul": emit_matmul, "linear": emit_linear, "conv": emit_conv,
@@ -1283,6 +1388,8 @@ EMITTERS: dict[str, Emitter] = {
     "softmax": _softmax_emitter("Softmax"), "log_softmax": _softmax_emitter("LogSoftmax"),
     "max_pool": emit_max_pool, "avg_pool": emit_avg_pool, "adaptive_avg_pool": emit_adaptive_avg_pool,
     "attention": emit_attention, "multi_head_attention": emit_multi_head_attention,
+    "quantize_linear": emit_quantize_linear, "dequantize_linear": emit_dequantize_linear,
+    "dynamic_quantize_linear": emit_dynamic_quantize_linear, "matmul_integer": emit_matmul_integer,
 }
 
 

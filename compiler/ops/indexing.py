@@ -185,3 +185,18 @@ def sort(x, *, axis, descending):
     """Values sorted along ``axis`` and the int64 indices that sort them (stable)."""
     order = _order(x, axis, descending)
     return np.take_along_axis(x, order, axis=axis), order.astype(np.int64)
+
+
+# -- data-dependent sizes --------------------------------------------------------------------------
+def _nonzero_type(x: TensorType, *, count) -> TensorType:
+    if not dims.is_symbol(count):
+        raise ValueError(f"nonzero needs a symbol naming its data-dependent row count, got {count!r}")
+    return TensorType(DType.int64, (count, x.rank))
+
+
+@defop("nonzero", ["x"], infer=_nonzero_type, attrs={"count": Attr("str")}, tags=("indexing",))
+def nonzero(x, *, count):
+    """The int64 coordinates of the non-zero (True) elements, one row each, in row-major order.
+    The number of rows depends on the data: the symbol ``count`` names it, and the interpreter
+    binds it from the result."""
+    return np.argwhere(x).astype(np.int64).reshape(-1, x.ndim)

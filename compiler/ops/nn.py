@@ -14,7 +14,7 @@ import numpy as np
 from numpy.lib.stride_tricks import sliding_window_view
 
 from compiler import dims
-from compiler.ir import TensorType
+from compiler.ir import DType, TensorType
 from compiler.ops import Attr, defop
 from compiler.ops.elementwise import broadcast_types
 
@@ -204,6 +204,58 @@ def conv(x, weight, bias=None, *, stride, padding, dilation, groups, activation=
     return _apply_activation(y.astype(x.dtype), activation, activation_args)
 
 
+def _conv_transpose_type(x: TensorType, weight: TensorType, bias: TensorType | None = None, *, stride, padding,
+                         output_padding, dilation, groups) -> TensorType:
+    _same_dtype(x, weight, bias)
+    nd = weight.rank - 2
+    if nd < 1 or x.rank != nd + 2:
+        raise ValueError(f"conv_transpose needs x[N, C, *spatial] and weight[C, O/groups, *kernel], got "
+                         f"{x.shape}, {weight.shape}")
+    if not (len(stride) == len(dilation) == len(output_padding) == nd and len(padding) == 2 * nd):
+        raise ValueError(f"conv_transpose{nd}d needs {nd} strides/dilations/output paddings and {2 * nd} pads")
+    if isinstance(x.shape[1], int) and x.shape[1] != weight.shape[0]:
+        raise ValueError(f"conv_transpose input has {x.shape[1]} channels, weight expects {weight.shape[0]}")
+    out_channels = weight.shape[1] * groups
+    if bias is not None and bias.shape != (out_channels,):
+        raise ValueError(f"conv_transpose bias shape {bias.shape} != ({out_channels},)")
+    spatial = []
+    for i in range(nd):
+        size = x.shape[2 + i]
+        extent = dilation[i] * (weight.shape[2 + i] - 1) + output_padding[i] + 1 - padding[i] - padding[nd + i]
+        spatial.append((size - 1) * stride[i] + extent if isinstance(size, int)
+                       else dims.add(dims.mul(dims.sub(size, 1), stride[i]), extent))
+    return TensorType(x.dtype, (x.shape[0], out_channels) + tuple(spatial))
+
+
+@defop("conv_transpose", ["x", "weight", "bias?"], infer=_conv_transpose_type, tags=("conv",),
+       attrs={"stride": Attr("ints"), "padding": Attr("ints"), "output_padding": Attr("ints"),
+              "dilation": Attr("ints"), "groups": Attr("int", 1)})
+def conv_transpose(x, weight, bias=None, *, stride, padding, output_padding, dilation, groups):
+    """Transposed convolution (the gradient of conv with respect to its input): the input
+    dilated by ``stride``, padded by ``dilation * (k - 1) - padding`` (plus ``output_padding`` at
+    the end) and convolved with the flipped kernel, channels swapped per group."""
+    nd = weight.ndim - 2
+    n, c = x.shape[:2]
+    og = weight.shape[1]
+    dilated = np.zeros((n, c) + tuple((s - 1) * st + 1 for s, st in zip(x.shape[2:], stride)), dtype=np.float64)
+    dilated[(slice(None), slice(None)) + tuple(slice(None, None, st) for st in stride)] = x
+    flipped = np.flip(weight.astype(np.float64), axis=tuple(range(2, 2 + nd)))
+    cg = c // groups
+    as_conv = np.concatenate([flipped[g * cg:(g + 1) * cg].swapaxes(0, 1) for g in range(groups)], axis=0)
+    begin = [dilation[i] * (weight.shape[2 + i] - 1) - padding[i] for i in range(nd)]
+    end = [dilation[i] * (weight.shape[2 + i] - 1) - padding[nd + i] + output_padding[i] for i in range(nd)]
+    # negative "padding" crops: pad by the positive part, then cut
+    padded = _pad_spatial(dilated, [max(b, 0) for b in begin] + [max(e, 0) for e in end])
+    crop = (slice(None), slice(None)) + tuple(slice(max(-b, 0), padded.shape[2 + i] - max(-e, 0))
+                                              for i, (b, e) in enumerate(zip(begin, end)))
+    y = conv(padded[crop], as_conv, None, stride=(1,) * nd, padding=(0,) * (2 * nd), dilation=dilation,
+             groups=groups)
+    del og
+    if bias is not None:
+        y = y + bias.reshape((1, -1) + (1,) * nd)
+    return y.astype(x.dtype)
+
+
 # -- normalisation ---------------------------------------------------------------------------
 def _batch_norm_type(x, mean, var, weight=None, bias=None, *, eps) -> TensorType:
     _same_dtype(x, mean, var, weight, bias)
@@ -370,6 +422,37 @@ def avg_pool(x, *, kernel, stride, padding, ceil_mode, count_include_pad):
     return y[(slice(None), slice(None)) + tuple(slice(0, o) for o in out)].astype(x.dtype)
 
 
+def _pool_with_indices_type(x: TensorType, **attrs) -> tuple[TensorType, TensorType]:
+    y = _pool_type(x, **attrs)
+    return y, TensorType(DType.int64, y.shape)
+
+
+@defop("max_pool_with_indices", ["x"], infer=_pool_with_indices_type, tags=("pool",),
+       attrs={"kernel": Attr("ints"), "stride": Attr("ints"), "padding": Attr("ints"),
+              "dilation": Attr("ints"), "ceil_mode": Attr("bool", False)})
+def max_pool_with_indices(x, *, kernel, stride, padding, dilation, ceil_mode):
+    """``max_pool`` plus, per output, the index of the first maximum in its (N, C) plane of the
+    unpadded input, flattened row-major over the spatial dims (as PyTorch returns it)."""
+    nd = len(kernel)
+    y = max_pool(x, kernel=kernel, stride=stride, padding=padding, dilation=dilation, ceil_mode=ceil_mode)
+    out = y.shape[2:]
+    extra = _ceil_extra(x.shape, out, kernel, stride, padding, dilation)
+    pads = tuple(padding[:nd]) + tuple(p + e for p, e in zip(padding[nd:], extra))
+    low = -np.inf if np.issubdtype(x.dtype, np.floating) else np.iinfo(x.dtype).min
+    win = _windows(_pad_spatial(x, pads, low), kernel, stride, dilation)
+    win = win[(slice(None), slice(None)) + tuple(slice(0, o) for o in out)]
+    local = win.reshape(win.shape[:2 + nd] + (-1,)).argmax(axis=-1)  # first maximum in each window
+    offsets = np.unravel_index(local, kernel)
+    flat = np.zeros(local.shape, dtype=np.int64)
+    for i in range(nd):
+        start = np.arange(out[i]) * stride[i] - padding[i]
+        shape = [1] * (2 + nd)
+        shape[2 + i] = out[i]
+        position = start.reshape(shape) + offsets[i] * dilation[i]
+        flat = flat * x.shape[2 + i] + position
+    return y, flat.astype(np.int64)
+
+
 def TensorType_of(array: np.ndarray) -> TensorType:  # noqa: N802 - reads like the type it builds
     from compiler.ir import type_of_array
 
@@ -391,6 +474,18 @@ def adaptive_avg_pool(x, *, output_size):
     for axis, out in enumerate(output_size, start=2):
         size = y.shape[axis]
         bins = [np.take(y, range((i * size) // out, -(-((i + 1) * size) // out)), axis=axis).mean(axis=axis)
+                for i in range(out)]
+        y = np.stack(bins, axis=axis)
+    return y.astype(x.dtype)
+
+
+@defop("adaptive_max_pool", ["x"], infer=_adaptive_type, attrs={"output_size": Attr("ints")}, tags=("pool",))
+def adaptive_max_pool(x, *, output_size):
+    """PyTorch adaptive max pooling: bin i spans [floor(i*L/O), ceil((i+1)*L/O))."""
+    y = x
+    for axis, out in enumerate(output_size, start=2):
+        size = y.shape[axis]
+        bins = [np.take(y, range((i * size) // out, -(-((i + 1) * size) // out)), axis=axis).max(axis=axis)
                 for i in range(out)]
         y = np.stack(bins, axis=axis)
     return y.astype(x.dtype)
