@@ -407,7 +407,7 @@ def _avg_pool(ctx: ImportContext, node: Node):
 
 
 @handles("aten.adaptive_avg_pool1d.default", "aten.adaptive_avg_pool2d.default",
-         "aten.adaptive_avg_pool3d.default", "aten._adaptive_avg_pool2d.default")
+         "aten.adaptive_avg_pool3d.default", "aten._adaptive_avg_pool2d.default", "aten._adaptive_avg_pool3d.default")
 def _adaptive_avg_pool(ctx: ImportContext, node: Node):
     return ctx.emit("adaptive_avg_pool", ctx.tensor(node.args[0]), output_size=list(ctx.out_shape()[2:]))
 
@@ -1145,3 +1145,121 @@ def _size_comparison(ctx: ImportContext, node: Node):
     if any(user.target != torch.ops.aten._assert_scalar.default for user in node.users):
         raise ctx.unsupported("a size comparison used as a value")
     return None
+
+
+# -- memory-shaped ops with a value meaning --------------------------------------------------------
+@handles("aten.empty.memory_format", "aten.empty_strided.default", "aten.empty_like.default",
+         "aten.new_empty.default", "aten.new_empty_strided.default")
+def _empty(ctx: ImportContext, node: Node):
+    """Uninitialised memory in PyTorch; zeros here, so results never depend on garbage."""
+    return _filled(ctx, 0, ctx.out_dtype(), ctx.out_shape())
+
+
+@handles("aten.copy.default", "aten.copy_.default")
+def _copy(ctx: ImportContext, node: Node):
+    """``x`` overwritten by ``src``: src in x's dtype, broadcast to x's shape."""
+    x = ctx.tensor(node.args[0])
+    src = ctx.tensor(node.args[1], x.dtype)
+    return src if tuple(src.shape) == tuple(x.shape) else ctx.emit("expand", src, shape=list(x.shape))
+
+
+@handles("aten.sym_numel.default")
+def _sym_numel(ctx: ImportContext, node: Node):
+    total: dims.Dim = 1
+    for d in ctx.meta_type(node.args[0]).shape:
+        total = dims.mul(total, d)
+    return total
+
+
+@handles("aten.slice_scatter.default")
+def _slice_scatter(ctx: ImportContext, node: Node):
+    """``x`` with ``x[..., start:end:step, ...] = src`` along ``dim``: index_put with an arange."""
+    x = ctx.tensor(node.args[0])
+    src = ctx.tensor(node.args[1], x.dtype)
+    axis = int(arg(node, 2, "dim", 0)) % x.type.rank
+    size = x.shape[axis]
+    if not isinstance(size, int):
+        raise ctx.unsupported("slice_scatter along a symbolic dim")
+    start, end, step = arg(node, 3, "start"), arg(node, 4, "end"), int(arg(node, 5, "step", 1))
+    positions = np.arange(size)[slice(start, end, step)]
+    index = ctx.graph.add_constant(positions.astype(np.int64), "slice_positions")
+    # index_put places the indexed dim first when it is not the first one: move src's dim there
+    if axis:
+        perm = [axis] + [d for d in range(x.type.rank) if d != axis]
+        src = ctx.emit("transpose", src, perm=perm)
+        moved = ctx.emit("transpose", x, perm=perm)
+        put = ctx.emit("index_put", moved, src, index, axes=[0])
+        inverse = [perm.index(d) for d in range(x.type.rank)]
+        return ctx.emit("transpose", put, perm=inverse)
+    return ctx.emit("index_put", x, src, index, axes=[0])
+
+
+@handles("aten.select_scatter.default")
+def _select_scatter(ctx: ImportContext, node: Node):
+    """``x`` with ``x.select(dim, index) = src``."""
+    x = ctx.tensor(node.args[0])
+    src = ctx.tensor(node.args[1], x.dtype)
+    axis = int(node.args[2]) % x.type.rank
+    position = int(node.args[3])
+    index = ctx.graph.add_constant(np.asarray([position], np.int64), "select_position")
+    shape = list(src.shape[:axis]) + [1] + list(src.shape[axis:])
+    values = ctx.emit("reshape", src, shape=shape)
+    if axis:
+        perm = [axis] + [d for d in range(x.type.rank) if d != axis]
+        moved = ctx.emit("index_put", ctx.emit("transpose", x, perm=perm), ctx.emit("transpose", values, perm=perm),
+                         index, axes=[0])
+        return ctx.emit("transpose", moved, perm=[perm.index(d) for d in range(x.type.rank)])
+    return ctx.emit("index_put", x, values, index, axes=[0])
+
+
+@handles("aten._pdist_forward.default")
+def _pdist(ctx: ImportContext, node: Node):
+    """Distances between every pair of rows i < j, in row-major order: cdist, then the upper
+    triangle picked by advanced indexing."""
+    x = ctx.tensor(node.args[0])
+    p = float(arg(node, 1, "p", 2.0))
+    n = x.shape[0]
+    if not isinstance(n, int):
+        raise ctx.unsupported("pdist of a symbolic number of rows")
+    diff = ctx.emit("abs", ctx.emit("sub", ctx.emit("reshape", x, shape=[n, 1, x.shape[1]]),
+                                    ctx.emit("reshape", x, shape=[1, n, x.shape[1]])))
+    if p == 2:
+        dist = ctx.emit("sqrt", ctx.emit("reduce_sum", ctx.emit("mul", diff, diff), axes=[-1], keepdim=False))
+    elif p == 1:
+        dist = ctx.emit("reduce_sum", diff, axes=[-1], keepdim=False)
+    elif p == float("inf"):
+        dist = ctx.emit("reduce_max", diff, axes=[-1], keepdim=False)
+    else:
+        powered = ctx.emit("reduce_sum", ctx.emit("pow", diff, ctx.tensor(p, x.dtype)), axes=[-1], keepdim=False)
+        dist = ctx.emit("pow", powered, ctx.tensor(1 / p, x.dtype))
+    rows, cols = np.triu_indices(n, 1)
+    return ctx.emit("index", dist, ctx.graph.add_constant(rows.astype(np.int64), "pdist_rows"),
+                    ctx.graph.add_constant(cols.astype(np.int64), "pdist_cols"), axes=[0, 1])
+
+
+@handles("aten.col2im.default")
+def _col2im(ctx: ImportContext, node: Node):
+    """F.fold: every column entry added into its output position. The positions are constants
+    (they depend on shapes only), so this is one scatter-add into the padded image, then a crop."""
+    x = ctx.tensor(node.args[0])
+    output_size, kernel, dilation, padding, stride = (list(v) for v in node.args[1:6])
+    n, ck, length = x.shape
+    kh, kw = kernel
+    channels = ck // (kh * kw) if isinstance(ck, int) else None
+    if channels is None:
+        raise ctx.unsupported("col2im with symbolic channels")
+    hp, wp = output_size[0] + 2 * padding[0], output_size[1] + 2 * padding[1]
+    blocks_w = (wp - dilation[1] * (kw - 1) - 1) // stride[1] + 1
+    ki, kj, block = np.meshgrid(np.arange(kh), np.arange(kw), np.arange(length), indexing="ij")
+    rows = (block // blocks_w) * stride[0] + ki * dilation[0]
+    cols = (block % blocks_w) * stride[1] + kj * dilation[1]
+    flat = (rows * wp + cols).reshape(1, 1, -1).astype(np.int64)  # [1, 1, kh*kw*L]
+    values = ctx.emit("reshape", x, shape=[n, channels, kh * kw * length])
+    index = ctx.emit("expand", ctx.graph.add_constant(flat, "col2im_positions"), shape=[n, channels, kh * kw * length])
+    zeros = _filled(ctx, 0, x.dtype, (n, channels, hp * wp))
+    image = ctx.emit("reshape", ctx.emit("scatter_elements", zeros, index, values, axis=2, reduction="add"),
+                     shape=[n, channels, hp, wp])
+    for axis, (pad, size) in enumerate(zip(padding, output_size), start=2):
+        if pad:
+            image = ctx.emit("slice", image, axis=axis, start=pad, end=pad + size, step=1)
+    return image

@@ -75,3 +75,26 @@ def test_composed(name):
     fn, xs = CASES[name]
     graph, arrays, reference = check_frontend(fn, xs, rtol=1e-5, atol=1e-5)
     check_backend(run_onnx, graph, arrays, reference, name="onnx", rtol=1e-5, atol=1e-5)
+
+
+MORE = {
+    "empty_then_fill": (lambda x: torch.empty(3, 4).fill_(2.0) + x, (randn(3, 4, seed=20),)),
+    "copy_broadcast": (lambda x, y: x.clone().copy_(y) * 2, (randn(3, 4, seed=21), randn(4, seed=22))),
+    "slice_scatter": (lambda x, s: torch.slice_scatter(x, s, 1, 1, 7, 2), (randn(2, 8, 3, seed=23),
+                                                                        randn(2, 3, 3, seed=24))),
+    "slice_scatter_dim0": (lambda x, s: torch.slice_scatter(x, s, 0, 0, 2), (randn(4, 3, seed=23), randn(2, 3, seed=24))),
+    "select_scatter": (lambda x, s: torch.select_scatter(x, s, 2, -1), (randn(2, 3, 4, seed=25), randn(2, 3, seed=26))),
+    "pdist": (lambda x: F.pdist(x), (randn(5, 3, seed=27),)),
+    "pdist_p1": (lambda x: F.pdist(x, p=1), (randn(4, 3, seed=27),)),
+    "fold": (lambda x: F.fold(x, (5, 6), (2, 3), padding=1, stride=(2, 1)), (randn(2, 2 * 6, 18, seed=28),)),
+    "fold_dilated": (lambda x: F.fold(x, (4, 4), 2, dilation=2), (randn(1, 3 * 4, 4, seed=29),)),
+    "unfold_fold": (lambda x: F.fold(F.unfold(x, 2, stride=2), (6, 6), 2, stride=2), (randn(1, 2, 6, 6, seed=30),)),
+    "adaptive_avg_pool3d": (lambda x: F.adaptive_avg_pool3d(x, (2, 2, 1)), (randn(1, 2, 4, 6, 3, seed=31),)),
+}
+
+
+@pytest.mark.parametrize("name", list(MORE))
+def test_more_composed(name):
+    fn, xs = MORE[name]
+    graph, arrays, reference = check_frontend(fn, xs, rtol=1e-5, atol=1e-5)
+    check_backend(run_onnx, graph, arrays, reference, name="onnx", rtol=1e-5, atol=1e-5)
