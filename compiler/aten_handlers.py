@@ -1263,3 +1263,33 @@ def _col2im(ctx: ImportContext, node: Node):
         if pad:
             image = ctx.emit("slice", image, axis=axis, start=pad, end=pad + size, step=1)
     return image
+
+
+_GRID_MODES = {0: "bilinear", 1: "nearest"}
+_GRID_PADDING = {0: "zeros", 1: "border", 2: "reflection"}
+
+
+@handles("aten.grid_sampler_2d.default")
+def _grid_sampler(ctx: ImportContext, node: Node):
+    x, grid, mode, padding, align_corners = node.args[:5]
+    if mode not in _GRID_MODES:
+        raise ctx.unsupported("grid_sample with mode='bicubic' (bilinear and nearest are supported)")
+    return ctx.emit("grid_sample", ctx.tensor(x), ctx.tensor(grid), mode=_GRID_MODES[mode],
+                    padding_mode=_GRID_PADDING[padding], align_corners=bool(align_corners))
+
+
+_BAG_MODES = {0: "sum", 1: "mean", 2: "max"}
+
+
+@handles("aten._embedding_bag.default", "aten._embedding_bag_forward_only.default")
+def _embedding_bag(ctx: ImportContext, node: Node):
+    weight, indices, offsets = (ctx.tensor(v) for v in node.args[:3])
+    mode = _BAG_MODES[int(arg(node, 4, "mode", 0))]
+    per_sample = arg(node, 6, "per_sample_weights")
+    for output in (1, 2, 3):
+        if _output_used(node, output):
+            raise ctx.unsupported("the bookkeeping outputs of embedding_bag (offset2bag, bag sizes, max indices)")
+    y = ctx.emit("embedding_bag", weight, indices, offsets, _optional(ctx, per_sample), mode=mode,
+                 include_last_offset=bool(arg(node, 7, "include_last_offset", False)),
+                 padding_idx=int(arg(node, 8, "padding_idx", -1)))
+    return (y, None, None, None)

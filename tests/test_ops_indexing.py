@@ -180,3 +180,36 @@ DATA_DEPENDENT = [
 def test_data_dependent_sizes(op, fn, xs):
     graph, arrays, reference = check_frontend(fn, xs, ops=[op])
     check_backend(run_onnx, graph, arrays, reference, name="onnx")
+
+
+def _bag(mode, **kw):
+    torch.manual_seed(0)
+    return torch.nn.EmbeddingBag(10, 3, mode=mode, **kw).eval()
+
+
+GRID = torch.rand(2, 4, 5, 2, generator=gen(40)) * 2.4 - 1.2  # some positions outside [-1, 1]
+MORE_OPS = [
+    ("grid_sample", lambda x, g: F.grid_sample(x, g, align_corners=False), (randn(2, 3, 6, 7), GRID)),
+    ("grid_sample", lambda x, g: F.grid_sample(x, g, align_corners=True), (randn(2, 3, 6, 7), GRID)),
+    ("grid_sample", lambda x, g: F.grid_sample(x, g, mode="nearest", align_corners=False), (randn(2, 3, 6, 7), GRID)),
+    ("grid_sample", lambda x, g: F.grid_sample(x, g, padding_mode="border", align_corners=False),
+     (randn(2, 3, 6, 7), GRID)),
+    ("grid_sample", lambda x, g: F.grid_sample(x, g, padding_mode="reflection", align_corners=True),
+     (randn(2, 3, 6, 7), GRID)),
+    ("grid_sample", lambda x, g: F.grid_sample(x, g, padding_mode="reflection", align_corners=False),
+     (randn(2, 3, 6, 7), GRID * 2)),
+    ("embedding_bag", _bag("mean"), (torch.tensor([1, 2, 4, 5, 4, 3, 2, 9]), torch.tensor([0, 3, 3]))),  # empty bag
+    ("embedding_bag", _bag("sum"), (torch.tensor([1, 2, 4, 5, 4, 3, 2, 9]), torch.tensor([0, 5]))),
+    ("embedding_bag", _bag("max"), (torch.tensor([1, 2, 4, 5, 4, 3, 2, 9]), torch.tensor([0, 2, 2, 7]))),
+    ("embedding_bag", _bag("sum", include_last_offset=True), (torch.tensor([1, 2, 4, 5, 4, 3]),
+                                                              torch.tensor([0, 2, 6]))),
+    ("embedding_bag", _bag("mean", padding_idx=4), (torch.tensor([1, 4, 4, 5, 4, 3]), torch.tensor([0, 2, 3]))),
+    ("embedding_bag", lambda i, o, w, bag=_bag("sum"): bag(i, o, per_sample_weights=w),
+     (torch.tensor([1, 2, 4, 5]), torch.tensor([0, 1]), torch.rand(4, generator=gen(41)))),
+]
+
+
+@pytest.mark.parametrize("op, fn, xs", MORE_OPS, ids=[f"{c[0]}-{i}" for i, c in enumerate(MORE_OPS)])
+def test_sampling_and_bags(op, fn, xs):
+    graph, arrays, reference = check_frontend(fn, xs, ops=[op], rtol=1e-5, atol=1e-5)
+    check_backend(run_onnx, graph, arrays, reference, name="onnx", rtol=1e-5, atol=1e-5)

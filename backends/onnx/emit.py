@@ -96,7 +96,7 @@ ORT_CPU_TYPES: dict[str, frozenset[DType]] = {
     "ReduceProd": frozenset({_f32, _f64, _i32, _i64}),
     "BitwiseAnd": frozenset({_i8, _i16, _i32, _i64, _u8}), "BitwiseOr": frozenset({_i8, _i16, _i32, _i64, _u8}),
     "BitwiseXor": frozenset({_i8, _i16, _i32, _i64, _u8}),
-    "TopK": frozenset({_f32, _f64, _i32, _i64}), "ConvTranspose": _F32, "NonZero": frozenset({_b, _f32, _i32, _i64, _u8}), "GlobalMaxPool": _FLOATS, "Resize": frozenset({_f32, _i32, _i8, _u8}),
+    "TopK": frozenset({_f32, _f64, _i32, _i64}), "ConvTranspose": _F32, "GridSample": _F32, "NonZero": frozenset({_b, _f32, _i32, _i64, _u8}), "GlobalMaxPool": _FLOATS, "Resize": frozenset({_f32, _i32, _i8, _u8}),
     "ScatterElements": frozenset({_f32, _f64, _f16, _bf16, _i8, _i16, _i32, _i64, _u8, _b}),
     "ScatterND": frozenset({_f32, _f64, _f16, _bf16, _i8, _i16, _i32, _i64, _u8, _b}),
 }
@@ -930,6 +930,78 @@ def emit_nonzero(ctx: EmitContext, node: Node) -> None:
     ctx.add("Transpose", [coords], node.output.name, perm=[1, 0])
 
 
+def emit_grid_sample(ctx: EmitContext, node: Node) -> None:
+    x, grid = node.inputs
+    a = node.attrs
+    mode = a["mode"] if ctx.opset < 20 or a["mode"] == "nearest" else "linear"  # renamed in opset 20
+    ctx.typed("GridSample", [ctx.value(x), ctx.value(grid)], x.dtype, node.output.name, node.output.shape,
+              mode=mode, padding_mode=a["padding_mode"], align_corners=int(a["align_corners"]))
+
+
+def emit_embedding_bag(ctx: EmitContext, node: Node) -> None:
+    """Rows gathered, then scattered (add / max) into their bag. Row i belongs to the bag whose
+    start is the last one <= i; rows past the last offset (include_last_offset) and padding rows
+    are sent nowhere by zeroing (sum, mean) or -inf (max) and leaving the counts alone."""
+    weight, indices, offsets, per_sample = (list(node.inputs) + [None])[:4]
+    a = node.attrs
+    out = node.output
+    dtype, cd = weight.dtype, ctx.compute_dtype("ScatterElements", weight.dtype)
+    n, bags, width = indices.shape[0], out.shape[0], weight.shape[1]
+    idx, offs = _int64_indices(ctx, indices), _int64_indices(ctx, offsets)
+    i64, b = DType.int64, DType.bool
+    positions = ctx.add("Range", [ctx.scalar(0, i64), ctx.add("Squeeze", [ctx.add("Shape", [idx], dtype=i64,
+                                                                                   shape=(1,))], dtype=i64,
+                                                               shape=()), ctx.scalar(1, i64)], dtype=i64, shape=(n,))
+    starts = offs
+    if a["include_last_offset"]:
+        starts = ctx.add("Slice", [offs, ctx.ints([0], "starts"), ctx.ints([-1], "ends")], dtype=i64, shape=(bags,))
+    started = ctx.add("LessOrEqual", [ctx.add("Unsqueeze", [starts, ctx.ints([0], "axes")], dtype=i64),
+                                      ctx.add("Unsqueeze", [positions, ctx.ints([1], "axes")], dtype=i64)],
+                      dtype=b)  # [n, bags]
+    bag = ctx.add("Sub", [ctx.add("ReduceSum", [ctx.cast(started, b, i64), ctx.ints([1], "axes")], dtype=i64,
+                                  keepdims=0), ctx.scalar(1, i64)], dtype=i64, shape=(n,))
+    keep = ctx.add("GreaterOrEqual", [bag, ctx.scalar(0, i64)], dtype=b, shape=(n,))
+    if a["include_last_offset"]:
+        last = ctx.add("Slice", [offs, ctx.ints([-1], "starts"), ctx.ints([2 ** 62], "ends")], dtype=i64, shape=(1,))
+        keep = ctx.add("And", [keep, ctx.add("Less", [positions, last], dtype=b, shape=(n,))], dtype=b, shape=(n,))
+    if a["padding_idx"] >= 0:
+        keep = ctx.add("And", [keep, ctx.add("Not", [ctx.add("Equal", [idx, ctx.scalar(a["padding_idx"], i64)],
+                                                               dtype=b, shape=(n,))], dtype=b, shape=(n,))],
+                       dtype=b, shape=(n,))
+    bag = ctx.add("Max", [bag, ctx.scalar(0, i64)], dtype=i64, shape=(n,))  # rows before any bag: masked anyway
+    rows = ctx.cast(ctx.add("Gather", [ctx.value(weight), idx], dtype=dtype, shape=(n, width), axis=0), dtype, cd)
+    if per_sample is not None:
+        rows = ctx.add("Mul", [rows, ctx.add("Unsqueeze", [ctx.cast(ctx.value(per_sample), per_sample.dtype, cd),
+                                                           ctx.ints([1], "axes")], dtype=cd)], dtype=cd)
+    keep_col = ctx.add("Unsqueeze", [keep, ctx.ints([1], "axes")], dtype=b, shape=(n, 1))
+    neutral = -np.inf if a["mode"] == "max" else 0.0
+    rows = ctx.add("Where", [keep_col, rows, ctx.scalar(neutral, cd)], dtype=cd, shape=(n, width))
+    target = ctx.add("Expand", [ctx.add("Unsqueeze", [bag, ctx.ints([1], "axes")], dtype=i64),
+                                ctx.add("Shape", [rows], dtype=i64, shape=(2,))], dtype=i64, shape=(n, width))
+    bag_shape = ctx.add("Concat", [ctx.add("Shape", [starts], dtype=i64, shape=(1,)), ctx.ints([width], "width")],
+                        dtype=i64, shape=(2,), axis=0)
+    init = ctx.add("Expand", [ctx.scalar(neutral, cd), bag_shape], dtype=cd, shape=(bags, width))
+    reduction = "max" if a["mode"] == "max" else "add"
+    pooled = ctx.add("ScatterElements", [init, target, rows], dtype=cd, shape=(bags, width), axis=0,
+                     reduction=reduction)
+    if a["mode"] != "sum":
+        ones = ctx.cast(keep_col, b, cd)
+        counts = ctx.add("ScatterElements", [ctx.add("Expand", [ctx.scalar(0.0, cd), bag_shape], dtype=cd),
+                                             ctx.add("Expand", [ctx.add("Unsqueeze", [bag, ctx.ints([1], "axes")],
+                                                                        dtype=i64), ctx.ints([n, 1], "shape")],
+                                                     dtype=i64),
+                                             ctx.add("Expand", [ones, ctx.ints([n, 1], "shape")], dtype=cd)],
+                         dtype=cd, axis=0, reduction="add")
+        counts = ctx.add("Slice", [counts, ctx.ints([0], "starts"), ctx.ints([1], "ends"), ctx.ints([1], "axes")],
+                         dtype=cd, shape=(bags, 1))
+        empty = ctx.add("Equal", [counts, ctx.scalar(0.0, cd)], dtype=b, shape=(bags, 1))
+        if a["mode"] == "mean":
+            pooled = ctx.add("Div", [pooled, ctx.add("Max", [counts, ctx.scalar(1.0, cd)], dtype=cd)], dtype=cd,
+                             shape=(bags, width))
+        pooled = ctx.add("Where", [empty, ctx.scalar(0.0, cd), pooled], dtype=cd, shape=(bags, width))
+    _finish(ctx, pooled, cd, dtype, out.shape, out.name)
+
+
 def emit_topk(ctx: EmitContext, node: Node) -> None:
     a = node.attrs
     _top_k(ctx, node, ctx.ints([a["k"]], "k"), a["axis"], a["largest"], a["sorted"])
@@ -1379,7 +1451,8 @@ EMITTERS: dict[str, Emitter] = {
     "cumprod": emit_cumprod,
     "flip": emit_flip, "pad": emit_pad, "gather_elements": emit_gather_elements,
     "scatter_elements": emit_scatter_elements, "index": emit_index, "index_put": emit_index_put,
-    "topk": emit_topk, "sort": emit_sort, "nonzero": emit_nonzero, "adaptive_max_pool": emit_adaptive_max_pool,
+    "topk": emit_topk, "sort": emit_sort, "nonzero": emit_nonzero, "grid_sample": emit_grid_sample,
+    "embedding_bag": emit_embedding_bag, "adaptive_max_pool": emit_adaptive_max_pool,
     "max_pool_with_indices": emit_max_pool_with_indices, "conv_transpose": emit_conv_transpose, "group_norm": emit_group_norm, "resize": emit_resize,
     "reshape": emit_reshape, "expand": emit_expand, "transpose": emit_transpose, "concat": emit_concat,
     "slice": emit_slice, "gather": emit_gather,
@@ -1404,6 +1477,18 @@ def _value_info(name: str, dtype: DType, shape: tuple | None) -> onnx.ValueInfoP
     return helper.make_tensor_value_info(name, ONNX_DTYPES[dtype], dims_)
 
 
+# onnxruntime 1.32 implements QuantizeLinear / DequantizeLinear up to version 25 (opset 28 added a
+# version it has no kernel for): a graph with quantization ops is emitted at opset 25 at most.
+QDQ_MAX_OPSET = 25
+_QDQ_OPS = frozenset({"quantize_linear", "dequantize_linear"})
+
+
+def _quant_opset(graph: Graph, opset: int) -> int:
+    if opset > QDQ_MAX_OPSET and any(n.op in _QDQ_OPS for n in graph.nodes):
+        return QDQ_MAX_OPSET
+    return opset
+
+
 def emit_onnx(graph: Graph, *, opset: int = DEFAULT_OPSET, standard_only: bool = False,
               producer: str = "aot-compiler") -> onnx.ModelProto:
     """The ONNX model computing ``graph``. With ``standard_only`` only standard ONNX ops are
@@ -1413,6 +1498,7 @@ def emit_onnx(graph: Graph, *, opset: int = DEFAULT_OPSET, standard_only: bool =
     max_opset = onnx.defs.onnx_opset_version()
     if not MIN_OPSET <= opset <= max_opset:
         raise CompileError(f"ONNX opset {opset} is not supported; use an opset from {MIN_OPSET} to {max_opset}")
+    opset = _quant_opset(graph, opset)
     ctx = EmitContext(graph, opset, standard_only)
     for node in graph.nodes:
         ctx.current = node
@@ -1484,6 +1570,7 @@ def emit_target(graph: Graph, options: dict) -> tuple[dict[str, bytes], dict]:
     opset = options.get("opset") or DEFAULT_OPSET
     standard_only = bool(options.get("onnx_standard_only"))
     model = emit_onnx(graph, opset=opset, standard_only=standard_only)
+    opset = next(o.version for o in model.opset_import if o.domain in ("", "ai.onnx"))  # may be lowered for QDQ
     return {"model.onnx": model.SerializeToString()}, {"opset": opset, "standard_only": standard_only}
 
 

@@ -200,3 +200,50 @@ def nonzero(x, *, count):
     The number of rows depends on the data: the symbol ``count`` names it, and the interpreter
     binds it from the result."""
     return np.argwhere(x).astype(np.int64).reshape(-1, x.ndim)
+
+
+# -- embedding bags --------------------------------------------------------------------------------
+BAG_MODES = ("sum", "mean", "max")
+
+
+def _embedding_bag_type(weight: TensorType, indices: TensorType, offsets: TensorType,
+                        per_sample_weights: TensorType | None = None, *, mode, include_last_offset,
+                        padding_idx) -> TensorType:
+    _check_index(indices)
+    _check_index(offsets)
+    if mode not in BAG_MODES:
+        raise ValueError(f"embedding_bag mode must be one of {BAG_MODES}, got {mode!r}")
+    if weight.rank != 2 or indices.rank != 1 or offsets.rank != 1:
+        raise ValueError("embedding_bag needs weight[V, D], 1-d indices and 1-d offsets")
+    if per_sample_weights is not None and mode != "sum":
+        raise ValueError("per_sample_weights need mode 'sum'")
+    bags = offsets.shape[0]
+    if include_last_offset:
+        bags = bags - 1 if isinstance(bags, int) else dims.sub(bags, 1)
+    return TensorType(weight.dtype, (bags, weight.shape[1]))
+
+
+@defop("embedding_bag", ["weight", "indices", "offsets", "per_sample_weights?"], infer=_embedding_bag_type,
+       tags=("indexing",), attrs={"mode": Attr("str", "mean"), "include_last_offset": Attr("bool", False),
+                                  "padding_idx": Attr("int", -1)})
+def embedding_bag(weight, indices, offsets, per_sample_weights=None, *, mode, include_last_offset, padding_idx):
+    """Bag b reduces the embedding rows ``indices[offsets[b]:offsets[b + 1]]`` (the last bag runs
+    to the end unless ``include_last_offset``) by sum (weighted by ``per_sample_weights``), mean or
+    max; rows equal to ``padding_idx`` (>= 0) are left out; an empty bag gives zeros."""
+    bags = len(offsets) - 1 if include_last_offset else len(offsets)
+    ends = list(offsets[1:]) + ([] if include_last_offset else [len(indices)])
+    out = np.zeros((bags, weight.shape[1]), dtype=np.float64)
+    for b in range(bags):
+        picked = np.arange(offsets[b], ends[b])
+        picked = picked[indices[picked] != padding_idx] if padding_idx >= 0 else picked
+        if not picked.size:
+            continue
+        rows = weight[_in_range(indices[picked], weight.shape[0], "embedding")].astype(np.float64)
+        if mode == "sum":
+            scale = 1.0 if per_sample_weights is None else per_sample_weights[picked].astype(np.float64)[:, None]
+            out[b] = (rows * scale).sum(axis=0)
+        elif mode == "mean":
+            out[b] = rows.mean(axis=0)
+        else:
+            out[b] = rows.max(axis=0)
+    return out.astype(weight.dtype)

@@ -660,3 +660,60 @@ def resize(x, *, sizes, mode, align_corners, scales):
     for i, size in enumerate(sizes):
         y = _resize_axis(y, 2 + i, int(size), scales[i] if scales else None, mode, align_corners)
     return np.ascontiguousarray(y.astype(x.dtype))
+
+
+# -- grid sampling ---------------------------------------------------------------------------------
+GRID_MODES = ("bilinear", "nearest")
+GRID_PADDING = ("zeros", "border", "reflection")
+
+
+def _grid_sample_type(x: TensorType, grid: TensorType, *, mode, padding_mode, align_corners) -> TensorType:
+    _same_dtype(x, grid)
+    if mode not in GRID_MODES or padding_mode not in GRID_PADDING:
+        raise ValueError(f"grid_sample mode must be one of {GRID_MODES} and padding one of {GRID_PADDING}")
+    if x.rank != 4 or grid.rank != 4 or grid.shape[3] != 2:
+        raise ValueError(f"grid_sample needs x[N, C, H, W] and grid[N, Ho, Wo, 2], got {x.shape}, {grid.shape}")
+    return TensorType(x.dtype, (x.shape[0], x.shape[1], grid.shape[1], grid.shape[2]))
+
+
+def _grid_coordinate(g: np.ndarray, size: int, padding_mode: str, align_corners: bool) -> np.ndarray:
+    """A normalised coordinate in [-1, 1] -> input pixel coordinate, PyTorch's rules."""
+    x = (g + 1) / 2 * (size - 1) if align_corners else ((g + 1) * size - 1) / 2
+    if padding_mode == "border":
+        return np.clip(x, 0, size - 1)
+    if padding_mode == "reflection":  # mirror about [low, low + span], then clip
+        low, span = (0.0, size - 1.0) if align_corners else (-0.5, float(size))
+        if span <= 0:
+            return np.zeros_like(x)
+        distance = np.abs(x - low)
+        extra, flips = np.fmod(distance, span), np.floor(distance / span)
+        x = np.where(flips % 2 == 0, low + extra, low + span - extra)
+        return np.clip(x, 0, size - 1)
+    return x
+
+
+@defop("grid_sample", ["x", "grid"], infer=_grid_sample_type, tags=("resize",),
+       attrs={"mode": Attr("str", "bilinear"), "padding_mode": Attr("str", "zeros"),
+              "align_corners": Attr("bool", False)})
+def grid_sample(x, grid, *, mode, padding_mode, align_corners):
+    """Sample ``x`` at the normalised (x, y) positions of ``grid`` (F.grid_sample, 2-d):
+    bilinear or nearest (ties to even), outside positions read zeros, the border, or a reflection."""
+    n, c, h, w = x.shape
+    g = grid.astype(np.float64)
+    ix = _grid_coordinate(g[..., 0], w, padding_mode, align_corners)  # [N, Ho, Wo]
+    iy = _grid_coordinate(g[..., 1], h, padding_mode, align_corners)
+    x64 = x.astype(np.float64)
+    batch = np.arange(n).reshape(n, 1, 1)
+
+    def tap(yy, xx):  # [N, C, Ho, Wo]; zero outside the image
+        inside = (yy >= 0) & (yy < h) & (xx >= 0) & (xx < w)
+        values = x64[batch, :, np.clip(yy, 0, h - 1), np.clip(xx, 0, w - 1)]  # [N, Ho, Wo, C]
+        return np.moveaxis(values * inside[..., None], -1, 1)
+
+    if mode == "nearest":
+        return tap(np.rint(iy).astype(np.int64), np.rint(ix).astype(np.int64)).astype(x.dtype)
+    x0, y0 = np.floor(ix).astype(np.int64), np.floor(iy).astype(np.int64)
+    wx, wy = (ix - x0)[:, None], (iy - y0)[:, None]
+    y = (tap(y0, x0) * (1 - wx) * (1 - wy) + tap(y0, x0 + 1) * wx * (1 - wy)
+         + tap(y0 + 1, x0) * (1 - wx) * wy + tap(y0 + 1, x0 + 1) * wx * wy)
+    return y.astype(x.dtype)
