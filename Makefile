@@ -33,7 +33,7 @@ bench: venv
 	$(PY) bench/bench.py
 
 coverage: venv
-	$(PY) scripts/op_coverage.py
+	$(PY) scripts/op_coverage.py --update-readme
 
 clean:
 	rm -rf out build *.egg-info .pytest_cache

@@ -19,7 +19,7 @@ import importlib
 from dataclasses import dataclass
 from typing import Any
 
-from compiler.errors import CompileError
+from compiler.errors import CompileError, UnsupportedOpError
 from compiler.ir import Graph
 
 
@@ -36,7 +36,14 @@ class Target:
             raise CompileError(f"option(s) {', '.join(unknown)} do not apply to target '{self.name}'; "
                                + _who_takes(unknown[0]))
         chosen = {k: v for k, v in options.items() if k in self.options}
-        return importlib.import_module(self.module).emit_target(graph, {**chosen, "target": self.name})
+        try:
+            return importlib.import_module(self.module).emit_target(graph, {**chosen, "target": self.name})
+        except UnsupportedOpError as exc:
+            others = [t for t in targets_supporting(exc.op) if t != self.name]
+            if others and not getattr(exc, "targets_named", False):
+                exc.args = (f"{exc.args[0]} (target(s) that support {exc.op}: {', '.join(others)})",)
+                exc.targets_named = True
+            raise
 
 
 _TVM_OPTIONS = ("cpu", "cuda_arch", "tune", "tuning_db")
