@@ -864,9 +864,10 @@ def _scatter(ctx: ImportContext, node: Node):
     return ctx.emit("scatter_elements", x, index, src, axis=axis, reduction=reduction)
 
 
-def _data_dependent_dim(ctx: ImportContext, position: int) -> str:
-    """The symbol torch gave the data-dependent size at ``position`` of this node's output."""
-    dim = ctx.out_shape()[position]
+def _data_dependent_dim(ctx: ImportContext, position: int, output: int | None = None) -> str:
+    """The symbol torch gave the data-dependent size at ``position`` of this node's output
+    (of output number ``output`` for a multi-output op)."""
+    dim = (ctx.out_shape() if output is None else ctx.meta_type(None, output).shape)[position]
     if not dims.is_symbol(dim):
         raise ctx.unsupported(f"expected a data-dependent size at dim {position}, torch recorded {dim}")
     return dim
@@ -1293,3 +1294,11 @@ def _embedding_bag(ctx: ImportContext, node: Node):
                  include_last_offset=bool(arg(node, 7, "include_last_offset", False)),
                  padding_idx=int(arg(node, 8, "padding_idx", -1)))
     return (y, None, None, None)
+
+
+@handles("aten._unique2.default", "aten.unique_dim.default", "aten._unique.default")
+def _unique(ctx: ImportContext, node: Node):
+    if "unique_dim" in str(node.target):
+        raise ctx.unsupported("unique along a dim (only the flattened form is supported)")
+    values, inverse, counts = ctx.emit_multi("unique", ctx.tensor(node.args[0]), count=_data_dependent_dim(ctx, 0, output=0))
+    return (values, inverse, counts) if "unique2" in str(node.target) else (values, inverse)

@@ -213,3 +213,13 @@ MORE_OPS = [
 def test_sampling_and_bags(op, fn, xs):
     graph, arrays, reference = check_frontend(fn, xs, ops=[op], rtol=1e-5, atol=1e-5)
     check_backend(run_onnx, graph, arrays, reference, name="onnx", rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("fn, x", [
+    (lambda t: torch.unique(t, return_counts=True, return_inverse=True), torch.tensor([[3, 1, 3], [2, 1, 7]])),
+    (lambda t: torch.unique(t), torch.tensor([0.5, -1.0, 0.5, 2.0])),
+    (lambda t: torch.unique(t, return_counts=True), torch.tensor([4, 4, 4], dtype=torch.int32)),
+])
+def test_unique_has_a_data_dependent_size(fn, x):
+    graph, arrays, reference = check_frontend(fn, (x,), ops=["unique"])
+    check_backend(run_onnx, graph, arrays, reference, name="onnx")

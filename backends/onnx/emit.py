@@ -96,7 +96,7 @@ ORT_CPU_TYPES: dict[str, frozenset[DType]] = {
     "ReduceProd": frozenset({_f32, _f64, _i32, _i64}),
     "BitwiseAnd": frozenset({_i8, _i16, _i32, _i64, _u8}), "BitwiseOr": frozenset({_i8, _i16, _i32, _i64, _u8}),
     "BitwiseXor": frozenset({_i8, _i16, _i32, _i64, _u8}),
-    "TopK": frozenset({_f32, _f64, _i32, _i64}), "ConvTranspose": _F32, "GridSample": _F32, "NonZero": frozenset({_b, _f32, _i32, _i64, _u8}), "GlobalMaxPool": _FLOATS, "Resize": frozenset({_f32, _i32, _i8, _u8}),
+    "TopK": frozenset({_f32, _f64, _i32, _i64}), "ConvTranspose": _F32, "GridSample": _F32, "Unique": frozenset({_f32, _i64, _i8}), "NonZero": frozenset({_b, _f32, _i32, _i64, _u8}), "GlobalMaxPool": _FLOATS, "Resize": frozenset({_f32, _i32, _i8, _u8}),
     "ScatterElements": frozenset({_f32, _f64, _f16, _bf16, _i8, _i16, _i32, _i64, _u8, _b}),
     "ScatterND": frozenset({_f32, _f64, _f16, _bf16, _i8, _i16, _i32, _i64, _u8, _b}),
 }
@@ -1002,6 +1002,23 @@ def emit_embedding_bag(ctx: EmitContext, node: Node) -> None:
     _finish(ctx, pooled, cd, dtype, out.shape, out.name)
 
 
+def emit_unique(ctx: EmitContext, node: Node) -> None:
+    """ONNX Unique (sorted) on the flattened input; its inverse indices reshaped like the input."""
+    x = node.inputs[0]
+    values, inverse, counts = node.outputs
+    cd = ctx.compute_dtype("Unique", x.dtype)
+    flat = ctx.add("Reshape", [ctx.cast(ctx.value(x), x.dtype, cd), ctx.ints([-1], "flat")], dtype=cd)
+    names = [ctx.fresh(f"{node.name}_{part}") for part in ("values", "first", "inverse")]
+    ctx.add("Unique", [flat], names + [counts.name], sorted=1)
+    ctx.value_types[names[0]] = (cd, values.shape)
+    ctx.value_types[names[1]] = (DType.int64, values.shape)
+    ctx.value_types[names[2]] = (DType.int64, None)
+    ctx.cast(names[0], cd, x.dtype, values.shape, out=values.name) if cd != x.dtype else ctx.add(
+        "Identity", [names[0]], values.name)
+    ctx.add("Reshape", [names[2], ctx.add("Shape", [ctx.value(x)], dtype=DType.int64, shape=(len(x.shape),))],
+            inverse.name)
+
+
 def emit_topk(ctx: EmitContext, node: Node) -> None:
     a = node.attrs
     _top_k(ctx, node, ctx.ints([a["k"]], "k"), a["axis"], a["largest"], a["sorted"])
@@ -1452,7 +1469,7 @@ EMITTERS: dict[str, Emitter] = {
     "flip": emit_flip, "pad": emit_pad, "gather_elements": emit_gather_elements,
     "scatter_elements": emit_scatter_elements, "index": emit_index, "index_put": emit_index_put,
     "topk": emit_topk, "sort": emit_sort, "nonzero": emit_nonzero, "grid_sample": emit_grid_sample,
-    "embedding_bag": emit_embedding_bag, "adaptive_max_pool": emit_adaptive_max_pool,
+    "embedding_bag": emit_embedding_bag, "unique": emit_unique, "adaptive_max_pool": emit_adaptive_max_pool,
     "max_pool_with_indices": emit_max_pool_with_indices, "conv_transpose": emit_conv_transpose, "group_norm": emit_group_norm, "resize": emit_resize,
     "reshape": emit_reshape, "expand": emit_expand, "transpose": emit_transpose, "concat": emit_concat,
     "slice": emit_slice, "gather": emit_gather,

@@ -247,3 +247,17 @@ def embedding_bag(weight, indices, offsets, per_sample_weights=None, *, mode, in
         else:
             out[b] = rows.max(axis=0)
     return out.astype(weight.dtype)
+
+
+def _unique_type(x: TensorType, *, count) -> tuple[TensorType, TensorType, TensorType]:
+    if not dims.is_symbol(count):
+        raise ValueError(f"unique needs a symbol naming its data-dependent size, got {count!r}")
+    return TensorType(x.dtype, (count,)), TensorType(DType.int64, x.shape), TensorType(DType.int64, (count,))
+
+
+@defop("unique", ["x"], infer=_unique_type, attrs={"count": Attr("str")}, tags=("indexing",))
+def unique(x, *, count):
+    """The distinct values of ``x`` (flattened) in ascending order, each element's position in
+    them (shaped like ``x``), and how often each occurs; ``count`` names the data-dependent size."""
+    values, inverse, counts = np.unique(x.reshape(-1), return_inverse=True, return_counts=True)
+    return values.astype(x.dtype), inverse.reshape(x.shape).astype(np.int64), counts.astype(np.int64)
