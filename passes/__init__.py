@@ -15,11 +15,16 @@ from passes.fuse_activation import FuseActivation
 from passes.fuse_attention import FuseAttention
 from passes.fuse_gelu import FuseGelu
 from passes.fuse_layer_norm import FuseLayerNorm
+from passes.prune_channels import PruneChannels
+from passes.prune_magnitude import PruneMagnitude
+from passes.share_weights import ShareWeights
 from passes.simplify import Simplify
 
 PASSES: dict[str, type[Pass]] = {p.name: p for p in (
     FoldConstants, Simplify, EliminateCommonSubexpressions, FoldBatchNorm, FuseGelu, FuseLayerNorm,
     FuseAttention, FuseActivation, EliminateDeadCode,
+    # compression (not in the default pipeline; compile(prune=..., weight_sharing_bits=...) runs them)
+    PruneMagnitude, PruneChannels, ShareWeights,
 )}
 DEFAULT_PIPELINE = ("fold", "simplify", "cse", "fold_bn", "fuse_gelu", "fuse_layernorm", "fuse_attention",
                     "fuse_act", "dce")
@@ -41,4 +46,4 @@ def make_pipeline(names: str | list[str] | tuple[str, ...] | None = None) -> lis
 
 __all__ = ["Pass", "PassResult", "PassManager", "PassRecord", "PassDriftError", "PASSES",
            "DEFAULT_PIPELINE", "make_pipeline", "FoldConstants", "EliminateDeadCode", "Simplify",
-           "EliminateCommonSubexpressions", "FoldBatchNorm"]
+           "EliminateCommonSubexpressions", "FoldBatchNorm", "PruneMagnitude", "PruneChannels", "ShareWeights"]

@@ -1,0 +1,72 @@
+"""Recovery fine-tuning of a compressed graph.
+
+``finetune(graph, x, y)`` turns the graph into a trainable module (``compiler.to_torch``), trains
+it for a few epochs (Adam on cross-entropy or mean squared error, shuffled minibatches with a
+fixed seed) or calls the user's ``train_step(module, xb, yb)`` per minibatch, keeps pruned weights
+at zero after every step, and returns the module in eval mode. Compile it again with
+``compiler.compile(module, example_inputs)`` to get the fine-tuned artifact.
+"""
+
+from __future__ import annotations
+
+from typing import Callable
+
+import numpy as np
+import torch
+from torch import nn
+
+from compiler.errors import CompileError
+from compiler.ir import Graph
+from compiler.to_torch import GraphModule, graph_to_module
+
+LOSSES: dict[str, Callable[[], nn.Module]] = {"cross_entropy": nn.CrossEntropyLoss, "mse": nn.MSELoss}
+
+
+def _as_tensor(a) -> torch.Tensor:
+    if isinstance(a, torch.Tensor):
+        return a.detach()
+    return torch.from_numpy(np.ascontiguousarray(a))
+
+
+def finetune(graph: Graph, x, y, *, epochs: int = 5, lr: float = 1e-3, batch: int = 64,
+             loss: str = "cross_entropy", train_step: Callable | None = None, seed: int = 0) -> GraphModule:
+    """Fine-tune ``graph`` on inputs ``x`` (an array, or a sequence of arrays for several graph
+    inputs) and targets ``y``; returns the trained module (``graph`` itself is not changed)."""
+    if loss not in LOSSES and train_step is None:
+        raise CompileError(f"unknown fine-tuning loss '{loss}'; choose one of {', '.join(LOSSES)} "
+                           f"or pass train_step=")
+    xs = [_as_tensor(a) for a in (x if isinstance(x, (list, tuple)) else [x])]
+    yt = _as_tensor(y)
+    if len(xs) != len(graph.inputs):
+        raise CompileError(f"the graph takes {len(graph.inputs)} inputs, fine-tuning data gives {len(xs)}")
+    if any(len(t) != len(yt) for t in xs):
+        raise CompileError("fine-tuning inputs and targets must have the same number of samples along dim 0")
+    module = graph_to_module(graph)
+    step = train_step or _default_step(module, lr, LOSSES[loss]())
+    generator = torch.Generator().manual_seed(seed)
+    module.train()
+    for _ in range(epochs):
+        order = torch.randperm(len(yt), generator=generator)
+        for start in range(0, len(yt), batch):
+            idx = order[start:start + batch]
+            xb = [t[idx] for t in xs]
+            step(module, xb[0] if len(xb) == 1 else tuple(xb), yt[idx])
+            module.apply_masks()  # pruned weights stay pruned whatever the step did
+    return module.eval()
+
+
+def _default_step(module: GraphModule, lr: float, loss_fn: nn.Module) -> Callable:
+    optimizer = torch.optim.Adam(module.parameters(), lr=lr)
+
+    def step(m: nn.Module, xb, yb) -> float:
+        optimizer.zero_grad()
+        out = m(*xb) if isinstance(xb, tuple) else m(xb)
+        value = loss_fn(out, yb)
+        value.backward()
+        optimizer.step()
+        return float(value.detach())
+
+    return step
+
+
+__all__ = ["LOSSES", "finetune"]
