@@ -1302,3 +1302,113 @@ def _unique(ctx: ImportContext, node: Node):
         raise ctx.unsupported("unique along a dim (only the flattened form is supported)")
     values, inverse, counts = ctx.emit_multi("unique", ctx.tensor(node.args[0]), count=_data_dependent_dim(ctx, 0, output=0))
     return (values, inverse, counts) if "unique2" in str(node.target) else (values, inverse)
+
+
+# -- already-quantized models (PT2E: torch.ops.quantized_decomposed) -------------------------------
+# quantize_per_* -> quantize_linear (+ a clamp when quant_min/max is narrower than the dtype),
+# dequantize_per_* -> dequantize_linear, choose_qparams.tensor -> dynamic_quantize_linear's scale and
+# zero point. PyTorch rounds x * (1 / scale) where ONNX (and the IR) rounds x / scale: the two
+# differ by one step at about one exact rounding tie in a million values.
+try:  # registers the quantized_decomposed ops, so graphs holding them can be traced and loaded
+    import torch.ao.quantization.fx._decomposed
+except ImportError:  # pragma: no cover - a torch build without torch.ao
+    pass
+
+
+def _per_tensor_qparam(ctx: ImportContext, value, dtype: DType) -> Value:
+    """A scale / zero point argument (Python number or tensor) as a 0-d IR tensor of ``dtype``
+    (the ``.tensor`` overloads pass 1-element tensors)."""
+    v = ctx.tensor(value, dtype)
+    if v.shape != ():
+        if v.type.numel != 1:
+            raise ctx.unsupported(f"a per-tensor scale / zero point must hold one value, got shape {v.shape}")
+        v = ctx.emit("reshape", v, shape=())
+    return v
+
+
+def _quantized_dtype(ctx: ImportContext, dtype) -> DType:
+    from compiler.errors import CompileError
+    from compiler.frontend import dtype_from_torch
+
+    try:
+        result = dtype_from_torch(dtype)
+    except CompileError:  # a dtype the IR does not have (float8, int4...)
+        result = None
+    if result not in (DType.int8, DType.uint8, DType.int16, DType.int32):
+        raise ctx.unsupported(f"quantization to {dtype} (supported: int8, uint8, int16, int32)")
+    return result
+
+
+def _narrowed(ctx: ImportContext, q: Value, quant_min: int, quant_max: int) -> Value:
+    """``q`` clamped to [quant_min, quant_max] where that is narrower than its dtype's range."""
+    info = np.iinfo(q.dtype.numpy)
+    if quant_min > info.min:
+        q = ctx.emit("maximum", q, ctx.graph.add_constant(np.asarray(quant_min, q.dtype.numpy), "quant_min"))
+    if quant_max < info.max:
+        q = ctx.emit("minimum", q, ctx.graph.add_constant(np.asarray(quant_max, q.dtype.numpy), "quant_max"))
+    return q
+
+
+def _float_input(ctx: ImportContext, node: Node) -> Value:
+    x = ctx.tensor(node.args[0])
+    if x.dtype != DType.float32:
+        raise ctx.unsupported(f"quantizing a {x.dtype} tensor (only float32 is supported)")
+    return x
+
+
+@handles("quantized_decomposed.quantize_per_tensor.default", "quantized_decomposed.quantize_per_tensor.tensor")
+def _quantize_per_tensor(ctx: ImportContext, node: Node):
+    scale, zero_point, quant_min, quant_max, dtype = node.args[1:6]
+    qdtype = _quantized_dtype(ctx, dtype)
+    q = ctx.emit("quantize_linear", _float_input(ctx, node), _per_tensor_qparam(ctx, scale, DType.float32),
+                 _per_tensor_qparam(ctx, zero_point, qdtype), axis=0, dtype=qdtype)
+    return _narrowed(ctx, q, int(quant_min), int(quant_max))
+
+
+@handles("quantized_decomposed.quantize_per_channel.default")
+def _quantize_per_channel(ctx: ImportContext, node: Node):
+    scales, zero_points, axis, quant_min, quant_max, dtype = node.args[1:7]
+    qdtype = _quantized_dtype(ctx, dtype)
+    q = ctx.emit("quantize_linear", _float_input(ctx, node), ctx.tensor(scales, DType.float32),
+                 ctx.tensor(zero_points, qdtype), axis=int(axis), dtype=qdtype)
+    return _narrowed(ctx, q, int(quant_min), int(quant_max))
+
+
+def _dequantized(ctx: ImportContext, node: Node, y: Value) -> Value:
+    out_dtype = node.kwargs.get("out_dtype")
+    if out_dtype not in (None, torch.float32):
+        y = ctx.emit("cast", y, dtype=ctx.out_dtype())
+    return y
+
+
+@handles("quantized_decomposed.dequantize_per_tensor.default", "quantized_decomposed.dequantize_per_tensor.tensor")
+def _dequantize_per_tensor(ctx: ImportContext, node: Node):
+    x = ctx.tensor(node.args[0])
+    scale, zero_point = node.args[1:3]
+    y = ctx.emit("dequantize_linear", x, _per_tensor_qparam(ctx, scale, DType.float32),
+                 _per_tensor_qparam(ctx, zero_point, x.dtype), axis=0)
+    return _dequantized(ctx, node, y)
+
+
+@handles("quantized_decomposed.dequantize_per_channel.default")
+def _dequantize_per_channel(ctx: ImportContext, node: Node):
+    x = ctx.tensor(node.args[0])
+    scales, zero_points, axis = node.args[1:4]
+    zp = None if zero_points is None else ctx.tensor(zero_points, x.dtype)
+    y = ctx.emit("dequantize_linear", x, ctx.tensor(scales, DType.float32), zp, axis=int(axis))
+    return _dequantized(ctx, node, y)
+
+
+@handles("quantized_decomposed.choose_qparams.tensor")
+def _choose_qparams(ctx: ImportContext, node: Node):
+    """uint8 over [0, 255] is ONNX DynamicQuantizeLinear's rule; torch returns the scale as a
+    float64 [1] tensor and the zero point as int64 [1]."""
+    quant_min, quant_max, _eps, dtype = node.args[1:5]
+    if dtype != torch.uint8 or (int(quant_min), int(quant_max)) != (0, 255):
+        raise ctx.unsupported(f"choose_qparams for {dtype} [{quant_min}, {quant_max}] (only uint8 [0, 255], "
+                              "the dynamic quantization onnxruntime runs fast)")
+    _, scale, zero_point = ctx.emit_multi("dynamic_quantize_linear", _float_input(ctx, node))
+    scale_type, zp_type = ctx.meta_type(index=0), ctx.meta_type(index=1)
+    scale = ctx.emit("reshape", ctx.emit("cast", scale, dtype=scale_type.dtype), shape=scale_type.shape)
+    zero_point = ctx.emit("reshape", ctx.emit("cast", zero_point, dtype=zp_type.dtype), shape=zp_type.shape)
+    return scale, zero_point

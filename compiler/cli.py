@@ -63,7 +63,7 @@ def build_parser() -> argparse.ArgumentParser:
     hls.add_argument("--hls-clock-ns", type=float, metavar="NS", help="clock period in ns (default 5)")
     c = p.add_argument_group("compression")
     c.add_argument("--quantize", metavar="MODE",
-                   help="int8 (static, needs --calibration), int8-dynamic, int8-weight or int4-weight")
+                   help="int8 (static, needs --calibration), int8-dynamic or int8-weight")
     c.add_argument("--calibration", metavar="DATA",
                    help="calibration inputs: an .npz with one array per model input (samples along dim 0), "
                         "or 'random' (testing only)")

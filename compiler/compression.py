@@ -25,7 +25,7 @@ import numpy as np
 from compiler.errors import CompileError
 from compiler.ir import Graph
 
-QUANTIZE_MODES = ("int8", "int8-dynamic", "int8-weight", "int4-weight")
+QUANTIZE_MODES = ("int8", "int8-dynamic", "int8-weight")
 PRUNE_STRUCTURES = ("unstructured", "channel")
 CALIBRATORS = ("minmax", "percentile")
 RANDOM_CALIBRATION_BATCHES = 8

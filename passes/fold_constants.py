@@ -3,13 +3,15 @@
 Rewrite: a node whose inputs are all constants is evaluated with the reference interpreter and
 its outputs become constants (``x = add(c1, c2)`` -> ``x = const``). Folding is skipped when the
 result would be much larger than its inputs (an ``expand`` of a scalar to a big tensor would only
-bloat the artifact).
+bloat the artifact), and for quantization ops: ``dequantize_linear(int8 weight)`` must stay,
+since folding it would store the weight in float again.
 """
 
 from __future__ import annotations
 
 from compiler.interpreter import run_node
 from compiler.ir import Graph
+from compiler.ops import get_op
 from passes.base import Pass
 
 MAX_GROWTH_BYTES = 1 << 20  # fold when the result adds at most 1 MiB beyond its inputs
@@ -26,6 +28,8 @@ class FoldConstants(Pass):
                 continue
             if not all(o.type.is_static for o in node.outputs):
                 continue
+            if "quant" in get_op(node.op).tags:
+                continue  # quantized storage is the point of these nodes
             if any(o is v for o in node.outputs for v in graph.outputs):
                 continue  # graph outputs stay computed: backends expect produced outputs
             in_bytes = sum(v.const.nbytes for v in inputs)

@@ -104,3 +104,20 @@ def test_calibration_items_must_match_the_inputs():
         calibration_batches(graph_with_inputs((4, 3)), [(np.ones((4, 3)), np.ones(2))], [])
     with pytest.raises(CompileError, match="empty"):
         calibration_batches(graph_with_inputs((4, 3)), [], [])
+
+
+def test_constant_folding_keeps_quantized_weights_quantized():
+    from compiler.interpreter import run_graph
+    from passes import FoldConstants
+    from passes.quantize import quantize_graph
+
+    g = Graph("g")
+    x = g.add_input("x", TensorType(DType.float32, (2, 4)))
+    w = g.add_constant(np.random.default_rng(0).standard_normal((3, 4)).astype(np.float32), "w")
+    g.set_outputs([g.op("linear", x, w)])
+    quantize_graph(g, "int8-weight")
+    before = run_graph(g, [np.ones((2, 4), np.float32)])
+    FoldConstants().run(g)
+    assert "dequantize_linear" in g.op_counts()
+    assert any(v.const.dtype == np.int8 for v in g.constants.values())
+    np.testing.assert_array_equal(run_graph(g, [np.ones((2, 4), np.float32)])[0], before[0])

@@ -15,12 +15,15 @@ from compiler.errors import ArtifactError, InputError
 MODEL_FILE = "model.onnx"
 
 
-def session_from_model(model_bytes: bytes, threads: int | None = None):
+def session_from_model(model_bytes: bytes, threads: int | None = None, config: dict[str, str] | None = None):
     """An ``onnxruntime.InferenceSession`` for serialized model bytes: all graph optimisations,
-    ``threads`` intra-op threads (None or 0: onnxruntime's default), one inter-op thread, CPU."""
+    ``threads`` intra-op threads (None or 0: onnxruntime's default), one inter-op thread, CPU,
+    plus the session config entries the emitter asked for (``target_info["session_config"]``)."""
     import onnxruntime as ort
 
     options = ort.SessionOptions()
+    for key, value in (config or {}).items():
+        options.add_session_config_entry(str(key), str(value))
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     options.intra_op_num_threads = int(threads or 0)
     options.inter_op_num_threads = 1
@@ -35,7 +38,8 @@ def load_runner(manifest: dict, payload: dict[str, bytes],
     if MODEL_FILE not in payload:
         raise ArtifactError(f"the ONNX artifact has no {MODEL_FILE}")
     try:
-        session = session_from_model(payload[MODEL_FILE], threads)
+        config = (manifest.get("target_info") or {}).get("session_config") or {}
+        session = session_from_model(payload[MODEL_FILE], threads, config)
     except ImportError as exc:
         raise ArtifactError("running an ONNX artifact needs onnxruntime (pip install onnxruntime)") from exc
     except Exception as exc:  # onnxruntime raises its own Fail/InvalidGraph types

@@ -1,0 +1,157 @@
+"""Benchmark: int8 quantization modes against float32 on the trained digits MLP and CNN.
+
+For each model, ``compiler.compile`` builds one artifact per mode (float32, int8 static with
+calibration on 640 training images, the same with per-tensor weight scales, int8-dynamic,
+int8-weight) at a static batch of 64, and
+this script measures, side by side in one run:
+
+* latency through ``compiler.load(path, threads=1)`` at batch 64, and through a bare onnxruntime
+  session with the session options the manifest asks for (``target_info.session_config``; it
+  isolates the emitted graph from the call's input checks): the modes are timed in
+  interleaved rounds (float, int8, dynamic, weight, float, ...) so load from other processes on
+  a shared machine hits them alike; the ratio is the median over rounds of mode / float32;
+* size: the artifact file and its ``model.onnx`` payload, as a ratio to float32;
+* accuracy on the 448 test images that fill whole batches, before (float32) and after.
+
+    python bench/bench_compression.py [--models mlp,cnn] [--rounds 7] [--budget 0.4]
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import tempfile
+import time
+import warnings
+import zipfile
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+BATCH = 64
+CALIBRATION_BATCHES = 10
+# label -> compile() options; "int8 per-tensor" shows what per-channel weight scales cost
+MODES = {"float32": {}, "int8": {"quantize": "int8"}, "int8 per-tensor": {"quantize": "int8", "per_channel": False},
+         "int8-dynamic": {"quantize": "int8-dynamic"}, "int8-weight": {"quantize": "int8-weight"}}
+
+
+def median_latency(fn, *, min_runs: int = 30, budget_s: float = 0.4) -> float:
+    """Median seconds per call after warm-up; runs until both the run count and budget are met."""
+    for _ in range(5):
+        fn()
+    times: list[float] = []
+    start = time.perf_counter()
+    while len(times) < min_runs or time.perf_counter() - start < budget_s:
+        t0 = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t0)
+    return float(np.median(times))
+
+
+def build(kind: str, mode: str, out_dir: Path) -> Path:
+    import torch
+
+    import compiler
+    from models.digits import digits_data, model_inputs, trained_model
+
+    data = digits_data()
+    example = torch.from_numpy(model_inputs(kind, data.x_test[:BATCH]).copy())
+    options = dict(MODES[mode])
+    if options.get("quantize") == "int8":
+        options["calibration_data"] = [(model_inputs(kind, data.x_train[i:i + BATCH]).copy(),)
+                                       for i in range(0, CALIBRATION_BATCHES * BATCH, BATCH)]
+    art = compiler.compile(trained_model(kind), (example,), target="onnx", output=str(out_dir / f"{kind}_{mode.replace(' ', '_')}.aot"),
+                           **options)
+    return Path(art.path)
+
+
+def payload_size(path: Path) -> int:
+    with zipfile.ZipFile(path) as z:
+        return z.getinfo("model.onnx").file_size
+
+
+def bare_session(path: Path):
+    """A bare onnxruntime session for the artifact's model, one thread, with the session options
+    its manifest asks for (``target_info.session_config``: int8-weight folds its weights at load)."""
+    import json
+
+    import onnxruntime as ort
+
+    with zipfile.ZipFile(path) as z:
+        model = z.read("model.onnx")
+        manifest = json.loads(z.read("manifest.json"))
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = 1
+    options.inter_op_num_threads = 1
+    options.log_severity_level = 3
+    for key, value in manifest.get("target_info", {}).get("session_config", {}).items():
+        options.add_session_config_entry(key, value)
+    return ort.InferenceSession(model, options, providers=["CPUExecutionProvider"])
+
+
+def bench_model(kind: str, rounds: int, budget: float) -> list[dict]:
+    import compiler
+    from models.digits import digits_data, model_inputs
+
+    data = digits_data()
+    n = len(data.x_test) // BATCH * BATCH
+    batches = [model_inputs(kind, data.x_test[i:i + BATCH]).copy() for i in range(0, n, BATCH)]
+    with tempfile.TemporaryDirectory() as tmp:
+        paths = {mode: build(kind, mode, Path(tmp)) for mode in MODES}
+        runners = {mode: compiler.load(str(p), threads=1) for mode, p in paths.items()}
+        sizes = {mode: (p.stat().st_size, payload_size(p)) for mode, p in paths.items()}
+        bare_sessions = {mode: bare_session(p) for mode, p in paths.items()}
+    accuracy = {mode: float((np.concatenate([run(x) for x in batches]).argmax(1) == data.y_test[:n]).mean())
+                for mode, run in runners.items()}
+    x = batches[0]
+    per_round = {mode: [] for mode in MODES}
+    per_round_session = {mode: [] for mode in MODES}
+    for _ in range(rounds):
+        for mode, run in runners.items():
+            session = bare_sessions[mode]
+            name = session.get_inputs()[0].name
+            per_round[mode].append(median_latency(lambda run=run: run(x), budget_s=budget))
+            per_round_session[mode].append(median_latency(lambda s=session, n=name: s.run(None, {n: x}),
+                                                          budget_s=budget))
+    rows = []
+    for mode in MODES:
+        ratios = [q / f for q, f in zip(per_round[mode], per_round["float32"])]
+        session_ratios = [q / f for q, f in zip(per_round_session[mode], per_round_session["float32"])]
+        rows.append({"model": kind, "mode": mode, "ms": 1e3 * float(np.median(per_round[mode])),
+                     "latency_ratio": float(np.median(ratios)), "session_ratio": float(np.median(session_ratios)),
+                     "artifact_ratio": sizes[mode][0] / sizes["float32"][0],
+                     "onnx_ratio": sizes[mode][1] / sizes["float32"][1],
+                     "accuracy": accuracy[mode], "drop_pp": 100 * (accuracy["float32"] - accuracy[mode])})
+    return rows
+
+
+def format_table(rows: list[dict]) -> str:
+    header = ("| model | mode | ms (batch 64) | latency / fp32 | session / fp32 | artifact / fp32 | "
+              "model.onnx / fp32 | accuracy | drop pp |")
+    lines = [header, "|---|---|---|---|---|---|---|---|---|"]
+    for r in rows:
+        lines.append(f"| {r['model']} | {r['mode']} | {r['ms']:.3f} | {r['latency_ratio']:.2f}x | "
+                     f"{r['session_ratio']:.2f}x | "
+                     f"{r['artifact_ratio']:.2f}x | {r['onnx_ratio']:.2f}x | {100 * r['accuracy']:.2f}% | "
+                     f"{r['drop_pp']:+.2f} |")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--models", default="mlp,cnn")
+    parser.add_argument("--rounds", type=int, default=7)
+    parser.add_argument("--budget", type=float, default=0.4, help="seconds per latency measurement")
+    args = parser.parse_args(argv)
+    warnings.filterwarnings("ignore")
+    rows = [row for kind in args.models.split(",") for row in bench_model(kind.strip(), args.rounds, args.budget)]
+    print(f"threads: 1, batch {BATCH}, interleaved rounds: {args.rounds}\n")
+    print(format_table(rows))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
