@@ -83,14 +83,16 @@ def compress(graph: Graph, options: CompressionOptions, example_inputs: Sequence
     report: dict[str, Any] = {"parameters_before": graph.parameter_count(),
                               "parameter_bytes_before": graph.parameter_bytes()}
     if options.prune:
-        report["pruning"] = _prune(graph, options, say)
+        report["pruning"] = _with_summary(_prune(graph, options, say), _pruning_summary)
     if options.weight_sharing_bits:
         from passes.share_weights import share_weights
 
         say(f"weight sharing: {options.weight_sharing_bits}-bit codebooks")
-        report["weight_sharing"] = share_weights(graph, int(options.weight_sharing_bits))
+        shared = share_weights(graph, int(options.weight_sharing_bits))
+        report["weight_sharing"] = _with_summary(
+            shared, lambda r: f"{options.weight_sharing_bits}-bit codebooks on {len(r.get('layers', []))} layers")
     if options.quantize:
-        report["quantization"] = _quantize(graph, options, example_inputs, say)
+        report["quantization"] = _with_summary(_quantize(graph, options, example_inputs, say), _quantization_summary)
     from passes import EliminateDeadCode
 
     EliminateDeadCode().run(graph)
@@ -101,6 +103,24 @@ def compress(graph: Graph, options: CompressionOptions, example_inputs: Sequence
     if options.notes:
         report["notes"] = list(options.notes)
     return report
+
+
+def _with_summary(report: dict[str, Any], summarize) -> dict[str, Any]:
+    report.setdefault("summary", summarize(report))
+    return report
+
+
+def _pruning_summary(r: dict[str, Any]) -> str:
+    if r.get("structure") == "channel":
+        return (f"{len(r['groups'])} layer group(s) pruned by channel, {len(r['skipped'])} skipped; parameters "
+                f"{r['parameters_before']:,} -> {r['parameters_after']:,}")
+    return f"{r['sparsity']:.0%} of {r['prunable_parameters']:,} weights are zero ({r['scope']} threshold)"
+
+
+def _quantization_summary(r: dict[str, Any]) -> str:
+    weights = "per-channel" if r.get("per_channel") else "per-tensor"
+    return (f"{r['mode']}: {len(r.get('quantized', []))} layer(s) quantized ({weights} weights), "
+            f"{len(r.get('skipped', []))} kept in float")
 
 
 def _prune(graph: Graph, options: CompressionOptions, say) -> dict[str, Any]:

@@ -89,7 +89,8 @@ def _compression_lines(c: dict[str, Any] | None) -> list[str]:
         if isinstance(section, dict) and section.get("summary"):
             lines.append(f"  {key + ':':<11} {section['summary']}")
     if "max_abs_drift_vs_pytorch" in c:
-        lines.append(f"  drift:      max abs {c['max_abs_drift_vs_pytorch']:.3g} from the float PyTorch model")
+        lines.append(f"  drift:      max abs {c['max_abs_drift_vs_pytorch']:.3g} from the float PyTorch model "
+                     "on the example inputs")
     for note in c.get("notes", []):
         lines.append(f"  note:       {note}")
     return lines

@@ -122,6 +122,29 @@ def trained_model(kind: str = "mlp", epochs: int = 40, seed: int = 0) -> nn.Modu
     return train(model, model_inputs(kind, data.x_train), data.y_train, epochs=epochs, seed=seed)
 
 
+def trained_mlp() -> nn.Module:
+    """Factory for the CLI: ``compile models/digits.py:trained_mlp``."""
+    return trained_model("mlp")
+
+
+def trained_cnn() -> nn.Module:
+    """Factory for the CLI: ``compile models/digits.py:trained_cnn``."""
+    return trained_model("cnn")
+
+
+def write_npz(directory: str, kind: str = "mlp") -> tuple[str, str]:
+    """``calibration.npz`` (200 training images) and ``eval.npz`` (the test split with labels) for
+    the CLI's --calibration and --eval, shaped for model ``kind``."""
+    import os
+
+    data = digits_data()
+    calibration = os.path.join(directory, f"digits_{kind}_calibration.npz")
+    evaluation = os.path.join(directory, f"digits_{kind}_eval.npz")
+    np.savez(calibration, x=model_inputs(kind, data.x_train[:200]))
+    np.savez(evaluation, x=model_inputs(kind, data.x_test), labels=data.y_test)
+    return calibration, evaluation
+
+
 def eager_accuracy(model: nn.Module, kind: str) -> float:
     data = digits_data()
 
@@ -133,4 +156,11 @@ def eager_accuracy(model: nn.Module, kind: str) -> float:
 
 
 __all__ = ["DigitsCNN", "DigitsData", "DigitsMLP", "accuracy", "digits_data", "eager_accuracy", "model_inputs",
-           "train", "trained_model"]
+           "train", "trained_cnn", "trained_mlp", "trained_model", "write_npz"]
+
+
+if __name__ == "__main__":  # python models/digits.py OUT_DIR: data files for the CLI examples
+    import sys
+
+    for kind in ("mlp", "cnn"):
+        print(*write_npz(sys.argv[1] if len(sys.argv) > 1 else ".", kind))
