@@ -6,8 +6,14 @@ PyTorch eager, of torch.onnx's model under onnxruntime, and of our artifact thro
 `compiler.load`, with onnxruntime at full graph optimisation and the same thread count.
 Ratios below 1.0 mean we are faster.
 
+A second table compares our TVM llvm artifact (`compiler.compile(target="llvm")`, run through
+`compiler.load`) with the same torch.onnx model under onnxruntime, both at one thread and at all
+threads, measured side by side (`--no-tvm` skips it; it is skipped with a note when TVM or the
+llvm target is unavailable).
+
     python bench/bench.py                     # all zoo models, 1 thread
     python bench/bench.py --threads 0 --models mlp,resnet --batch 8
+    python bench/bench.py --no-tvm
 """
 
 from __future__ import annotations
@@ -51,6 +57,100 @@ def ort_session(model_bytes: bytes, threads: int):
     opts.intra_op_num_threads = threads
     opts.inter_op_num_threads = 1
     return ort.InferenceSession(model_bytes, opts, providers=["CPUExecutionProvider"])
+
+
+def interleaved(candidates: dict, rounds: int = ROUNDS) -> dict[str, float]:
+    """Best median ms per candidate over interleaved rounds: a noisy neighbour on a shared
+    machine then slows all candidates alike instead of whichever ran at the time."""
+    import torch
+
+    best = {k: float("inf") for k in candidates}
+    with torch.no_grad():
+        for _ in range(rounds):
+            for key, fn in candidates.items():
+                best[key] = min(best[key], 1e3 * median_latency(fn, budget_s=0.4))
+    return best
+
+
+def bench_tvm(name: str, batch: int) -> dict:
+    """Our llvm artifact against torch.onnx + onnxruntime, at 1 thread and at all threads."""
+    import torch
+
+    import compiler
+    from models import get_model
+
+    model = get_model(name).factory().eval()
+    inputs = model.example_inputs(batch)
+    feeds = [t.numpy() for t in inputs]
+    row: dict = {"model": name, "batch": batch}
+    with warnings.catch_warnings(), _quiet(), torch.no_grad():
+        warnings.simplefilter("ignore")
+        model_bytes = torch.onnx.export(model, inputs, dynamo=True, optimize=True).model_proto.SerializeToString()
+    with tempfile.TemporaryDirectory() as tmp:
+        t0 = time.perf_counter()
+        art = compiler.compile(model, inputs, target="llvm", output=os.path.join(tmp, f"{name}.aot"), verify=False)
+        row["llvm_compile_s"] = time.perf_counter() - t0
+        for label, threads in (("1", 1), ("all", 0)):
+            torch.set_num_threads(threads or os.cpu_count())
+            anchor = ort_session(model_bytes, threads)
+            names = [i.name for i in anchor.get_inputs()]
+            # Loaded per thread count: the TVM runtime sets its thread pool when it loads.
+            ours = compiler.load(art.path, threads=threads or None)
+            candidates = {"ort": lambda a=anchor, n=names: a.run(None, dict(zip(n, feeds))),
+                          "llvm": lambda o=ours: o.run(feeds)}
+            vm_call = _bare_vm_call(ours, feeds)
+            if vm_call is not None:
+                candidates["vm"] = vm_call
+            best = interleaved(candidates)
+            row[f"ort_{label}_ms"], row[f"llvm_{label}_ms"] = best["ort"], best["llvm"]
+            row[f"ratio_{label}"] = best["llvm"] / best["ort"]
+            row[f"vm_ratio_{label}"] = best.get("vm", float("nan")) / best["ort"]
+    return row
+
+
+def _bare_vm_call(ours, feeds):
+    """The artifact's Relax VM called on tensors made once: separates kernel quality from the
+    per-call cost of converting numpy arrays (like "ours session" in the ONNX table)."""
+    vm = getattr(getattr(ours, "_runner", None), "vm", None)
+    if vm is None:
+        return None
+    import tvm
+
+    main = vm["main"]
+    args = [tvm.runtime.tensor(a) for a in feeds]
+    return lambda: main(*args)
+
+
+def format_tvm_table(rows: list[dict]) -> str:
+    head = ("| model | batch | ORT 1 thread ms | llvm 1 thread ms | llvm / ORT (1) | ORT all ms | llvm all ms "
+            "| llvm / ORT (all) | bare VM / ORT (1, all) | llvm compile s |")
+    lines = ["TVM llvm artifact (load()) vs torch.onnx + onnxruntime", "", head, "|" + "---|" * 10]
+    for r in rows:
+        if "error" in r:
+            lines.append(f"| {r['model']} | {r['batch']} | n/a: {r['error']} |" + " |" * 7)
+            continue
+        lines.append(f"| {r['model']} | {r['batch']} | {r['ort_1_ms']:.3f} | {r['llvm_1_ms']:.3f} | {r['ratio_1']:.2f}x "
+                     f"| {r['ort_all_ms']:.3f} | {r['llvm_all_ms']:.3f} | {r['ratio_all']:.2f}x "
+                     f"| {r['vm_ratio_1']:.2f}x, {r['vm_ratio_all']:.2f}x | {r['llvm_compile_s']:.2f} |")
+    good = [r for r in rows if "error" not in r]
+    if good:
+        geo = {k: float(np.exp(np.mean(np.log([r[f"ratio_{k}"] for r in good])))) for k in ("1", "all")}
+        lines += ["", (f"geometric mean llvm / ORT: {geo['1']:.2f}x at 1 thread, {geo['all']:.2f}x at all threads "
+                       "through load()"),
+                  "bare VM: the artifact's Relax VM on prepared TVM tensors (no numpy conversion per call)"]
+    return "\n".join(lines)
+
+
+def tvm_rows(models: list[str], batch: int) -> list[dict]:
+    """One row per model; a model whose llvm compile fails gets a row naming the error."""
+    rows = []
+    for name in models:
+        print(f"[bench] {name} (llvm) ...", file=sys.stderr, flush=True)
+        try:
+            rows.append(bench_tvm(name, batch))
+        except Exception as exc:  # noqa: BLE001 - the ONNX table must still print
+            rows.append({"model": name, "batch": batch, "error": f"{type(exc).__name__}: {exc}".splitlines()[0][:120]})
+    return rows
 
 
 def bench_model(name: str, batch: int, threads: int) -> dict:
@@ -109,6 +209,12 @@ def bench_model(name: str, batch: int, threads: int) -> dict:
     return row
 
 
+def _have_tvm() -> bool:
+    import importlib.util
+
+    return importlib.util.find_spec("tvm") is not None
+
+
 class _quiet:
     """Silence torch.onnx's progress prints on stdout."""
 
@@ -163,13 +269,18 @@ def main(argv=None) -> int:
     parser.add_argument("--batch", type=int, default=1)
     parser.add_argument("--threads", type=int, default=1, help="intra-op threads, 0 = all cores")
     parser.add_argument("--output", help="also write the table to this file")
+    parser.add_argument("--no-tvm", dest="tvm", action="store_false", help="skip the TVM llvm table")
     args = parser.parse_args(argv)
     warm_up()
+    models = [m.strip() for m in args.models.split(",")]
     rows = []
-    for name in args.models.split(","):
+    for name in models:
         print(f"[bench] {name} ...", file=sys.stderr, flush=True)
-        rows.append(bench_model(name.strip(), args.batch, args.threads))
+        rows.append(bench_model(name, args.batch, args.threads))
     table = format_table(rows, args.threads)
+    if args.tvm:
+        table += "\n\n" + (format_tvm_table(tvm_rows(models, args.batch)) if _have_tvm()
+                            else "TVM llvm table skipped: tvm is not installed")
     print(table)
     if args.output:
         Path(args.output).write_text(table + "\n")

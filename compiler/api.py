@@ -8,7 +8,6 @@ into place. A failed verification leaves no artifact behind.
 
 from __future__ import annotations
 
-import copy
 import functools
 import os
 import platform
@@ -91,7 +90,7 @@ def compile(model: Any, example_inputs: Sequence[Any] | None = None, *, target: 
     options = {k: v for k, v in options.items() if v is not None}
     baseline, compression_report = None, None
     if compression.active:
-        baseline = copy.deepcopy(graph) if eval_data is not None else None
+        baseline = graph.copy() if eval_data is not None else None
         with prog.phase("compress", "compressing the graph"):
             example_arrays = [t.detach().cpu().numpy() for t in source.example_inputs]
             compression_report = compress(graph, compression, example_arrays, prog.say)

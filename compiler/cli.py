@@ -61,6 +61,8 @@ def build_parser() -> argparse.ArgumentParser:
     hls.add_argument("--reuse-factor", type=int, metavar="N", help="multiplications sharing one multiplier (default 1)")
     hls.add_argument("--hls-part", metavar="PART", help="FPGA part (default xcvu13p-flga2577-2-e)")
     hls.add_argument("--hls-clock-ns", type=float, metavar="NS", help="clock period in ns (default 5)")
+    hls.add_argument("--hls-precision-map", metavar="JSON",
+                     help='per-layer types, e.g. \'{"linear_relu": "ap_fixed<10,4>"}\' (layer names: the IR node names)')
     c = p.add_argument_group("compression")
     c.add_argument("--quantize", metavar="MODE",
                    help="int8 (static, needs --calibration), int8-dynamic or int8-weight")
@@ -124,7 +126,8 @@ def _run(args: argparse.Namespace) -> int:
     progress = Progress(enabled=not args.quiet)
     target_options = {"cpu": args.cpu, "cuda_arch": args.cuda_arch, "tune": args.tune, "tuning_db": args.tuning_db,
                       "hls_precision": args.hls_precision, "reuse_factor": args.reuse_factor,
-                      "hls_part": args.hls_part, "hls_clock_ns": args.hls_clock_ns}
+                      "hls_part": args.hls_part, "hls_clock_ns": args.hls_clock_ns,
+                      "hls_precision_map": _json_option(args.hls_precision_map, "--hls-precision-map")}
     result = compile(args.model, target=args.target, output=args.output, dynamic_batch=args.dynamic_batch,
                      verify=args.verify, rtol=args.rtol, atol=args.atol, passes=args.passes,
                      check_passes=args.check_passes, opset=args.opset,
@@ -143,6 +146,17 @@ def _run(args: argparse.Namespace) -> int:
         with open(args.report_json, "w") as f:
             json.dump(result.report.to_dict(), f, indent=2)
     return 0
+
+
+def _json_option(text: str | None, flag: str):
+    from compiler.errors import CompileError
+
+    if text is None:
+        return None
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise CompileError(f"{flag} is not valid JSON: {exc.msg} (e.g. '{{\"layer\": \"ap_fixed<10,4>\"}}')") from None
 
 
 def _names(groups: list[str] | None) -> tuple[str, ...]:

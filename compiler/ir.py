@@ -207,6 +207,34 @@ class Graph:
         taken.add(name)
         return name
 
+    def copy(self) -> Graph:
+        """An independent copy: same names, types, attrs and node order; constants share their
+        (read-only by convention) arrays. Iterative, so long graphs copy without deep recursion
+        (``copy.deepcopy`` recurses along producer chains)."""
+        new = Graph(self.name)
+        new._names, new._node_names = set(self._names), set(self._node_names)  # fresh names stay unique
+        mapping: dict[int, Value] = {}
+
+        def clone(v: Value) -> Value:
+            twin = Value(v.name, v.type, const=v.const)
+            mapping[id(v)] = twin
+            return twin
+
+        new.inputs = [clone(v) for v in self.inputs]
+        new.constants = {name: clone(v) for name, v in self.constants.items()}
+        for node in self.nodes:
+            inputs = tuple(mapping[id(v)] if v is not None else None for v in node.inputs)
+            outputs = tuple(clone(v) for v in node.outputs)
+            twin = Node(node.op, inputs, outputs, dict(node.attrs), node.name, node.location, dict(node.meta))
+            for i, out in enumerate(outputs):
+                out.producer, out.output_index = twin, i
+            for i, value in enumerate(inputs):
+                if value is not None:
+                    value.uses.append(Use(twin, i))
+            new.nodes.append(twin)
+        new.outputs = [mapping[id(v)] for v in self.outputs]
+        return new
+
     # -- building ---------------------------------------------------------------------------
     def add_input(self, name: str, type: TensorType) -> Value:
         value = Value(self.unique_name(name), type)

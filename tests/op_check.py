@@ -76,3 +76,19 @@ def check_backend(run, graph, arrays, reference, *, rtol=RTOL, atol=ATOL, name="
     assert len(got) == len(reference)
     for i, (g, w) in enumerate(zip(got, reference)):
         assert_same(g, w, rtol, atol, f"{name} vs interpreter, output {i}")
+
+
+def run_tvm(graph, arrays, target: str = "llvm"):
+    """The graph compiled by the TVM backend for ``target`` and run through its runtime."""
+    from backends.tvm import emit as tvm_emit
+    from backends.tvm import runtime as tvm_runtime
+
+    payload, info = tvm_emit.emit_target(graph, {"target": target})
+    manifest = {"target": target, "target_info": info, "inputs": [v.name for v in graph.inputs]}
+    return tvm_runtime.load_runner(manifest, payload, threads=1)(list(arrays))
+
+
+def check_backends(graph, arrays, reference, *, rtol=RTOL, atol=ATOL):
+    """ONNX (onnxruntime) and TVM llvm against the interpreter's ``reference`` outputs."""
+    check_backend(run_onnx, graph, arrays, reference, rtol=rtol, atol=atol, name="onnx")
+    check_backend(run_tvm, graph, arrays, reference, rtol=rtol, atol=atol, name="tvm-llvm")

@@ -126,3 +126,21 @@ def test_flops_use_each_ops_rule_with_batch_bound_to_one():
     w = c.add_constant(np.ones((4, 1, 3, 3), np.float32), "w")
     c.set_outputs([c.op("conv", x, w, None, stride=[1, 1], padding=[0] * 4, dilation=[1, 1], groups=2)])
     assert graph_flops(c) == 2 * (1 * 4 * 3 * 3) * (1 * 3 * 3)
+
+
+def test_copy_is_independent_and_handles_long_chains():
+    from compiler.interpreter import run_graph
+
+    g = Graph("chain")
+    x = g.add_input("x", TensorType(DType.float32, (3,)))
+    v = x
+    for _ in range(3000):  # deeper than Python's recursion limit
+        v = g.op("add", v, g.add_constant(np.ones(3, np.float32), "one"))
+    g.set_outputs([v])
+    twin = g.copy()
+    twin.verify()
+    assert [n.name for n in twin.nodes] == [n.name for n in g.nodes]
+    twin.set_outputs([twin.nodes[-2].output])
+    twin.remove_node(twin.nodes[-1])
+    assert len(g.nodes) == 3000 and len(twin.nodes) == 2999
+    np.testing.assert_array_equal(run_graph(g, [np.zeros(3, np.float32)])[0], np.full(3, 3000, np.float32))

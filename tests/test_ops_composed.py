@@ -10,7 +10,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from op_check import check_backend, check_frontend, run_onnx
+from op_check import check_backends, check_frontend
 
 
 def randn(*shape, seed=0):
@@ -74,7 +74,7 @@ CASES = {
 def test_composed(name):
     fn, xs = CASES[name]
     graph, arrays, reference = check_frontend(fn, xs, rtol=1e-5, atol=1e-5)
-    check_backend(run_onnx, graph, arrays, reference, name="onnx", rtol=1e-5, atol=1e-5)
+    check_backends(graph, arrays, reference, rtol=1e-5, atol=1e-5)
 
 
 MORE = {
@@ -97,4 +97,4 @@ MORE = {
 def test_more_composed(name):
     fn, xs = MORE[name]
     graph, arrays, reference = check_frontend(fn, xs, rtol=1e-5, atol=1e-5)
-    check_backend(run_onnx, graph, arrays, reference, name="onnx", rtol=1e-5, atol=1e-5)
+    check_backends(graph, arrays, reference, rtol=1e-5, atol=1e-5)

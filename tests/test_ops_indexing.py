@@ -12,7 +12,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from op_check import check_backend, check_frontend, run_onnx
+from op_check import check_backends, check_frontend
 
 
 def gen(seed=0):
@@ -117,13 +117,13 @@ CASES = [
 @pytest.mark.parametrize("op, fn, xs", CASES, ids=[f"{c[0]}-{i}" for i, c in enumerate(CASES)])
 def test_op(op, fn, xs):
     graph, arrays, reference = check_frontend(fn, xs, ops=[op], rtol=1e-5, atol=1e-5)
-    check_backend(run_onnx, graph, arrays, reference, name="onnx", rtol=1e-5, atol=1e-5)
+    check_backends(graph, arrays, reference, rtol=1e-5, atol=1e-5)
 
 
 def test_instance_norm():
     graph, arrays, reference = check_frontend(lambda x: F.instance_norm(x), (randn(2, 3, 4, 4, seed=27),),
                                               rtol=1e-5, atol=1e-5)
-    check_backend(run_onnx, graph, arrays, reference, name="onnx", rtol=1e-5, atol=1e-5)
+    check_backends(graph, arrays, reference, rtol=1e-5, atol=1e-5)
 
 
 def test_topk_ties_take_the_lower_index_on_every_backend():
@@ -136,7 +136,7 @@ def test_topk_ties_take_the_lower_index_on_every_backend():
     _, graph = import_fn(lambda t: torch.topk(t, 2), (x,))
     values, indices = run_graph(graph, [x.numpy()])
     assert indices.tolist() == [[0, 2], [0, 1]] and values.tolist() == [[3, 3], [5, 5]]
-    check_backend(run_onnx, graph, [x.numpy()], [values, indices], name="onnx")
+    check_backends(graph, [x.numpy()], [values, indices])
 
 
 NN_CASES = [
@@ -164,7 +164,7 @@ def test_nn_op(op, fn, xs):
         torch.manual_seed(0)
         fn = fn.eval()
     graph, arrays, reference = check_frontend(fn, xs, ops=[op], rtol=1e-5, atol=1e-5)
-    check_backend(run_onnx, graph, arrays, reference, name="onnx", rtol=1e-5, atol=1e-5)
+    check_backends(graph, arrays, reference, rtol=1e-5, atol=1e-5)
 
 
 DATA_DEPENDENT = [
@@ -179,7 +179,7 @@ DATA_DEPENDENT = [
 @pytest.mark.parametrize("op, fn, xs", DATA_DEPENDENT, ids=[f"{c[0]}-{i}" for i, c in enumerate(DATA_DEPENDENT)])
 def test_data_dependent_sizes(op, fn, xs):
     graph, arrays, reference = check_frontend(fn, xs, ops=[op])
-    check_backend(run_onnx, graph, arrays, reference, name="onnx")
+    check_backends(graph, arrays, reference)
 
 
 def _bag(mode, **kw):
@@ -212,7 +212,7 @@ MORE_OPS = [
 @pytest.mark.parametrize("op, fn, xs", MORE_OPS, ids=[f"{c[0]}-{i}" for i, c in enumerate(MORE_OPS)])
 def test_sampling_and_bags(op, fn, xs):
     graph, arrays, reference = check_frontend(fn, xs, ops=[op], rtol=1e-5, atol=1e-5)
-    check_backend(run_onnx, graph, arrays, reference, name="onnx", rtol=1e-5, atol=1e-5)
+    check_backends(graph, arrays, reference, rtol=1e-5, atol=1e-5)
 
 
 @pytest.mark.parametrize("fn, x", [
@@ -222,4 +222,4 @@ def test_sampling_and_bags(op, fn, xs):
 ])
 def test_unique_has_a_data_dependent_size(fn, x):
     graph, arrays, reference = check_frontend(fn, (x,), ops=["unique"])
-    check_backend(run_onnx, graph, arrays, reference, name="onnx")
+    check_backends(graph, arrays, reference)

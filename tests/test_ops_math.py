@@ -9,7 +9,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from op_check import check_backend, check_frontend, run_onnx
+from op_check import check_backends, check_frontend
 
 
 def gen(seed=0):
@@ -62,7 +62,7 @@ UNARY = [
 @pytest.mark.parametrize("op, fn, x", UNARY, ids=[f"{c[0]}-{i}" for i, c in enumerate(UNARY)])
 def test_unary(op, fn, x):
     graph, arrays, reference = check_frontend(fn, (x,), ops=[op])
-    check_backend(run_onnx, graph, arrays, reference, name="onnx")
+    check_backends(graph, arrays, reference)
 
 
 A_INT = ints(-20, 20, 4, 6, seed=1)
@@ -98,7 +98,7 @@ BINARY = [
 @pytest.mark.parametrize("op, fn, xs", BINARY, ids=[f"{c[0]}-{i}" for i, c in enumerate(BINARY)])
 def test_binary(op, fn, xs):
     graph, arrays, reference = check_frontend(fn, xs, ops=[op])
-    check_backend(run_onnx, graph, arrays, reference, name="onnx")
+    check_backends(graph, arrays, reference)
 
 
 @pytest.mark.parametrize("fn", [torch.remainder, torch.floor_divide, torch.fmod])
@@ -114,10 +114,17 @@ def test_integer_division_by_zero_is_refused_by_the_interpreter(fn):
 def test_true_division_of_ints_gives_float():
     graph, arrays, reference = check_frontend(lambda a, b: a / b, (A_INT, B_INT), ops=["div"])
     assert reference[0].dtype.name == "float32"
-    check_backend(run_onnx, graph, arrays, reference, name="onnx")
+    check_backends(graph, arrays, reference)
 
 
 def test_bool_arithmetic_promotes():
     graph, arrays, reference = check_frontend(lambda a, b: (a + b) * 2, (A_INT > 0, B_INT > 0))
     assert reference[0].dtype.name == "int64"
-    check_backend(run_onnx, graph, arrays, reference, name="onnx")
+    check_backends(graph, arrays, reference)
+
+
+def test_atan2_broadcasts_both_ways():
+    y, x = randn(2, 3, 4, seed=7), randn(4, seed=8)
+    for args in ((y, x), (x, y)):
+        graph, arrays, reference = check_frontend(torch.atan2, args, ops=["atan2"])
+        check_backends(graph, arrays, reference)

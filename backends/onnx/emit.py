@@ -632,8 +632,10 @@ def emit_atan2(ctx: EmitContext, node: Node) -> None:
                        shape=shape, **kw)
 
     zero = ctx.scalar(0.0, cd)
-    if y.shape != shape:
+    if y.shape != shape:  # every intermediate below has the output's shape
         yc = ctx.add("Expand", [yc, ctx.shape_input(shape, y.shape, mode="expand")], dtype=cd, shape=shape)
+    if x.shape != shape:
+        xc = ctx.add("Expand", [xc, ctx.shape_input(shape, x.shape, mode="expand")], dtype=cd, shape=shape)
     base = op("Atan", op("Div", yc, xc))
     y_negative = op("Less", yc, zero)
     shift = op("Where", y_negative, ctx.scalar(-math.pi, cd), ctx.scalar(math.pi, cd))

@@ -1,7 +1,17 @@
-"""Relax IRModule -> compiled TVM executable for a target.
+"""Relax IRModule -> compiled TVM executable for a target, and the IR rewrites before it.
 
-``build(mod, target)`` is the one entry point the emitter calls. This first version runs TVM's
-own default pipeline (GPU targets get dlight's default schedules; CPU kernels stay unscheduled).
+``prepare_graph(graph, target)`` rewrites our IR for the target before it is lowered (zero-pads
+hidden widths of linear chains to vector multiples); ``build(mod, target, options)`` compiles
+the Relax module the emitter made.
+
+CPU (llvm): ``tvm.compile`` alone legalizes and lowers but neither fuses nor schedules, so
+``build`` runs the preparation itself: exp/erf/tanh/softmax/gelu in TVM's vectorizable
+polynomial forms (libm calls stay scalar), convolutions to NHWC (only in modules that have them:
+ConvertLayout crashes on some Transformer graphs), legalize, annotate op patterns, fold
+constants, FuseOps, FuseTIR; then, with ``options["tune"]``, a MetaSchedule search
+(``backends/tvm/tune.py``), or with only ``options["tuning_db"]`` the saved database's schedules;
+then the search-free rules of ``backends/tvm/schedules.py`` for every function still
+unscheduled. CUDA: TVM's zero pipeline and dlight's GPU rules.
 """
 
 from __future__ import annotations
@@ -10,15 +20,245 @@ from typing import Any
 
 
 def build(mod, target, options: dict[str, Any] | None = None):
-    """Compile the Relax module ``mod`` for ``target`` (a ``tvm.target.Target``)."""
+    """Compile the Relax module ``mod`` for ``target`` (a ``tvm.target.Target``) into a VM
+    executable. ``options``: ``tune`` (trial budget or None), ``tuning_db`` (directory or None),
+    ``progress`` (callable taking one line), ``cpu`` (informational)."""
     import tvm
     from tvm import relax
 
-    mod = relax.get_pipeline("zero")(mod)
+    options = options or {}
     if target.kind.name == "cuda":
-        from tvm.s_tir import dlight
+        if options.get("tune"):
+            from compiler.errors import CompileError
 
-        with target:
-            mod = dlight.ApplyDefaultSchedule(dlight.gpu.Matmul(), dlight.gpu.GEMV(), dlight.gpu.Reduction(),
-                                              dlight.gpu.GeneralReduction(), dlight.gpu.Fallback())(mod)
+            raise CompileError("tuning (tune=N) is implemented for the llvm target only; "
+                               "cuda uses dlight's schedules")
+        return _build_cuda(mod, target)
+    mod = lower(mod, target, options)
+    with tvm.transform.PassContext(opt_level=3):
+        return tvm.compile(mod, target=target, relax_pipeline=relax.get_default_pipeline(target))
+
+
+def lower(mod, target, options: dict[str, Any] | None = None):
+    """The CPU module with every fused PrimFunc scheduled, before TVM's own lowering: the
+    preparation, then the tuning database (searched first when ``options["tune"]``), then the
+    search-free rules for what the database lacks."""
+    options = options or {}
+    mod = prepare_module(mod)
+    if options.get("tune") or options.get("tuning_db"):
+        from . import tune
+
+        mod = tune.tune_or_apply(mod, target, options)
+    return schedule_module(mod, target)
+
+
+def prepare_module(mod, convert_layout: bool = True):
+    """Layout, legalization and fusion: the form whose fused PrimFuncs the rules schedule and the
+    tuning database is keyed on (the same passes must run before tuning and before applying).
+    ``convert_layout=False`` keeps convolutions NCHW (for tests of the NCHW schedules)."""
+    import tvm
+    from tvm import relax
+
+    passes = [fast_math_pass()]
+    if convert_layout and _has_conv2d(mod):
+        passes += [broadcast_rank_pass(), relax.transform.FoldConstant(),
+                   relax.transform.ConvertLayout(NHWC_LAYOUTS)]
+    passes += [
+        relax.transform.LegalizeOps(),
+        relax.transform.AnnotateTIROpPattern(),
+        relax.transform.FoldConstant(),
+        relax.transform.FuseOps(),
+        relax.transform.FuseTIR(),
+        relax.transform.DeadCodeElimination(),
+    ]
+    return tvm.transform.Sequential(passes)(mod)
+
+
+# Convolutions run channels-last (pools follow them through ConvertLayout's propagation): the innermost axis is then the
+# channel axis the kernels vectorize (measured 1.87x -> 1.11x onnxruntime on a small CNN).
+NHWC_LAYOUTS = {"relax.nn.conv2d": ["NHWC", "HWIO"]}
+_BROADCAST_OPS = {"relax.add", "relax.subtract", "relax.multiply", "relax.divide", "relax.maximum",
+                  "relax.minimum"}
+
+
+def broadcast_rank_pass():
+    """Give the lower-rank operand of a broadcasting binary op the other operand's rank
+    (``[C,1,1]`` -> ``[1,C,1,1]``; same result by broadcasting rules): ConvertLayout only
+    converts an elementwise op whose operands have equal rank, and otherwise surrounds it with
+    transposes, which also keeps a convolution's bias and activation out of its kernel."""
+    import tvm
+    from tvm import relax
+
+    @relax.expr_functor.mutator
+    class Ranks(relax.PyExprMutator):
+        def visit_call_(self, call):
+            call = super().visit_call_(call)
+            if not (isinstance(call.op, tvm.ir.Op) and call.op.name in _BROADCAST_OPS and len(call.args) == 2):
+                return call
+            ranks = [_rank(a) for a in call.args]
+            if None in ranks or ranks[0] == ranks[1]:
+                return call
+            high = max(ranks)
+            args = [a if r == high else relax.op.expand_dims(a, list(range(high - r))) for a, r in
+                    zip(call.args, ranks)]
+            return relax.Call(call.op, args, call.attrs)
+
+    @tvm.transform.module_pass(opt_level=0, name="BroadcastRank")
+    def broadcast_rank(mod, _ctx):
+        mutator = Ranks(mod)
+        for gv, func in mod.functions_items():
+            if isinstance(func, relax.Function):
+                mutator.builder_.update_func(gv, mutator.visit_expr(func))
+        return mutator.builder_.get()
+
+    return broadcast_rank
+
+
+def _rank(expr):
+    ndim = getattr(expr.ty, "ndim", -1)
+    return None if ndim is None or ndim < 0 else int(ndim)
+
+
+def fast_math_pass():
+    """exp, erf, tanh, softmax and gelu through TVM's polynomial forms (``topi.fast_*``,
+    float32 error ~1e-7 relative): the libm calls they replace are scalar and made gelu the
+    slowest kernel of the Transformer (3.5 ns per element)."""
+    import tvm
+    from tvm import relax, topi
+
+    @relax.expr_functor.mutator
+    class FastGelu(relax.PyExprMutator):
+        def visit_call_(self, call):
+            call = super().visit_call_(call)
+            if isinstance(call.op, tvm.ir.Op) and call.op.name == "relax.nn.gelu" and _is_f32(call):
+                return self.builder_.call_te(_fast_gelu, call.args[0], primfunc_name_hint="fast_gelu")
+            return call
+
+    @tvm.transform.module_pass(opt_level=0, name="FastGelu")
+    def fast_gelu(mod, _ctx):
+        mutator = FastGelu(mod)
+        for gv, func in mod.functions_items():
+            if isinstance(func, relax.Function):
+                mutator.builder_.update_func(gv, mutator.visit_expr(func))
+        return mutator.builder_.get()
+
+    def _fast_gelu(x):
+        half = tvm.tirx.const(0.5, x.dtype)
+        return topi.multiply(topi.multiply(x, half),
+                             topi.add(topi.fast_erf(topi.multiply(x, tvm.tirx.const(0.5 ** 0.5, x.dtype))),
+                                      tvm.tirx.const(1.0, x.dtype)))
+
+    return tvm.transform.Sequential([fast_gelu, relax.transform.FastMathTransform()])
+
+
+def _is_f32(call) -> bool:
+    return str(getattr(call.args[0].ty, "dtype", "")) == "float32"
+
+
+def schedule_module(mod, target):
+    """Apply the search-free rules to every PrimFunc not yet scheduled (by the tuning database)."""
+    from tvm.s_tir import dlight
+
+    from .schedules import cpu_rules
+
+    with target:
+        return dlight.ApplyDefaultSchedule(*cpu_rules())(mod)
+
+
+def _has_conv2d(mod) -> bool:
+    from tvm import relax
+
+    found = []
+
+    def visit(expr):
+        if isinstance(expr, relax.Call) and getattr(expr.op, "name", "") == "relax.nn.conv2d":
+            found.append(expr)
+
+    for func in mod.functions.values():
+        if isinstance(func, relax.Function):
+            relax.analysis.post_order_visit(func, visit)
+    return bool(found)
+
+
+def _build_cuda(mod, target):
+    import tvm
+    from tvm import relax
+    from tvm.s_tir import dlight
+
+    mod = relax.get_pipeline("zero")(mod)
+    with target:
+        mod = dlight.ApplyDefaultSchedule(dlight.gpu.Matmul(), dlight.gpu.GEMV(), dlight.gpu.Reduction(),
+                                          dlight.gpu.GeneralReduction(), dlight.gpu.Fallback())(mod)
     return tvm.compile(mod, target=target)
+
+
+def prepare_graph(graph, target):
+    """Target-specific rewrites of our IR before it is lowered to Relax. CPU targets: zero-pad
+    the hidden widths of linear chains to vector multiples (exact; inputs/outputs unchanged)."""
+    kind = target.kind.name if hasattr(target, "kind") else str(target)
+    if kind == "llvm":
+        pad_linear_chains(graph, multiple=16)
+    return graph
+
+
+def pad_linear_chains(graph, multiple: int = 16) -> int:
+    """Zero-pad the hidden width between two constant-weight ``linear`` nodes to a multiple of
+    ``multiple``: the producer gets zero weight rows and zero bias (its extra outputs are
+    ``act(0)``, finite), the consumer zero weight columns, so the extra outputs contribute exactly
+    0 and the chain's result is unchanged. The vectorized kernels then have no scalar remainder
+    (measured 3.6x on the seed MLP). Returns the number of widths padded."""
+    padded = 0
+    changed = True
+    while changed:
+        changed = False
+        for node in list(graph.nodes):
+            consumer = _paddable_consumer(graph, node, multiple)
+            if consumer is not None:
+                _pad_pair(graph, node, consumer, multiple)
+                padded += 1
+                changed = True
+                break
+    return padded
+
+
+def _paddable_consumer(graph, node, multiple: int):
+    """The single ``linear`` consuming ``node``'s output as its x, when the pair can be padded."""
+    if node.op != "linear" or not node.inputs[1].is_const or not node.output.dtype.is_float:
+        return None
+    if node.inputs[2] is not None and not node.inputs[2].is_const:
+        return None
+    width = node.inputs[1].shape[0]
+    out = node.output
+    if width % multiple == 0 or len(out.uses) != 1 or any(out is v for v in graph.outputs):
+        return None
+    use = out.uses[0]
+    consumer = use.node
+    if consumer.op != "linear" or use.index != 0 or not consumer.inputs[1].is_const:
+        return None
+    return consumer
+
+
+def _pad_pair(graph, producer, consumer, multiple: int) -> None:
+    import numpy as np
+
+    weight = producer.inputs[1].const
+    extra = -weight.shape[0] % multiple
+    w1 = np.concatenate([weight, np.zeros((extra, weight.shape[1]), weight.dtype)])
+    inputs = [producer.inputs[0], graph.add_constant(w1, "padded_weight"), None]
+    if producer.inputs[2] is not None:
+        bias = producer.inputs[2].const
+        inputs[2] = graph.add_constant(np.concatenate([bias, np.zeros(extra, bias.dtype)]), "padded_bias")
+    new_producer = graph.insert_before(producer, "linear", inputs, dict(producer.attrs), location=producer.location)
+    w2 = consumer.inputs[1].const
+    w2 = np.concatenate([w2, np.zeros((w2.shape[0], extra), w2.dtype)], axis=1)
+    new_consumer = graph.insert_before(consumer, "linear",
+                                       [new_producer.output, graph.add_constant(w2, "padded_weight"),
+                                        consumer.inputs[2]], dict(consumer.attrs), location=consumer.location)
+    name = consumer.output.name
+    graph.replace_all_uses_with(consumer.output, new_consumer.output)
+    graph.remove_node(consumer)
+    # Keep the consumer's value name (it may be a graph output the artifact names).
+    graph.rename_value(consumer.output, name + "_unpadded")
+    graph.rename_value(new_consumer.output, name)
+    graph.remove_node(producer)
+    graph.remove_unused_constants()

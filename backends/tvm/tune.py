@@ -1,0 +1,151 @@
+"""MetaSchedule tuning for the CPU pipeline, and re-applying a saved tuning database.
+
+``tune_or_apply(mod, target, options)`` takes the module after ``pipeline.prepare_module`` (the
+fused PrimFuncs are the tuning tasks, and the database is keyed on their exact structure, so the
+same preparation must run before tuning and before applying). With ``options["tune"] = N`` it
+searches with a budget of N trials (both the global and the per-task limit), prints one line per
+task and search round through ``options["progress"]`` (or stderr) and stores a JSON database in
+``options["tuning_db"]``; with only ``tuning_db`` it applies the database without searching.
+Functions the database lacks stay unscheduled here and get the search-free rules afterwards.
+
+Two things this TVM wheel needs (measured, see the project's TVM notes): the stock builder fails
+every candidate because tuning tasks are private PrimFuncs without a ``global_symbol``, so our
+builder attaches one; and it must not import ``tvm.s_tir.tensor_intrin`` (about 28 s of CPU,
+beyond the builder's timeout), which the stock builder does.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+import time
+from typing import Any
+
+from compiler.errors import CompileError
+
+DATABASE_FILES = ("database_workload.json", "database_tuning_record.json")
+
+
+def tune_or_apply(mod, target, options: dict[str, Any]):
+    """Tune (when ``options["tune"]``) and then apply the database in ``options["tuning_db"]``."""
+    budget = options.get("tune")
+    db_dir = options.get("tuning_db")
+    if budget and not db_dir:
+        raise CompileError("tuning needs a database directory: pass tuning_db (--tuning-db DIR) with tune")
+    if budget is not None and (not isinstance(budget, int) or budget < 1):
+        raise CompileError(f"tune must be a positive number of trials, got {budget!r}")
+    db_dir = os.fspath(db_dir)
+    if budget:
+        tune(mod, target, budget, db_dir, options.get("progress"))
+    elif not has_database(db_dir):
+        raise CompileError(f"no tuning database in {db_dir} (expected {' and '.join(DATABASE_FILES)}); "
+                           "run once with tune=N to create it")
+    return apply_database(mod, target, db_dir)
+
+
+def has_database(db_dir: str) -> bool:
+    return all(os.path.isfile(os.path.join(db_dir, name)) for name in DATABASE_FILES)
+
+
+def apply_database(mod, target, db_dir: str):
+    """Replace every PrimFunc the database has a record for with its best schedule (marked
+    scheduled, so the search-free rules leave it alone)."""
+    from tvm import relax
+    from tvm.s_tir import meta_schedule as ms
+
+    database = ms.database.JSONDatabase(work_dir=db_dir)
+    with tuning_target(target), database:
+        return relax.transform.MetaScheduleApplyDatabase(enable_warning=False)(mod)
+
+
+def tune(mod, target, budget: int, db_dir: str, progress=None) -> float:
+    """Search schedules for every PrimFunc of ``mod``; returns the tuning time in seconds."""
+    from tvm.s_tir import meta_schedule as ms
+
+    say = progress or (lambda line: print(line, file=sys.stderr, flush=True))
+    os.makedirs(db_dir, exist_ok=True)
+    start = time.perf_counter()
+    target = tuning_target(target)
+    # MetaSchedule logs every round to stdout at DEBUG unless its logger has a level; keep the
+    # console to warnings (the full log still goes to <tuning_db>/logs) and report through `say`.
+    ms_logger = logging.getLogger("tvm.s_tir.meta_schedule")
+    if ms_logger.level == logging.NOTSET:
+        ms_logger.setLevel(logging.WARNING)
+    extracted = ms.relax_integration.extract_tasks(mod, target)
+    contexts, weights = ms.relax_integration.extracted_tasks_to_tune_contexts(
+        extracted, work_dir=db_dir, num_threads=_cores(), seed=0)
+    if not contexts:
+        say("[tune] nothing to tune")
+        return 0.0
+    say(f"[tune] {len(contexts)} tasks, {budget} trials, database {db_dir}")
+    callbacks = list(ms.measure_callback.MeasureCallback.create("default"))
+    callbacks.append(_progress_callback([c.task_name for c in contexts], say))
+    ms.tune.tune_tasks(
+        tasks=contexts, task_weights=weights, work_dir=db_dir,
+        max_trials_global=budget, max_trials_per_task=budget, num_trials_per_iter=min(64, budget),
+        builder=ms.builder.LocalBuilder(f_build=_make_f_build(), max_workers=_cores()),
+        runner=ms.runner.LocalRunner(), database=ms.database.JSONDatabase(work_dir=db_dir),
+        measure_callbacks=callbacks)
+    elapsed = time.perf_counter() - start
+    say(f"[tune] done in {elapsed:.1f} s")
+    return elapsed
+
+
+def tuning_target(target):
+    """``target`` with the ``num-cores`` attribute MetaSchedule requires."""
+    import tvm
+
+    config = dict(target.export())
+    if "num-cores" in config:
+        return target
+    config["num-cores"] = _cores()
+    host = config.pop("host", None)
+    return tvm.target.Target(config, host=host) if host else tvm.target.Target(config)
+
+
+def _cores() -> int:
+    return max(1, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1)
+
+
+def _make_f_build():
+    """The builder function. A local function: the builder's worker processes receive it by
+    value (cloudpickle), so they need not import this project."""
+
+    def f_build(mod, target, _params):
+        from tvm.driver import build as tvm_build
+        from tvm.s_tir.transform import RemoveWeightLayoutRewriteBlock
+
+        mod = RemoveWeightLayoutRewriteBlock(skip_tensor_rewrite=True)(mod)
+        # Tasks are private functions; lowering to a callable needs an exported symbol.
+        for gvar, func in list(mod.functions.items()):
+            if func.attrs is None or "global_symbol" not in func.attrs:
+                mod[gvar] = func.with_attr("global_symbol", gvar.name_hint)
+        return tvm_build(mod, target=target)
+
+    return f_build
+
+
+def _progress_callback(names: list[str], say):
+    """A measure callback that reports each task's trials and best latency as results arrive."""
+    from tvm.ir.utils import derived_object
+    from tvm.s_tir import meta_schedule as ms
+
+    @derived_object
+    class Progress(ms.measure_callback.PyMeasureCallback):
+        def __init__(self):
+            self.trials = [0] * len(names)
+            self.best = [float("inf")] * len(names)
+
+        def apply(self, task_scheduler, task_id, candidates, builder_results, runner_results):
+            self.trials[task_id] += len(candidates)
+            for result in runner_results:
+                if result.error_msg is None and result.run_secs:
+                    secs = sum(float(s) for s in result.run_secs) / len(result.run_secs)
+                    self.best[task_id] = min(self.best[task_id], secs)
+            best = self.best[task_id]
+            shown = f"{best * 1e6:.1f} us" if best < float("inf") else "no valid candidate yet"
+            say(f"[tune] task {task_id + 1}/{len(names)} {names[task_id]}: "
+                f"{self.trials[task_id]} trials, best {shown}")
+
+    return Progress()
