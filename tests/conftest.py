@@ -32,3 +32,12 @@ def replace_first_relu_with_neg(graph) -> bool:
             graph.remove_node(node)
             return True
     return False
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _private_library_cache(tmp_path_factory):
+    """TVM and HLS libraries extracted by load() go to a per-run directory, not the user's cache
+    (tests that check the cache itself point it elsewhere)."""
+    if "AOT_COMPILER_CACHE" not in os.environ:
+        os.environ["AOT_COMPILER_CACHE"] = str(tmp_path_factory.mktemp("aot-cache"))
+    yield
