@@ -853,15 +853,39 @@ def _scatter(ctx: ImportContext, node: Node):
     if "scatter_add" in name:
         reduction = "add"
     elif "scatter_reduce" in name:
-        reduce = node.args[4]
-        if not arg(node, 5, "include_self", True):
-            raise ctx.unsupported("scatter_reduce with include_self=False")
-        if reduce not in _SCATTER_REDUCE:
-            raise ctx.unsupported(f"scatter_reduce with reduce={reduce!r} (sum, prod, amax and amin are supported)")
+        reduce, include_self = node.args[4], bool(arg(node, 5, "include_self", True))
+        if reduce == "mean" or not include_self:
+            return _scatter_reduce_composed(ctx, x, axis, index, src, reduce, include_self)
         reduction = _SCATTER_REDUCE[reduce]
     elif "reduce" in name:
         reduction = {"add": "add", "multiply": "mul"}[arg(node, 4, "reduce")]
     return ctx.emit("scatter_elements", x, index, src, axis=axis, reduction=reduction)
+
+
+def _scatter_reduce_composed(ctx: ImportContext, x: Value, axis: int, index: Value, src: Value, reduce: str,
+                             include_self: bool) -> Value:
+    """scatter_reduce's mean, and include_self=False: positions that receive values start from the
+    reduction's identity instead of x; mean divides the sum by the number of values combined
+    (floor division for integers, as PyTorch)."""
+    if reduce not in (*_SCATTER_REDUCE, "mean"):
+        raise ctx.unsupported(f"scatter_reduce with reduce={reduce!r}")
+    dtype = x.dtype
+    ones = _filled(ctx, 1, dtype, tuple(index.shape))
+    hits = ctx.emit("scatter_elements", _filled(ctx, 0, dtype, tuple(x.shape)), index, ones, axis=axis, reduction="add")
+    base = x
+    if not include_self:
+        info = np.finfo(dtype.numpy) if dtype.is_float else np.iinfo(dtype.numpy)
+        identity = {"sum": 0, "mean": 0, "prod": 1, "amax": -np.inf if dtype.is_float else info.min,
+                    "amin": np.inf if dtype.is_float else info.max}[reduce]
+        was_hit = ctx.emit("gt", hits, ctx.tensor(0, dtype) if not dtype.is_float else ctx.tensor(0.0, dtype))
+        base = ctx.emit("where", was_hit, ctx.graph.add_constant(np.asarray(identity, dtype.numpy), "identity"), x)
+    reduction = "add" if reduce == "mean" else _SCATTER_REDUCE[reduce]
+    combined = ctx.emit("scatter_elements", base, index, src, axis=axis, reduction=reduction)
+    if reduce != "mean":
+        return combined
+    count = ctx.emit("add", hits, ctx.graph.add_constant(np.asarray(1, dtype.numpy), "one")) if include_self else hits
+    count = ctx.emit("maximum", count, ctx.graph.add_constant(np.asarray(1, dtype.numpy), "one"))
+    return ctx.emit("div" if dtype.is_float else "floor_div", combined, count)
 
 
 def _data_dependent_dim(ctx: ImportContext, position: int, output: int | None = None) -> str:

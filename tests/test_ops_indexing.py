@@ -76,6 +76,16 @@ CASES = [
                                                                             randn(4, 3, seed=9))),
     ("scatter_elements", lambda x, i, s: x.scatter_add(1, i, s), (ints(0, 9, 4, 5), ints(0, 5, 4, 3),
                                                                   ints(0, 9, 4, 7))),  # src larger than index
+    ("scatter_elements", lambda x, i, s: x.scatter_reduce(0, i, s, "mean"), (randn(4, 5, seed=7), ints(0, 4, 6, 5),
+                                                                            randn(6, 5, seed=9))),
+    ("scatter_elements", lambda x, i, s: x.scatter_reduce(0, i, s, "mean", include_self=False),
+     (randn(4, 5, seed=7), ints(0, 4, 3, 5), randn(3, 5, seed=9))),
+    ("scatter_elements", lambda x, i, s: x.scatter_reduce(1, i, s, "amax", include_self=False),
+     (randn(4, 5, seed=7), ints(0, 5, 4, 3), randn(4, 3, seed=9))),
+    ("scatter_elements", lambda x, i, s: x.scatter_reduce(0, i, s, "mean"), (ints(-9, 9, 4, 5), ints(0, 4, 6, 5),
+                                                                            ints(-9, 9, 6, 5))),
+    ("scatter_elements", lambda x, i, s: x.scatter_reduce(0, i, s, "prod", include_self=False),
+     (ints(-3, 4, 4, 5), ints(0, 4, 3, 5), ints(-3, 4, 3, 5))),
     # advanced indexing
     ("index", lambda x, i: x[i], (X, ints(-3, 3, 2, 2))),
     ("index", lambda x, i: x[:, i], (X, ints(-4, 4, 3))),
