@@ -48,12 +48,18 @@ def cached_library(data: bytes) -> Path:
 
 
 def set_threads(threads: int | None) -> None:
-    """TVM's CPU thread pool size (None or 0: TVM's default, one per core)."""
-    if threads:
-        import tvm_ffi
+    """TVM's CPU thread pool size (None or 0: one per core). The pool is global to the process,
+    so every load sets it, or an earlier load(threads=1) would keep later models on one thread.
 
-        # runtime.config_threadpool(mode, nthreads): mode 1 = big cores (all cores on x86)
-        tvm_ffi.get_global_func("runtime.config_threadpool")(1, int(threads))
+    TVM caps the pool at TVM_NUM_THREADS, else at half the hardware threads on x86 (it assumes
+    hyper-threading), which on a 2-vCPU machine is one thread: we set the cap to the core count
+    unless the user set it."""
+    import tvm_ffi
+
+    cores = os.cpu_count() or 1
+    os.environ.setdefault("TVM_NUM_THREADS", str(cores))
+    # runtime.config_threadpool(mode, nthreads): mode 1 = big cores (all cores on x86)
+    tvm_ffi.get_global_func("runtime.config_threadpool")(1, int(threads or cores))
 
 
 def _device(kind: str):
