@@ -6,7 +6,7 @@ STAMP  := $(VENV)/.installed
 # Pytest workers: the suite is CPU-bound; one per core.
 JOBS   ?= $(shell $(PYTHON) -c "import os; print(min(4, os.cpu_count() or 1))")
 
-.PHONY: venv demo test test-all bench coverage clean
+.PHONY: venv demo compress-demo test test-all bench coverage clean
 
 venv: $(STAMP)
 
@@ -22,6 +22,9 @@ $(STAMP): pyproject.toml
 
 demo: venv
 	$(PY) examples/demo.py
+
+compress-demo: venv
+	$(PY) examples/compress_demo.py
 
 test: venv
 	$(PY) -m pytest -q -n $(JOBS) -m "not slow" tests

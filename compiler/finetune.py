@@ -19,7 +19,8 @@ from compiler.errors import CompileError
 from compiler.ir import Graph
 from compiler.to_torch import GraphModule, graph_to_module
 
-LOSSES: dict[str, Callable[[], nn.Module]] = {"cross_entropy": nn.CrossEntropyLoss, "mse": nn.MSELoss}
+LOSSES: dict[str, Callable[[], nn.Module]] = {"cross_entropy": nn.CrossEntropyLoss, "mse": nn.MSELoss,
+                                              "bce": nn.BCEWithLogitsLoss}  # bce: one logit per sample
 
 
 def _as_tensor(a) -> torch.Tensor:
