@@ -44,11 +44,18 @@ def finetune(graph: Graph, x, y, *, epochs: int = 5, lr: float = 1e-3, batch: in
         raise CompileError("fine-tuning inputs and targets must have the same number of samples along dim 0")
     module = graph_to_module(graph)
     step = train_step or _default_step(module, lr, LOSSES[loss]())
+    fixed = graph.inputs[0].shape[0] if graph.inputs and graph.inputs[0].shape else None
+    if isinstance(fixed, int):  # a graph compiled for a static batch trains on batches of exactly that size
+        if len(yt) < fixed:
+            raise CompileError(f"the graph takes batches of {fixed} samples; fine-tuning data has only {len(yt)} "
+                               "(compile with dynamic_batch=True to train on any batch size)")
+        batch = fixed
     generator = torch.Generator().manual_seed(seed)
     module.train()
     for _ in range(epochs):
         order = torch.randperm(len(yt), generator=generator)
-        for start in range(0, len(yt), batch):
+        last = len(yt) - batch if isinstance(fixed, int) else len(yt) - 1
+        for start in range(0, last + 1, batch):
             idx = order[start:start + batch]
             xb = [t[idx] for t in xs]
             step(module, xb[0] if len(xb) == 1 else tuple(xb), yt[idx])

@@ -121,3 +121,24 @@ def test_constant_folding_keeps_quantized_weights_quantized():
     assert "dequantize_linear" in g.op_counts()
     assert any(v.const.dtype == np.int8 for v in g.constants.values())
     np.testing.assert_array_equal(run_graph(g, [np.ones((2, 4), np.float32)])[0], before[0])
+
+
+def test_finetune_of_a_static_batch_graph_uses_whole_batches():
+    from compiler.finetune import finetune
+    from compiler.interpreter import run_graph
+
+    g = Graph("g")
+    x = g.add_input("x", TensorType(DType.float32, (4, 3)))
+    w = g.add_constant(np.random.default_rng(0).standard_normal((2, 3)).astype(np.float32), "w")
+    g.set_outputs([g.op("reshape", g.op("linear", x, w), shape=[4, 2])])  # a reshape fixes the batch
+    rng = np.random.default_rng(1)
+    data, labels = rng.standard_normal((10, 3)).astype(np.float32), rng.integers(0, 2, 10)
+    module = finetune(g, data, labels, epochs=2)
+    import torch
+
+    with torch.no_grad():
+        trained = module(torch.from_numpy(data[:4])).numpy()
+    assert trained.shape == (4, 2)
+    assert not np.allclose(trained, run_graph(g, [data[:4]])[0])  # it did train
+    with pytest.raises(CompileError, match="batches of 4"):
+        finetune(g, data[:3], labels[:3])
