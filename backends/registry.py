@@ -30,11 +30,17 @@ class Target:
     module: str  # emitter module: emit_target() and supported_ops()
     options: tuple[str, ...] = ()  # names of the target options it accepts
 
-    def emit(self, graph: Graph, options: dict[str, Any]) -> tuple[dict[str, bytes], dict[str, Any]]:
+    def check_options(self, options: dict[str, Any]) -> None:
+        """Reject options of other targets (and incomplete ones) before any slow work."""
         unknown = sorted(k for k, v in options.items() if v is not None and k not in self.options)
         if unknown:
             raise CompileError(f"option(s) {', '.join(unknown)} do not apply to target '{self.name}'; "
                                + _who_takes(unknown[0]))
+        if options.get("tune") is not None and not options.get("tuning_db"):
+            raise CompileError("tuning needs a database directory: pass tuning_db (--tuning-db DIR) with tune")
+
+    def emit(self, graph: Graph, options: dict[str, Any]) -> tuple[dict[str, bytes], dict[str, Any]]:
+        self.check_options(options)
         chosen = {k: v for k, v in options.items() if k in self.options}
         try:
             return importlib.import_module(self.module).emit_target(graph, {**chosen, "target": self.name})

@@ -80,6 +80,8 @@ def compile(model: Any, example_inputs: Sequence[Any] | None = None, *, target: 
                                      prune=prune, prune_structure=prune_structure, prune_scope=prune_scope,
                                      prune_multiple_of=prune_multiple_of, weight_sharing_bits=weight_sharing_bits)
     compression.check()
+    tgt.check_options({k: v for k, v in {"opset": opset, "onnx_standard_only": onnx_standard_only or None,
+                                         **(target_options or {})}.items() if v is not None})
     source = _load_source(model, example_inputs, weights, trust_pickle, input_shapes, prog)
     output_path = Path(output) if output is not None else Path(f"{source.name}.aot")
     _check_output_dir(output_path)

@@ -201,3 +201,18 @@ def test_console_script_runs_as_a_subprocess(net_py, tmp_path):
                           cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout == "" and out_path.exists()
+
+
+@pytest.mark.parametrize("flags, message", [
+    (["--target", "onnx", "--tune", "4"], "do not apply to target 'onnx'"),
+    (["--target", "llvm", "--tune", "4"], "tuning needs a database directory"),
+    (["--target", "onnx", "--hls-precision", "ap_fixed<8,3>"], "'hls_precision' is for target"),
+    (["--target", "hls", "--hls-precision-map", "{oops"], "not valid JSON"),
+])
+def test_target_options_are_checked_before_any_work(flags, message, capsys, tmp_path):
+    from compiler.cli import main
+
+    assert main(["models/mlp.py:SeedMLP", "-o", str(tmp_path / "m.aot"), "-q", *flags]) == 2
+    err = capsys.readouterr().err
+    assert message in err and err.count("\n") == 1
+    assert not (tmp_path / "m.aot").exists()
