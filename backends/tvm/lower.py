@@ -154,14 +154,16 @@ def _log_base(base: float):
 
 
 UNARY: dict[str, Callable] = {
-    "neg": lambda ctx, x, dt, a: R.subtract(ctx.const(0, dt), x) if dt == DType.uint8 else R.negative(x), "abs": _simple(R.abs), "exp": _simple(R.exp), "log": _simple(R.log),
+    "neg": lambda ctx, x, dt, a: R.subtract(ctx.const(0, dt), x) if dt == DType.uint8 else R.negative(x),
+    "abs": _simple(R.abs), "exp": _simple(R.exp), "log": _simple(R.log),
     "sqrt": _simple(R.sqrt), "rsqrt": _simple(R.rsqrt), "sin": _simple(R.sin), "cos": _simple(R.cos),
     "tanh": _simple(R.tanh), "erf": _simple(R.erf), "floor": _simple(R.floor), "ceil": _simple(R.ceil),
     "tan": _simple(R.tan), "asin": _simple(R.asin), "acos": _simple(R.acos), "atan": _simple(R.atan),
     # TVM's llvm codegen has no sinh/cosh intrinsic: exp form, in float64 (no cancellation issue near 0
     # at float32 precision)
     "sinh": _f64(lambda ctx, x, dt, a: R.multiply(R.subtract(R.exp(x), R.exp(R.negative(x))), ctx.const(0.5, dt))),
-    "cosh": _f64(lambda ctx, x, dt, a: R.multiply(R.add(R.exp(x), R.exp(R.negative(x))), ctx.const(0.5, dt))), "asinh": _simple(R.asinh), "acosh": _simple(R.acosh),
+    "cosh": _f64(lambda ctx, x, dt, a: R.multiply(R.add(R.exp(x), R.exp(R.negative(x))), ctx.const(0.5, dt))),
+    "asinh": _simple(R.asinh), "acosh": _simple(R.acosh),
     "atanh": _simple(R.atanh), "round": _simple(R.round), "trunc": _simple(R.trunc),
     "isinf": _simple(R.isinf), "logical_not": _simple(R.logical_not),
     "reciprocal": lambda ctx, x, dt, a: R.divide(ctx.const(1, dt), x),
@@ -935,13 +937,15 @@ EMITTERS: dict[str, Emitter] = {
     "reduce_prod": _reduce_emitter(R.prod), "argmax": emit_argmax, "cumsum": emit_cumsum, "cumprod": emit_cumprod,
     "reshape": emit_reshape, "transpose": emit_transpose, "concat": emit_concat, "slice": emit_slice,
     "gather": emit_gather, "expand": emit_expand, "flip": emit_flip, "pad": emit_pad,
-    "gather_elements": emit_gather_elements, "index_put": emit_index_put, "unique": emit_unique, "nonzero": emit_nonzero, "embedding_bag": emit_embedding_bag, "index": emit_index, "scatter_elements": emit_scatter_elements, "sort": emit_sort, "topk": emit_topk,
-    "conv_transpose": emit_conv_transpose,
+    "gather_elements": emit_gather_elements, "scatter_elements": emit_scatter_elements, "index": emit_index,
+    "index_put": emit_index_put, "unique": emit_unique, "nonzero": emit_nonzero, "embedding_bag": emit_embedding_bag,
+    "sort": emit_sort, "topk": emit_topk, "conv_transpose": emit_conv_transpose,
     "matmul": emit_matmul, "linear": emit_linear, "conv": emit_conv,
     "batch_norm": emit_batch_norm, "layer_norm": emit_layer_norm, "group_norm": emit_group_norm,
     "softmax": emit_softmax, "log_softmax": emit_log_softmax,
     "max_pool": emit_max_pool, "avg_pool": emit_avg_pool, "adaptive_avg_pool": emit_adaptive_avg_pool,
-    "adaptive_max_pool": emit_adaptive_max_pool, "max_pool_with_indices": emit_max_pool_with_indices, "resize": emit_resize, "grid_sample": emit_grid_sample,
+    "adaptive_max_pool": emit_adaptive_max_pool, "max_pool_with_indices": emit_max_pool_with_indices,
+    "resize": emit_resize, "grid_sample": emit_grid_sample,
     "attention": emit_attention, "multi_head_attention": emit_multi_head_attention,
     "quantize_linear": emit_quantize_linear, "dequantize_linear": emit_dequantize_linear,
     "dynamic_quantize_linear": emit_dynamic_quantize_linear, "matmul_integer": emit_matmul_integer,
