@@ -34,8 +34,9 @@ ROUNDS = 3
 sys.path.insert(0, str(ROOT))
 
 
-def median_latency(fn, *, min_runs: int = 20, budget_s: float = 1.0) -> float:
-    """Median seconds per call after warm-up; runs until both the run count and budget are met."""
+def median_latency(fn, *, min_runs: int = 20, budget_s: float = 1.0, max_runs: int | None = 10_000) -> float:
+    """Median seconds per call after warm-up; runs until both the run count and budget are met
+    (or ``max_runs`` calls were timed). The other bench scripts import it from here."""
     for _ in range(5):
         fn()
     times: list[float] = []
@@ -44,7 +45,7 @@ def median_latency(fn, *, min_runs: int = 20, budget_s: float = 1.0) -> float:
         t0 = time.perf_counter()
         fn()
         times.append(time.perf_counter() - t0)
-        if len(times) >= 10_000:
+        if max_runs is not None and len(times) >= max_runs:
             break
     return float(np.median(times))
 

@@ -21,7 +21,6 @@ from __future__ import annotations
 import argparse
 import sys
 import tempfile
-import time
 import warnings
 import zipfile
 from pathlib import Path
@@ -31,6 +30,8 @@ import numpy as np
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+import bench  # noqa: E402  (bench/bench.py, next to this file)
+
 BATCH = 64
 CALIBRATION_BATCHES = 10
 # label -> compile() options; "int8 per-tensor" shows what per-channel weight scales cost
@@ -39,16 +40,7 @@ MODES = {"float32": {}, "int8": {"quantize": "int8"}, "int8 per-tensor": {"quant
 
 
 def median_latency(fn, *, min_runs: int = 30, budget_s: float = 0.4) -> float:
-    """Median seconds per call after warm-up; runs until both the run count and budget are met."""
-    for _ in range(5):
-        fn()
-    times: list[float] = []
-    start = time.perf_counter()
-    while len(times) < min_runs or time.perf_counter() - start < budget_s:
-        t0 = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t0)
-    return float(np.median(times))
+    return bench.median_latency(fn, min_runs=min_runs, budget_s=budget_s, max_runs=None)
 
 
 def build(kind: str, mode: str, out_dir: Path) -> Path:

@@ -17,24 +17,14 @@ import tempfile
 import time
 from pathlib import Path
 
-import numpy as np
-
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from bench import median_latency  # noqa: E402  (bench/bench.py, next to this file)
 
-def median_s(fn, *, min_runs: int = 30, budget_s: float = 2.0) -> float:
-    for _ in range(5):
-        fn()
-    times: list[float] = []
-    start = time.perf_counter()
-    while len(times) < min_runs or time.perf_counter() - start < budget_s:
-        t0 = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t0)
-        if len(times) >= 2000:
-            break
-    return float(np.median(times))
+
+def median_s(fn) -> float:
+    return median_latency(fn, min_runs=30, budget_s=2.0, max_runs=2000)
 
 
 def card_name() -> str:
