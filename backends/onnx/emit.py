@@ -28,7 +28,7 @@ from onnx import TensorProto, helper, numpy_helper
 from compiler import dims
 from compiler.errors import CompileError, UnsupportedOpError
 from compiler.ir import DType, Graph, Node, Value
-from compiler.ops.nn import activation_op
+from compiler.ops.nn import activation_op, adaptive_bins
 
 # onnx 1.23 defines opset 28 and onnxruntime 1.32 has a CPU kernel for every op at the version
 # opset 28 selects (checked against onnxruntime's kernel registry: only the deprecated Scatter
@@ -1303,8 +1303,7 @@ def _adaptive_pool(ctx: EmitContext, node: Node, global_op: str, window_op: str,
     current, shape = ctx.cast(ctx.value(x), x.dtype, cd), tuple(x.shape)
     for axis, (size, out) in enumerate(zip(spatial, out_size), start=2):
         bins = []
-        for i in range(out):
-            lo, hi = (i * size) // out, -(-((i + 1) * size) // out)
+        for lo, hi in adaptive_bins(size, out):
             piece = ctx.add("Slice", [current, ctx.ints([lo], "starts"), ctx.ints([hi], "ends"),
                                       ctx.ints([axis], "axes")], dtype=cd)
             bins.append(ctx.add(reduce_op, [piece, ctx.ints([axis], "axes")], dtype=cd, keepdims=1))

@@ -24,7 +24,7 @@ from tvm.relax import op as R
 from compiler import dims
 from compiler.errors import UnsupportedOpError
 from compiler.ir import DType, Graph, Node, Value
-from compiler.ops.nn import activation_op
+from compiler.ops.nn import activation_op, adaptive_bins
 
 STAGE = "the TVM backend"
 
@@ -760,8 +760,8 @@ def emit_adaptive_avg_pool(ctx, node):
 
 
 def emit_adaptive_max_pool(ctx, node):
-    """Per spatial axis (max over a box is separable): bin i spans [floor(i*L/O), ceil((i+1)*L/O)),
-    one slice + max per bin, concatenated."""
+    """Per spatial axis (max over a box is separable): one slice + max per ``adaptive_bins`` bin,
+    concatenated."""
     x = node.inputs[0]
     size = list(node.attrs["output_size"])
     y = ctx.value(x)
@@ -770,8 +770,8 @@ def emit_adaptive_max_pool(ctx, node):
         n = x.shape[axis]
         if not isinstance(n, int):
             raise ctx.unsupported("adaptive max pooling of a symbolic spatial dim")
-        bins = [ctx.emit(R.max(R.strided_slice(y, [axis], [i * n // out], [-(-(i + 1) * n // out)]), [axis], True))
-                for i in range(out)]
+        bins = [ctx.emit(R.max(R.strided_slice(y, [axis], [lo], [hi]), [axis], True))
+                for lo, hi in adaptive_bins(n, out)]
         y = ctx.emit(R.concat(bins, axis)) if len(bins) > 1 else bins[0]
     return y
 

@@ -469,26 +469,28 @@ def _adaptive_type(x: TensorType, *, output_size) -> TensorType:
 @defop("adaptive_avg_pool", ["x"], infer=_adaptive_type, attrs={"output_size": Attr("ints")},
        tags=("pool",))
 def adaptive_avg_pool(x, *, output_size):
-    """PyTorch adaptive average pooling: bin i spans [floor(i*L/O), ceil((i+1)*L/O))."""
-    y = x.astype(np.float64)
+    """PyTorch adaptive average pooling over ``adaptive_bins``."""
+    return _adaptive_pool(x.astype(np.float64), output_size, np.mean).astype(x.dtype)
+
+
+def adaptive_bins(size: int, out: int) -> list[tuple[int, int]]:
+    """PyTorch's adaptive pooling bins along one axis: bin i spans [floor(i*L/O), ceil((i+1)*L/O)).
+    Backends that unroll the bins use this too."""
+    return [((i * size) // out, -(-((i + 1) * size) // out)) for i in range(out)]
+
+
+def _adaptive_pool(y: np.ndarray, output_size, reduce) -> np.ndarray:
+    """``reduce`` over each box of bins; a box reduction separates into one per axis."""
     for axis, out in enumerate(output_size, start=2):
-        size = y.shape[axis]
-        bins = [np.take(y, range((i * size) // out, -(-((i + 1) * size) // out)), axis=axis).mean(axis=axis)
-                for i in range(out)]
-        y = np.stack(bins, axis=axis)
-    return y.astype(x.dtype)
+        y = np.stack([reduce(np.take(y, range(lo, hi), axis=axis), axis=axis)
+                      for lo, hi in adaptive_bins(y.shape[axis], out)], axis=axis)
+    return y
 
 
 @defop("adaptive_max_pool", ["x"], infer=_adaptive_type, attrs={"output_size": Attr("ints")}, tags=("pool",))
 def adaptive_max_pool(x, *, output_size):
-    """PyTorch adaptive max pooling: bin i spans [floor(i*L/O), ceil((i+1)*L/O))."""
-    y = x
-    for axis, out in enumerate(output_size, start=2):
-        size = y.shape[axis]
-        bins = [np.take(y, range((i * size) // out, -(-((i + 1) * size) // out)), axis=axis).max(axis=axis)
-                for i in range(out)]
-        y = np.stack(bins, axis=axis)
-    return y.astype(x.dtype)
+    """PyTorch adaptive max pooling over ``adaptive_bins``."""
+    return _adaptive_pool(x, output_size, np.max).astype(x.dtype)
 
 
 # -- attention -------------------------------------------------------------------------------
