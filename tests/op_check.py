@@ -17,6 +17,18 @@ from compiler.interpreter import run_graph
 RTOL, ATOL = 1e-5, 1e-6
 
 
+def gen(seed: int = 0) -> torch.Generator:
+    return torch.Generator().manual_seed(seed)
+
+
+def randn(*shape, seed: int = 0) -> torch.Tensor:
+    return torch.randn(*shape, generator=gen(seed))
+
+
+def ints(lo: int, hi: int, *shape, dtype=torch.int64, seed: int = 0) -> torch.Tensor:
+    return torch.randint(lo, hi, shape, generator=gen(seed), dtype=dtype)
+
+
 class Fn(nn.Module):
     def __init__(self, fn):
         super().__init__()

@@ -10,20 +10,11 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from torch import nn
 
 import compiler
 from compiler.frontend import export_module, import_exported_program
 from compiler.interpreter import run_graph
-
-
-class Fn(nn.Module):
-    def __init__(self, fn):
-        super().__init__()
-        self.fn = fn
-
-    def forward(self, *xs):
-        return self.fn(*xs)
+from op_check import Fn
 
 
 def _gen(seed):

@@ -10,9 +10,6 @@ itself runs ``onnx.checker.check_model(full_check=True)`` on every model emitted
 
 from __future__ import annotations
 
-import math
-from dataclasses import dataclass
-from typing import Any, Callable
 
 import numpy as np
 import pytest

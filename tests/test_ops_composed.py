@@ -10,11 +10,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from op_check import check_backends, check_frontend
-
-
-def randn(*shape, seed=0):
-    return torch.randn(*shape, generator=torch.Generator().manual_seed(seed))
+from op_check import check_backends, check_frontend, randn
 
 
 def module(factory):

@@ -12,19 +12,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from op_check import check_backends, check_frontend
-
-
-def gen(seed=0):
-    return torch.Generator().manual_seed(seed)
-
-
-def randn(*shape, seed=0):
-    return torch.randn(*shape, generator=gen(seed))
-
-
-def ints(lo, hi, *shape, seed=0):
-    return torch.randint(lo, hi, shape, generator=gen(seed))
+from op_check import check_backends, check_frontend, gen, ints, randn
 
 
 def distinct(*shape, seed=0):

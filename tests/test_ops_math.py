@@ -9,23 +9,11 @@ from __future__ import annotations
 import pytest
 import torch
 
-from op_check import check_backends, check_frontend
-
-
-def gen(seed=0):
-    return torch.Generator().manual_seed(seed)
-
-
-def randn(*shape, seed=0):
-    return torch.randn(*shape, generator=gen(seed))
+from op_check import check_backends, check_frontend, gen, ints, randn
 
 
 def uniform(lo, hi, *shape, seed=0):
     return torch.rand(*shape, generator=gen(seed)) * (hi - lo) + lo
-
-
-def ints(lo, hi, *shape, dtype=torch.int64, seed=0):
-    return torch.randint(lo, hi, shape, generator=gen(seed), dtype=dtype)
 
 
 def nonzero_ints(lo, hi, *shape, seed=0):

@@ -17,6 +17,7 @@ from torch import nn
 
 from compiler.frontend import export_module, import_exported_program
 from compiler.interpreter import run_graph
+from op_check import Fn
 
 qd = torch.ops.quantized_decomposed
 
@@ -46,15 +47,6 @@ def assert_ints_match(got: np.ndarray, want: np.ndarray, ties: np.ndarray) -> No
     assert not (differ & ~ties).any(), f"{int((differ & ~ties).sum())} integers differ away from rounding ties"
     assert np.abs(got.astype(np.int64) - want.astype(np.int64)).max(initial=0) <= 1
     assert ties.mean() < 1e-4
-
-
-class Fn(nn.Module):
-    def __init__(self, fn):
-        super().__init__()
-        self.fn = fn
-
-    def forward(self, *xs):
-        return self.fn(*xs)
 
 
 @pytest.mark.parametrize("dtype, lo, hi, zero_point", [
