@@ -877,7 +877,7 @@ def _scatter_reduce_composed(ctx: ImportContext, x: Value, axis: int, index: Val
         info = np.finfo(dtype.numpy) if dtype.is_float else np.iinfo(dtype.numpy)
         identity = {"sum": 0, "mean": 0, "prod": 1, "amax": -np.inf if dtype.is_float else info.min,
                     "amin": np.inf if dtype.is_float else info.max}[reduce]
-        was_hit = ctx.emit("gt", hits, ctx.tensor(0, dtype) if not dtype.is_float else ctx.tensor(0.0, dtype))
+        was_hit = ctx.emit("gt", hits, ctx.tensor(0, dtype))
         base = ctx.emit("where", was_hit, ctx.graph.add_constant(np.asarray(identity, dtype.numpy), "identity"), x)
     reduction = "add" if reduce == "mean" else _SCATTER_REDUCE[reduce]
     combined = ctx.emit("scatter_elements", base, index, src, axis=axis, reduction=reduction)
@@ -1095,11 +1095,9 @@ def _bucketize(ctx: ImportContext, node: Node):
 @handles("aten._cdist_forward.default")
 def _cdist(ctx: ImportContext, node: Node):
     a, b, p = ctx.tensor(node.args[0]), ctx.tensor(node.args[1]), float(node.args[2])
-    ra, rb = a.type.rank, b.type.rank
     left = ctx.emit("reshape", a, shape=list(a.shape[:-1]) + [1, a.shape[-1]])
     right = ctx.emit("reshape", b, shape=list(b.shape[:-2]) + [1] + list(b.shape[-2:]))
     diff = ctx.emit("abs", ctx.emit("sub", left, right))
-    del ra, rb
     if p == 2:
         return ctx.emit("sqrt", ctx.emit("reduce_sum", ctx.emit("mul", diff, diff), axes=[-1], keepdim=False))
     if p == 1:

@@ -24,7 +24,7 @@ from torch import nn
 
 from compiler import dims
 from compiler.errors import UnsupportedOpError
-from compiler.ir import Graph, Node
+from compiler.ir import Graph
 
 
 # -- torch implementations per IR op ---------------------------------------------------------------

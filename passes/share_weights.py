@@ -22,7 +22,7 @@ import numpy as np
 from compiler.errors import CompileError
 from compiler.ir import DType, Graph
 from passes.base import Pass
-from passes.prune_magnitude import replace_constant, weight_slots
+from passes.prune_magnitude import weight_slots
 
 LLOYD_ITERATIONS = 12
 

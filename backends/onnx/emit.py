@@ -499,11 +499,10 @@ def _lower_elu(ctx, x, dtype, shape, out, attrs):
 
 
 def _lower_isinf(ctx, x, dtype, shape, out, attrs):
-    if not dtype.is_float:
-        return ctx.add("Identity", [ctx.const(np.zeros((), bool), hint="false")], out, dtype=DType.bool, shape=shape) \
-            if not shape else ctx.add("Expand", [ctx.const(np.zeros((), bool), hint="false"),
-                                                 ctx.add("Shape", [x], dtype=DType.int64, shape=(len(shape),))],
-                                      out, dtype=DType.bool, shape=shape)
+    if not dtype.is_float:  # integers are never infinite: False in x's shape (0-d included)
+        dims_ = ctx.add("Shape", [x], dtype=DType.int64, shape=(len(shape),))
+        return ctx.add("Expand", [ctx.const(np.zeros((), bool), hint="false"), dims_], out, dtype=DType.bool,
+                       shape=shape)
     return ctx.typed("IsInf", [x], dtype, out, shape, fixed_dtype=DType.bool)
 
 
@@ -831,7 +830,7 @@ def _normalised_index(ctx: EmitContext, x: Value, axis: int, index: Value) -> st
                    dtype=DType.int64, shape=None)
 
 
-def _stacked_indices(ctx: EmitContext, node: Node, x: Value, indices, axes) -> tuple[str, tuple]:
+def _stacked_indices(ctx: EmitContext, x: Value, indices, axes) -> tuple[str, tuple]:
     """The index tensors broadcast together and stacked on a new last axis, for GatherND /
     ScatterND over ``x`` transposed so that the indexed ``axes`` come first."""
     broadcast: tuple = ()
@@ -869,7 +868,7 @@ def emit_index(ctx: EmitContext, node: Node) -> None:
         ctx.add("Gather", [ctx.value(x), _normalised_index(ctx, x, axes[0], indices[0])], out.name, axis=axes[0])
         return
     data, _ = _indexed_first(ctx, x, axes)
-    stacked, broadcast = _stacked_indices(ctx, node, x, indices, axes)
+    stacked, broadcast = _stacked_indices(ctx, x, indices, axes)
     adjacent = axes == list(range(axes[0], axes[0] + len(axes)))
     if not adjacent or axes[0] == 0:
         ctx.add("GatherND", [data, stacked], out.name)
@@ -887,7 +886,7 @@ def emit_index_put(ctx: EmitContext, node: Node) -> None:
     rank = len(x.shape)
     axes = [a % rank for a in node.attrs["axes"]]
     data, perm = _indexed_first(ctx, x, axes)
-    stacked, broadcast = _stacked_indices(ctx, node, x, indices, axes)
+    stacked, broadcast = _stacked_indices(ctx, x, indices, axes)
     rest = tuple(x.shape[i] for i in range(rank) if i not in axes)
     adjacent = axes == list(range(axes[0], axes[0] + len(axes)))
     lead = axes[0] if adjacent else 0
@@ -1017,8 +1016,10 @@ def emit_unique(ctx: EmitContext, node: Node) -> None:
     ctx.value_types[names[0]] = (cd, values.shape)
     ctx.value_types[names[1]] = (DType.int64, values.shape)
     ctx.value_types[names[2]] = (DType.int64, None)
-    ctx.cast(names[0], cd, x.dtype, values.shape, out=values.name) if cd != x.dtype else ctx.add(
-        "Identity", [names[0]], values.name)
+    if cd != x.dtype:
+        ctx.cast(names[0], cd, x.dtype, values.shape, out=values.name)
+    else:
+        ctx.add("Identity", [names[0]], values.name)
     ctx.add("Reshape", [names[2], ctx.add("Shape", [ctx.value(x)], dtype=DType.int64, shape=(len(x.shape),))],
             inverse.name)
 
@@ -1188,7 +1189,6 @@ def emit_group_norm(ctx: EmitContext, node: Node) -> None:
     x, weight, bias = (list(node.inputs) + [None] * 3)[:3]
     dtype, shape, groups = x.dtype, x.shape, node.attrs["groups"]
     cd = ctx.compute_dtype("ReduceMean", dtype)
-    grouped_shape = (shape[0], groups, None)
 
     def op(name, *args, shape_=None, **kw):
         return ctx.add(name, list(args), dtype=cd, shape=shape_, **kw)
@@ -1200,7 +1200,6 @@ def emit_group_norm(ctx: EmitContext, node: Node) -> None:
     normed = op("Div", centered, op("Sqrt", op("Add", var, ctx.scalar(node.attrs["eps"], cd))))
     y = op("Reshape", normed, ctx.add("Shape", [ctx.value(x)], dtype=DType.int64, shape=(len(shape),)),
            shape_=shape)
-    del grouped_shape
     affine = [1, -1] + [1] * (len(shape) - 2)
     if weight is not None:
         y = op("Mul", y, op("Reshape", ctx.cast(ctx.value(weight), dtype, cd), ctx.ints(affine, "affine")),

@@ -236,7 +236,6 @@ def conv_transpose(x, weight, bias=None, *, stride, padding, output_padding, dil
     the end) and convolved with the flipped kernel, channels swapped per group."""
     nd = weight.ndim - 2
     n, c = x.shape[:2]
-    og = weight.shape[1]
     dilated = np.zeros((n, c) + tuple((s - 1) * st + 1 for s, st in zip(x.shape[2:], stride)), dtype=np.float64)
     dilated[(slice(None), slice(None)) + tuple(slice(None, None, st) for st in stride)] = x
     flipped = np.flip(weight.astype(np.float64), axis=tuple(range(2, 2 + nd)))
@@ -250,7 +249,6 @@ def conv_transpose(x, weight, bias=None, *, stride, padding, output_padding, dil
                                               for i, (b, e) in enumerate(zip(begin, end)))
     y = conv(padded[crop], as_conv, None, stride=(1,) * nd, padding=(0,) * (2 * nd), dilation=dilation,
              groups=groups)
-    del og
     if bias is not None:
         y = y + bias.reshape((1, -1) + (1,) * nd)
     return y.astype(x.dtype)
