@@ -103,15 +103,23 @@ def broadcast_rank_pass():
                     zip(call.args, ranks)]
             return relax.Call(call.op, args, call.attrs)
 
-    @tvm.transform.module_pass(opt_level=0, name="BroadcastRank")
-    def broadcast_rank(mod, _ctx):
-        mutator = Ranks(mod)
+    return _relax_function_pass(Ranks, "BroadcastRank")
+
+
+def _relax_function_pass(mutator_class, name: str):
+    """A module pass running the Relax ``mutator_class`` over every Relax function."""
+    import tvm
+    from tvm import relax
+
+    @tvm.transform.module_pass(opt_level=0, name=name)
+    def rewrite(mod, _ctx):
+        mutator = mutator_class(mod)
         for gv, func in mod.functions_items():
             if isinstance(func, relax.Function):
                 mutator.builder_.update_func(gv, mutator.visit_expr(func))
         return mutator.builder_.get()
 
-    return broadcast_rank
+    return rewrite
 
 
 def _rank(expr):
@@ -134,21 +142,14 @@ def fast_math_pass():
                 return self.builder_.call_te(_fast_gelu, call.args[0], primfunc_name_hint="fast_gelu")
             return call
 
-    @tvm.transform.module_pass(opt_level=0, name="FastGelu")
-    def fast_gelu(mod, _ctx):
-        mutator = FastGelu(mod)
-        for gv, func in mod.functions_items():
-            if isinstance(func, relax.Function):
-                mutator.builder_.update_func(gv, mutator.visit_expr(func))
-        return mutator.builder_.get()
-
     def _fast_gelu(x):
         half = tvm.tirx.const(0.5, x.dtype)
         return topi.multiply(topi.multiply(x, half),
                              topi.add(topi.fast_erf(topi.multiply(x, tvm.tirx.const(0.5 ** 0.5, x.dtype))),
                                       tvm.tirx.const(1.0, x.dtype)))
 
-    return tvm.transform.Sequential([fast_gelu, relax.transform.FastMathTransform()])
+    return tvm.transform.Sequential([_relax_function_pass(FastGelu, "FastGelu"),
+                                     relax.transform.FastMathTransform()])
 
 
 def _is_f32(call) -> bool:
