@@ -5,6 +5,12 @@ it for a few epochs (Adam on cross-entropy or mean squared error, shuffled minib
 fixed seed) or calls the user's ``train_step(module, xb, yb)`` per minibatch, keeps pruned weights
 at zero after every step, and returns the module in eval mode. Compile it again with
 ``compiler.compile(module, example_inputs)`` to get the fine-tuned artifact.
+
+``quantization_aware=True`` trains with the rounding of static int8 in the loop (fake quantization,
+``GraphModule.enable_fake_quant``): the layers the int8 pass would quantize get uint8 inputs with
+scales calibrated on ``calibration_data`` (default: the first batches of ``x``) and per-channel int8
+weights. The returned module is float again (fake quantization off); compile it with
+``quantize="int8"`` and calibration data as usual.
 """
 
 from __future__ import annotations
@@ -30,7 +36,9 @@ def _as_tensor(a) -> torch.Tensor:
 
 
 def finetune(graph: Graph, x, y, *, epochs: int = 5, lr: float = 1e-3, batch: int = 64,
-             loss: str = "cross_entropy", train_step: Callable | None = None, seed: int = 0) -> GraphModule:
+             loss: str = "cross_entropy", train_step: Callable | None = None, seed: int = 0,
+             quantization_aware: bool = False, calibration_data=None, calibrator: str = "minmax",
+             quantize_skip=()) -> GraphModule:
     """Fine-tune ``graph`` on inputs ``x`` (an array, or a sequence of arrays for several graph
     inputs) and targets ``y``; returns the trained module (``graph`` itself is not changed)."""
     if loss not in LOSSES and train_step is None:
@@ -50,6 +58,11 @@ def finetune(graph: Graph, x, y, *, epochs: int = 5, lr: float = 1e-3, batch: in
             raise CompileError(f"the graph takes batches of {fixed} samples; fine-tuning data has only {len(yt)} "
                                "(compile with dynamic_batch=True to train on any batch size)")
         batch = fixed
+    if quantization_aware:
+        batches = calibration_data if calibration_data is not None else _first_batches(xs, batch)
+        if not batches:
+            raise CompileError(f"quantization-aware fine-tuning needs at least one calibration batch of {batch} samples")
+        module.enable_fake_quant(fake_quant_params(graph, batches, calibrator, quantize_skip))
     generator = torch.Generator().manual_seed(seed)
     module.train()
     for _ in range(epochs):
@@ -60,7 +73,32 @@ def finetune(graph: Graph, x, y, *, epochs: int = 5, lr: float = 1e-3, batch: in
             xb = [t[idx] for t in xs]
             step(module, xb[0] if len(xb) == 1 else tuple(xb), yt[idx])
             module.apply_masks()  # pruned weights stay pruned whatever the step did
+    module.disable_fake_quant()
     return module.eval()
+
+
+def fake_quant_params(graph: Graph, batches, calibrator: str = "minmax",
+                      skip=()) -> dict[str, tuple[float, int]]:
+    """Input value name -> (uint8 scale, zero point) for every layer static int8 would quantize,
+    from the same calibration the int8 pass runs."""
+    from passes.calibrate import collect_ranges
+    from passes.quantize import activation_qparams, select_layers
+
+    layers, _ = select_layers(graph, "int8", skip)
+    names = {layer.inputs[0].name for layer in layers}
+    ranges = collect_ranges(graph, [[np.asarray(a) for a in b] for b in batches], names, calibrator)
+    params = {}
+    for name, (lo, hi) in ranges.items():
+        qp = activation_qparams(lo, hi)
+        params[name] = (float(qp.scale), int(qp.zero_point))
+    return params
+
+
+def _first_batches(xs: list[torch.Tensor], batch: int, count: int = 10) -> list[list[np.ndarray]]:
+    """Calibration batches from the training inputs: whole batches only (a static-batch graph
+    runs nothing else)."""
+    n = len(xs[0]) // batch * batch
+    return [[t[i:i + batch].numpy() for t in xs] for i in range(0, min(n, count * batch), batch)]
 
 
 def _default_step(module: GraphModule, lr: float, loss_fn: nn.Module) -> Callable:
@@ -77,4 +115,4 @@ def _default_step(module: GraphModule, lr: float, loss_fn: nn.Module) -> Callabl
     return step
 
 
-__all__ = ["LOSSES", "finetune"]
+__all__ = ["LOSSES", "fake_quant_params", "finetune"]

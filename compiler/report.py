@@ -69,6 +69,7 @@ class CompileReport:
                          f"MFLOPs {p['flops_before'] / 1e6:.2f} -> {p['flops_after'] / 1e6:.2f}, "
                          f"{p['seconds'] * 1000:.1f} ms")
         lines += _compression_lines(self.compression)
+        lines += _schedule_lines(self.target_info.get("schedules"))
         if self.verification is not None:
             lines.append(f"  verify:     {self.verification.summary()}")
         elif self.target_info.get("runnable_here", True):
@@ -77,6 +78,17 @@ class CompileReport:
             lines.append(f"  verify:     skipped ({self.target_info.get('not_runnable_reason', 'cannot run here')})")
         lines += _evaluation_lines(self.evaluation)
         return "\n".join(lines)
+
+
+def _schedule_lines(s: dict[str, Any] | None) -> list[str]:
+    """TVM CPU builds: where each fused function's schedule came from."""
+    if not s or "functions" not in s:
+        return []
+    n, db = s["functions"], s.get("from_database", 0)
+    line = f"  schedules:  {n} fused functions: {db} from the tuning database, {n - db} by the search-free rules"
+    if "tuning_s" in s:
+        line += f" (searched {s.get('trials', '?')} trials in {s['tuning_s']:.0f} s)"
+    return [line]
 
 
 def _compression_lines(c: dict[str, Any] | None) -> list[str]:

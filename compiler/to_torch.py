@@ -8,6 +8,12 @@ zeros (pruned) gets a mask buffer, and ``apply_masks()`` zeroes those entries ag
 after every optimizer step (``compiler.finetune`` does). Masks are applied to the weights, not
 in forward, so the module exports to the same graph shape it came from (no extra multiplies).
 
+Quantization-aware training: ``enable_fake_quant(activations)`` makes forward round the inputs
+of the given conv/linear layers to uint8 with fixed (calibrated) scales and their weights to
+symmetric int8 per output channel (scales follow the weights as they train), as the static int8
+pass will quantize them; the rounding passes gradients straight through
+(``torch.fake_quantize_*``). ``disable_fake_quant()`` turns it off again before export.
+
 The module is an ordinary ``nn.Module``: ``compiler.compile`` can export it again.
 This module imports torch: it sits outside the pure IR layer.
 """
@@ -25,6 +31,7 @@ from torch import nn
 from compiler import dims
 from compiler.errors import UnsupportedOpError
 from compiler.ir import Graph
+from passes.quantize import WEIGHT_QMAX
 
 
 # -- torch implementations per IR op ---------------------------------------------------------------
@@ -107,6 +114,11 @@ def _mha(q, k, v, *, num_heads, scale):
     return y.transpose(1, 2).reshape(b, s, h * d)
 
 
+def _qkv_attention(x, weight, bias=None, *, num_heads, scale):
+    q, k, v = F.linear(x, weight, bias).chunk(3, dim=-1)
+    return _mha(q, k, v, num_heads=num_heads, scale=scale)
+
+
 def _attention(q, k, v, mask=None, *, is_causal, scale):
     return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=is_causal, scale=scale)
 
@@ -141,7 +153,7 @@ TORCH_OPS: dict[str, Callable] = {
     "adaptive_max_pool": _adaptive_max_pool,
     "softmax": lambda x, *, axis: torch.softmax(x, axis), "log_softmax": lambda x, *, axis: torch.log_softmax(x, axis),
     "layer_norm": _layer_norm, "batch_norm": _batch_norm,
-    "multi_head_attention": _mha, "attention": _attention,
+    "multi_head_attention": _mha, "attention": _attention, "qkv_attention": _qkv_attention,
     "reduce_mean": _reduce(torch.mean), "reduce_sum": _reduce(torch.sum),
     "transpose": lambda x, *, perm: x.permute(*perm),
     "concat": lambda *xs, axis: torch.cat(xs, axis),
@@ -153,10 +165,11 @@ TORCH_OPS: dict[str, Callable] = {
 
 # -- the module ------------------------------------------------------------------------------------
 def trainable_constants(graph: Graph) -> set[str]:
-    """Names of the constants that become parameters: conv/linear weights and biases."""
+    """Names of the constants that become parameters: conv/linear weights and biases (and the
+    packed q/k/v projections of qkv_attention, which are linears too)."""
     names = set()
     for node in graph.nodes:
-        if node.op in ("conv", "linear"):
+        if node.op in ("conv", "linear", "qkv_attention"):
             for v in node.inputs[1:3]:
                 if v is not None and v.is_const and v.dtype.is_float:
                     names.add(v.name)
@@ -197,6 +210,29 @@ class GraphModule(nn.Module):
         self._outputs = [v.name for v in graph.outputs]
         self._nodes = [(n.op, [v.name if v is not None else None for v in n.inputs], dict(n.attrs),
                         [o.name for o in n.outputs], n.describe()) for n in graph.nodes]
+        self._fake_quant: dict[str, tuple[float, int]] | None = None  # layer input -> (scale, zero point)
+
+    def enable_fake_quant(self, activations: dict[str, tuple[float, int]]) -> None:
+        """Fake-quantize the conv/linear layers whose input value is named in ``activations``
+        (value name -> uint8 scale and zero point): that input per tensor, their weight per
+        output channel (symmetric int8, [-127, 127])."""
+        self._fake_quant = {name: (float(scale), int(zp)) for name, (scale, zp) in activations.items()}
+
+    def disable_fake_quant(self) -> None:
+        self._fake_quant = None
+
+    def _fake_quantized(self, op: str, in_names: list, args: list) -> list:
+        qparams = self._fake_quant.get(in_names[0]) if op in ("conv", "linear") else None
+        if qparams is None:
+            return args
+        scale, zero_point = qparams
+        x = torch.fake_quantize_per_tensor_affine(args[0], scale, zero_point, 0, 255)
+        w = args[1]
+        amax = w.detach().abs().flatten(1).amax(dim=1)
+        w_scale = torch.where(amax > 0, amax / WEIGHT_QMAX, torch.ones_like(amax)).float()
+        w = torch.fake_quantize_per_channel_affine(w, w_scale, torch.zeros_like(w_scale, dtype=torch.int32), 0,
+                                                   -WEIGHT_QMAX, WEIGHT_QMAX)
+        return [x, w, *args[2:]]
 
     def _add_mask(self, key: str, tensor: torch.Tensor) -> None:
         if tensor.dim() < 2 or not bool((tensor == 0).any()):
@@ -229,6 +265,8 @@ class GraphModule(nn.Module):
             args = [None if n is None else (env[n] if n in env else self._constant(n)) for n in in_names]
             while args and args[-1] is None:
                 args.pop()  # an absent optional input at the end: let the default apply
+            if self._fake_quant is not None:
+                args = self._fake_quantized(op, in_names, args)
             if op == "reshape":
                 result = args[0].reshape(_bound_shape(attrs["shape"], bindings))
             else:

@@ -97,6 +97,33 @@ def test_dynamic_batch_one_artifact_two_batches():
         assert_outputs_match(run_graph(g, [x]), run([x]), LOOSE)
 
 
+def test_out_of_range_token_ids_are_clamped_not_a_crash():
+    # TVM's "fast" take reads out of bounds (a segfault on a bad token id); ours clamps.
+    g = Graph("embed")
+    ids = g.add_input("ids", TensorType(DType.int64, (1, 3)))
+    table = np.arange(20, dtype=np.float32).reshape(5, 4)
+    g.set_outputs([g.op("gather", g.add_constant(table, "table"), ids, axis=0)])
+    (got,) = run_tvm(g, [np.array([[1, 7, 100]], dtype=np.int64)])
+    np.testing.assert_array_equal(got[0], table[[1, 4, 4]])
+
+
+def test_outputs_are_fresh_arrays_not_views_of_model_memory():
+    # The runner hands outputs over through DLPack; a constant or pass-through output must still
+    # come back as the caller's own copy, or writing to it would corrupt the next call.
+    g = Graph("passthrough")
+    x = g.add_input("x", TensorType(DType.float32, (2, 3)))
+    g.set_outputs([x, g.add_constant(np.ones((2, 3), np.float32), "ones")])
+    payload, info = tvm_emit.emit_target(g, {"target": "llvm"})
+    run = tvm_runtime.load_runner({"target_info": info, "inputs": ["x"]}, payload, threads=1)
+    first = run([np.zeros((2, 3), np.float32)])
+    first[0][...] = 5
+    first[1][...] = 7
+    second = run([np.full((2, 3), 2, np.float32)])
+    np.testing.assert_array_equal(second[0], np.full((2, 3), 2, np.float32))
+    np.testing.assert_array_equal(second[1], np.ones((2, 3), np.float32))
+    np.testing.assert_array_equal(first[0], np.full((2, 3), 5, np.float32))
+
+
 def test_target_records_host_cpu_and_cpu_option():
     g = _dynamic_graph()
     _, info = tvm_emit.emit_target(g, {"target": "llvm"})

@@ -61,7 +61,11 @@ def test_tune_writes_database_and_reapplies_it(tmp_path, monkeypatch):
     rules_only = pipeline.lower(mod, target, {})
     (name,) = _prim_funcs(tuned)
     assert tvm_ffi.structural_equal(_prim_funcs(tuned)[name], _prim_funcs(reapplied)[name])
-    assert not tvm_ffi.structural_equal(_prim_funcs(reapplied)[name], _prim_funcs(rules_only)[name])
+    # The rules' schedule was measured and stored next to the searched ones; the database keeps
+    # whichever ran faster, and the progress line says which.
+    (verdict,) = [line for line in lines if "rules" in line and "keeps" in line]
+    rules_won = "keeps the rules' schedule" in verdict
+    assert tvm_ffi.structural_equal(_prim_funcs(reapplied)[name], _prim_funcs(rules_only)[name]) == rules_won
 
     x = rng.standard_normal((8, 32)).astype("float32")
     executable = pipeline.build(mod, target, {"tuning_db": str(db)})

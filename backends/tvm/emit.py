@@ -101,8 +101,11 @@ def emit_target(graph: Graph, options: dict[str, Any]) -> tuple[dict[str, bytes]
     graph = _full_linear_inputs(graph.copy())  # prepare_graph rewrites in place: keep the caller's
     graph = pipeline.prepare_graph(graph, target)
     mod, notes = to_relax(graph)
-    executable = pipeline.build(mod, target, options)
+    stats: dict[str, Any] = {}
+    executable = pipeline.build(mod, target, {**options, "stats": stats})
     info: dict[str, Any] = {"tvm_target": tdict, "tvm_version": tvm.__version__, "library": LIBRARY}
+    if stats:
+        info["schedules"] = stats
     if notes.get("dequantized"):
         info["dequantized"] = notes["dequantized"]
     if tdict["kind"] == "cuda" and not gpu_present():

@@ -49,7 +49,19 @@ def lower(mod, target, options: dict[str, Any] | None = None):
         from . import tune
 
         mod = tune.tune_or_apply(mod, target, options)
+    if isinstance(options.get("stats"), dict):
+        options["stats"].update(scheduled_counts(mod))
     return schedule_module(mod, target)
+
+
+def scheduled_counts(mod) -> dict[str, int]:
+    """How many fused functions there are and how many are already scheduled (before the rules
+    run: by the tuning database): for the compile report."""
+    import tvm
+
+    funcs = [f for f in mod.functions.values() if isinstance(f, tvm.tirx.PrimFunc)]
+    done = sum(1 for f in funcs if f.attrs is not None and bool(f.attrs.get("tirx.is_scheduled", False)))
+    return {"functions": len(funcs), "from_database": done}
 
 
 def prepare_module(mod, convert_layout: bool = True):

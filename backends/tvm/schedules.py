@@ -31,8 +31,10 @@ from tvm.s_tir.dlight.base import ScheduleRule
 MAX_ACCUMULATORS = {512: 24, 256: 12}
 # Below this many multiply-adds (elements, for injective blocks) a kernel runs serially: waking
 # the thread pool costs a few microseconds, more on a busy machine (measured: batch-1 MobileNet
-# and Transformer ran 1.6-2x slower on 2 threads than on 1 with a threshold of 32K).
-PARALLEL_MIN_WORK = 1 << 19
+# and Transformer ran 1.6-2x slower on 2 threads than on 1 with a threshold of 32K; at 512K the
+# seed MLP's 1000x500 layer stayed serial and its 2-thread latency was 2x onnxruntime's, at 256K
+# it is 1.06x and MobileNet/Transformer are unchanged).
+PARALLEL_MIN_WORK = 1 << 18
 PARALLEL_MIN_ELEMENTS = 1 << 18
 
 

@@ -37,7 +37,9 @@ def tune_or_apply(mod, target, options: dict[str, Any]):
         raise CompileError(f"tune must be a positive number of trials, got {budget!r}")
     db_dir = os.fspath(db_dir)
     if budget:
-        tune(mod, target, budget, db_dir, options.get("progress"))
+        seconds = tune(mod, target, budget, db_dir, options.get("progress"))
+        if isinstance(options.get("stats"), dict):
+            options["stats"].update(tuning_s=round(seconds, 1), trials=budget)
     elif not has_database(db_dir):
         raise CompileError(f"no tuning database in {db_dir} (expected {' and '.join(DATABASE_FILES)}); "
                            "run once with tune=N to create it")
@@ -81,15 +83,62 @@ def tune(mod, target, budget: int, db_dir: str, progress=None) -> float:
     say(f"[tune] {len(contexts)} tasks, {budget} trials, database {db_dir}")
     callbacks = list(ms.measure_callback.MeasureCallback.create("default"))
     callbacks.append(_progress_callback([c.task_name for c in contexts], say))
+    builder = ms.builder.LocalBuilder(f_build=_make_f_build(), max_workers=_cores())
+    runner = ms.runner.LocalRunner()
+    database = ms.database.JSONDatabase(work_dir=db_dir)
     ms.tune.tune_tasks(
         tasks=contexts, task_weights=weights, work_dir=db_dir,
         max_trials_global=budget, max_trials_per_task=budget, num_trials_per_iter=min(64, budget),
-        builder=ms.builder.LocalBuilder(f_build=_make_f_build(), max_workers=_cores()),
-        runner=ms.runner.LocalRunner(), database=ms.database.JSONDatabase(work_dir=db_dir),
-        measure_callbacks=callbacks)
+        builder=builder, runner=runner, database=database, measure_callbacks=callbacks)
+    _record_rule_schedules(extracted, target, database, builder, runner, say)
     elapsed = time.perf_counter() - start
     say(f"[tune] done in {elapsed:.1f} s")
     return elapsed
+
+
+def _record_rule_schedules(extracted, target, database, builder, runner, say) -> None:
+    """Measure each task's search-free schedule (``schedules.py``) with the search's own builder
+    and runner, and commit it to the database as one more candidate. Applying the database takes
+    the fastest record per task, so a search that found nothing better than the rules (a small
+    budget, a task the search handles badly) keeps the rules' schedule instead of a slower one."""
+    from tvm.s_tir import meta_schedule as ms
+
+    from .schedules import cpu_rules
+
+    measured = []
+    for task in extracted:
+        mod = task.dispatched[0]
+        func = mod[mod.get_global_vars()[0]]
+        sch = next((s for s in (rule.apply(func, target, False) for rule in cpu_rules()) if s is not None), None)
+        if sch is not None:
+            measured.append((task, mod, sch, ms.arg_info.ArgInfo.from_prim_func(func)))
+    if not measured:
+        return
+    built = builder.build([ms.builder.BuilderInput(sch.mod, target) for _, _, sch, _ in measured])
+    device = "cpu" if target.kind.name == "llvm" else target.kind.name
+    ran = runner.run([ms.runner.RunnerInput(b.artifact_path, device, args)
+                      for b, (_, _, _, args) in zip(built, measured) if b.error_msg is None])
+    results = iter(future.result() for future in ran)
+    for b, (task, mod, sch, args) in zip(built, measured):
+        result = next(results) if b.error_msg is None else None
+        if result is None or result.error_msg is not None or not result.run_secs:
+            why = b.error_msg if result is None else (result.error_msg or "no timing")
+            say(f"[tune] rule schedule of {task.task_name} could not be measured ({why.strip().splitlines()[-1]}); "
+                "the search's records stand")
+            continue
+        rule_us = _mean_us(result.run_secs)
+        workload = database.commit_workload(mod)
+        best = database.get_top_k(workload, 1)
+        search_us = _mean_us(best[0].run_secs) if best else float("inf")
+        database.commit_tuning_record(ms.database.TuningRecord(
+            sch.trace, workload, [float(t) for t in result.run_secs], target, args))
+        kept = "the rules' schedule" if rule_us < search_us else "the searched schedule"
+        say(f"[tune] {task.task_name}: rules {rule_us:.1f} us, search {search_us:.1f} us: keeps {kept}")
+
+
+def _mean_us(run_secs) -> float:
+    values = [float(t) for t in run_secs]
+    return 1e6 * sum(values) / len(values) if values else float("inf")
 
 
 def tuning_target(target):
