@@ -2,7 +2,7 @@
 
 For each model, ``compiler.compile`` builds one artifact per mode (float32, int8 static with
 calibration on 640 training images, the same with per-tensor weight scales, int8-dynamic,
-int8-weight) at a static batch of 64, and
+int8-weight, int4-weight) at a static batch of 64, and
 this script measures, side by side in one run:
 
 * latency through ``compiler.load(path, threads=1)`` at batch 64, and through a bare onnxruntime
@@ -36,7 +36,8 @@ BATCH = 64
 CALIBRATION_BATCHES = 10
 # label -> compile() options; "int8 per-tensor" shows what per-channel weight scales cost
 MODES = {"float32": {}, "int8": {"quantize": "int8"}, "int8 per-tensor": {"quantize": "int8", "per_channel": False},
-         "int8-dynamic": {"quantize": "int8-dynamic"}, "int8-weight": {"quantize": "int8-weight"}}
+         "int8-dynamic": {"quantize": "int8-dynamic"}, "int8-weight": {"quantize": "int8-weight"},
+         "int4-weight": {"quantize": "int4-weight"}}
 
 
 def median_latency(fn, *, min_runs: int = 30, budget_s: float = 0.4) -> float:

@@ -57,7 +57,7 @@ def compile(model: Any, example_inputs: Sequence[Any] | None = None, *, target: 
             trust_pickle: bool = False, input_shapes: Sequence[str] | None = None, seed: int = 0,
             progress: bool | Progress = False, after_pass=None,
             quantize: str | None = None, calibration_data: Any = None, calibrator: str = "minmax",
-            quantize_skip: Sequence[str] = (), per_channel: bool = True,
+            quantize_skip: Sequence[str] = (), per_channel: bool = True, int4_block_size: int = 32,
             prune: float | None = None, prune_structure: str = "unstructured", prune_scope: str = "global",
             prune_multiple_of: int = 16, weight_sharing_bits: int | None = None,
             eval_data: Any = None) -> CompiledArtifact:
@@ -77,9 +77,11 @@ def compile(model: Any, example_inputs: Sequence[Any] | None = None, *, target: 
     tgt = get_target(target)
     compression = CompressionOptions(quantize=quantize, calibration=calibration_data, calibrator=calibrator,
                                      per_channel=per_channel, quantize_skip=tuple(quantize_skip or ()),
+                                     int4_block_size=int4_block_size,
                                      prune=prune, prune_structure=prune_structure, prune_scope=prune_scope,
                                      prune_multiple_of=prune_multiple_of, weight_sharing_bits=weight_sharing_bits)
     compression.check()
+    compression.check_target(target)
     options = {"opset": opset, "onnx_standard_only": onnx_standard_only or None, **(target_options or {})}
     options = {k: v for k, v in options.items() if v is not None}
     tgt.check_options(options)  # before any slow work

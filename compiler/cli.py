@@ -65,7 +65,8 @@ def build_parser() -> argparse.ArgumentParser:
                      help='per-layer types, e.g. \'{"linear_relu": "ap_fixed<10,4>"}\' (layer names: the IR node names)')
     c = p.add_argument_group("compression")
     c.add_argument("--quantize", metavar="MODE",
-                   help="int8 (static, needs --calibration), int8-dynamic or int8-weight")
+                   help="int8 (static, needs --calibration), int8-dynamic, int8-weight or int4-weight "
+                        "(linear/matmul weights in 4 bits, targets onnx, llvm, cuda)")
     c.add_argument("--calibration", metavar="DATA",
                    help="calibration inputs: an .npz with one array per model input (samples along dim 0), "
                         "or 'random' (testing only)")
@@ -73,6 +74,8 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--quantize-skip", action="append", metavar="NAMES",
                    help="comma-separated node names or op types to keep in float (repeatable)")
     c.add_argument("--per-tensor-weights", action="store_true", help="one weight scale per tensor, not per channel")
+    c.add_argument("--int4-block-size", type=int, default=32, metavar="N",
+                   help="int4-weight: rows of K sharing one weight scale (a power of two >= 16; default 32)")
     c.add_argument("--prune", type=float, metavar="FRACTION", help="fraction of weights (or channels) to remove")
     c.add_argument("--prune-structure", default="unstructured", help="unstructured (default) or channel")
     c.add_argument("--prune-scope", default="global", help="unstructured threshold: global (default) or layer")
@@ -137,6 +140,7 @@ def _run(args: argparse.Namespace) -> int:
                      progress=progress, after_pass=_ir_printer(args), quantize=args.quantize,
                      calibration_data=args.calibration, calibrator=args.calibrator,
                      quantize_skip=_names(args.quantize_skip), per_channel=not args.per_tensor_weights,
+                     int4_block_size=args.int4_block_size,
                      prune=args.prune, prune_structure=args.prune_structure, prune_scope=args.prune_scope,
                      prune_multiple_of=args.prune_multiple, weight_sharing_bits=args.weight_sharing_bits,
                      eval_data=args.eval_data)

@@ -25,7 +25,9 @@ import numpy as np
 from compiler.errors import CompileError
 from compiler.ir import Graph
 
-QUANTIZE_MODES = ("int8", "int8-dynamic", "int8-weight")
+QUANTIZE_MODES = ("int8", "int8-dynamic", "int8-weight", "int4-weight")
+# Targets whose backends run int4-weight graphs (blocked dequantize_linear with bits=4).
+INT4_TARGETS = ("onnx", "llvm", "cuda")
 PRUNE_STRUCTURES = ("unstructured", "channel")
 CALIBRATORS = ("minmax", "percentile")
 RANDOM_CALIBRATION_BATCHES = 8
@@ -42,6 +44,7 @@ class CompressionOptions:
     calibrator: str = "minmax"
     per_channel: bool = True
     quantize_skip: tuple[str, ...] = ()
+    int4_block_size: int = 32  # int4-weight: rows of K per weight scale (passes.quantize.INT4_BLOCK_SIZE)
     prune: float | None = None
     prune_structure: str = "unstructured"
     prune_scope: str = "global"
@@ -72,9 +75,21 @@ class CompressionOptions:
             raise CompileError("static int8 quantization needs calibration data: pass calibration_data= "
                                "(an iterable of input tuples) or --calibration data.npz "
                                "(or --calibration random, for testing only: it gives poor accuracy)")
+        if self.quantize == "int4-weight":
+            from passes.quantize import check_block_size
+
+            check_block_size(self.int4_block_size)
         if self.weight_sharing_bits and self.quantize:
             raise CompileError("weight sharing and quantization cannot be combined yet: the codebook already "
                                "stores weights in fewer bits; choose one")
+
+
+    def check_target(self, target: str) -> None:
+        """Reject a compression the target's backend cannot run, before any slow work."""
+        if self.quantize == "int4-weight" and target not in INT4_TARGETS:
+            raise CompileError(f"--quantize int4-weight does not run on target '{target}' (its backend has no "
+                               f"blocked int4 dequantization); targets that run it: {', '.join(INT4_TARGETS)}. "
+                               "For this target use --quantize int8 or int8-weight")
 
 
 def compress(graph: Graph, options: CompressionOptions, example_inputs: Sequence[np.ndarray],
@@ -82,6 +97,9 @@ def compress(graph: Graph, options: CompressionOptions, example_inputs: Sequence
     """Apply the requested compression to ``graph`` in place; return the report section."""
     report: dict[str, Any] = {"parameters_before": graph.parameter_count(),
                               "parameter_bytes_before": graph.parameter_bytes()}
+    from passes.fuse_attention import unpack_qkv_attention
+
+    unpack_qkv_attention(graph)  # packed q/k/v projections are linear layers to compress
     if options.prune:
         report["pruning"] = _with_summary(_prune(graph, options, say), _pruning_summary)
     if options.weight_sharing_bits:
@@ -99,10 +117,22 @@ def compress(graph: Graph, options: CompressionOptions, example_inputs: Sequence
     graph.remove_unused_constants()
     graph.verify()
     report["parameters_after"] = graph.parameter_count()
-    report["parameter_bytes_after"] = graph.parameter_bytes()
+    report["parameter_bytes_after"] = stored_parameter_bytes(graph)
     if options.notes:
         report["notes"] = list(options.notes)
     return report
+
+
+def stored_parameter_bytes(graph: Graph) -> int:
+    """Parameter bytes as the artifact stores them: int4 values (``bits=4`` dequantize inputs,
+    held in int8 in the IR) take half a byte each."""
+    packed = {}
+    for node in graph.nodes:
+        if node.op == "dequantize_linear" and node.attrs.get("bits") == 4:
+            for v in (node.inputs[0], node.inputs[2] if len(node.inputs) > 2 else None):
+                if v is not None and v.is_const:
+                    packed[id(v)] = v.const.size
+    return graph.parameter_bytes() - sum(size - (size + 1) // 2 for size in packed.values())
 
 
 def _with_summary(report: dict[str, Any], summarize) -> dict[str, Any]:
@@ -118,8 +148,10 @@ def _pruning_summary(r: dict[str, Any]) -> str:
 
 
 def _quantization_summary(r: dict[str, Any]) -> str:
-    weights = "per-channel" if r.get("per_channel") else "per-tensor"
-    return (f"{r['mode']}: {len(r.get('quantized', []))} layer(s) quantized ({weights} weights), "
+    weights = ("per-channel" if r.get("per_channel") else "per-tensor") + " weights"
+    if r.get("block_size"):
+        weights = f"int4 weights, one scale per {r['block_size']} rows of K per output"
+    return (f"{r['mode']}: {len(r.get('quantized', []))} layer(s) quantized ({weights}), "
             f"{len(r.get('skipped', []))} kept in float")
 
 
@@ -144,7 +176,8 @@ def _quantize(graph: Graph, options: CompressionOptions, example_inputs, say) ->
         calibration = calibration_batches(graph, options.calibration, example_inputs, options.notes)
         say(f"calibrating on {len(calibration)} batches ({options.calibrator})")
     return quantize_graph(graph, options.quantize, calibration, skip=tuple(options.quantize_skip),
-                          calibrator=options.calibrator, per_channel=options.per_channel)
+                          calibrator=options.calibrator, per_channel=options.per_channel,
+                          block_size=options.int4_block_size)
 
 
 # -- data ------------------------------------------------------------------------------------------
@@ -242,5 +275,5 @@ def _random_like(a: np.ndarray, rng: np.random.Generator) -> np.ndarray:
     return rng.integers(lo, hi + 1, size=a.shape).astype(a.dtype)
 
 
-__all__ = ["CompressionOptions", "QUANTIZE_MODES", "PRUNE_STRUCTURES", "calibration_batches", "compress",
-           "load_npz", "split_batches"]
+__all__ = ["CompressionOptions", "INT4_TARGETS", "QUANTIZE_MODES", "PRUNE_STRUCTURES", "calibration_batches", "compress",
+           "load_npz", "split_batches", "stored_parameter_bytes"]

@@ -11,11 +11,24 @@ Rewrite 2 (``multi_head_attention``: heads split and merged around attention, as
   -> y = multi_head_attention(q, k, v; num_heads=H, scale)
 Only without mask and not causal: other masks are left to ``attention`` (a backend's fused kernel
 may not accept their shape).
+
+Rewrite 3 (``qkv_attention``: self-attention whose projections can be packed into one GEMM):
+  multi_head_attention(linear(x, Wq, bq), linear(x, Wk, bk), linear(x, Wv, bv))
+  -> qkv_attention(x, concat(Wq, Wk, Wv), concat(bq, bk, bv))
+when the three linears are distinct, read the same x, have constant weights of one shape and
+constant (or no) biases, no fused activation, and feed only this attention. Projections of
+different inputs (cross-attention) stay as they are.
+
+``unpack_qkv_attention`` is rewrite 3 backwards (one linear per projection again): compression
+runs it first, so pruning, weight sharing and quantization see the projections as the linear
+layers they handle.
 """
 
 from __future__ import annotations
 
 import math
+
+import numpy as np
 
 from compiler.ir import Graph, Node, Value
 from passes.base import Pass
@@ -119,8 +132,73 @@ def _rewrite_mha(graph: Graph, m) -> None:
     graph.replace_all_uses_with(last.output, mha.output)
 
 
+def _match_packed_projections(graph: Graph, mha: Node):
+    projections = [producer(v, "linear") for v in mha.inputs]
+    if any(p is None for p in projections):
+        return NoMatch("q, k or v is not a linear projection")
+    if len({id(p) for p in projections}) != 3:
+        return NoMatch("q, k, v share a projection")
+    x = projections[0].inputs[0]
+    if any(p.inputs[0] is not x for p in projections):
+        return NoMatch("q, k, v are projections of different inputs")
+    if any(p.attrs.get("activation") for p in projections):
+        return NoMatch("a projection has a fused activation")
+    if any(not single_use(graph, p.output) for p in projections):
+        return NoMatch("a projection has other users")
+    weights = [p.inputs[1] for p in projections]
+    biases = [(list(p.inputs) + [None])[2] for p in projections]
+    if any(not w.is_const for w in weights) or any(b is not None and not b.is_const for b in biases):
+        return NoMatch("projection weights or biases are not constants")
+    if len({w.shape for w in weights}) != 1 or x.type.rank != 3:
+        return NoMatch("projection weights differ in shape or x is not [B, S, E]")
+    return x, weights, biases, mha
+
+
+def _rewrite_packed_projections(graph: Graph, m) -> None:
+    x, weights, biases, mha = m
+    packed_w = graph.add_constant(np.concatenate([w.const for w in weights]), "qkv_weight")
+    packed_b = None
+    if any(b is not None for b in biases):  # a missing bias is a zero one
+        rows = weights[0].shape[0]
+        packed_b = graph.add_constant(np.concatenate(
+            [b.const if b is not None else np.zeros(rows, x.dtype.numpy) for b in biases]), "qkv_bias")
+    fused = graph.insert_before(mha, "qkv_attention", [x, packed_w, packed_b], dict(mha.attrs),
+                                location=mha.location)
+    graph.replace_all_uses_with(mha.output, fused.output)
+
+
+def unpack_qkv_attention(graph: Graph) -> bool:
+    """qkv_attention(x, W, b) -> multi_head_attention(linear(x, W[:E], b[:E]), linear(x, W[E:2E], ...),
+    linear(x, W[2E:], ...)) for every packed node with a constant weight; returns whether any
+    changed."""
+    changed = False
+    for node in [n for n in graph.nodes if n.op == "qkv_attention" and n.inputs[1].is_const]:
+        x, weight = node.inputs[0], node.inputs[1]
+        bias = node.inputs[2] if len(node.inputs) > 2 else None
+        if bias is not None and not bias.is_const:
+            continue
+        rows = weight.shape[0] // 3
+        projections = []
+        for i, part in enumerate("qkv"):
+            w = graph.add_constant(weight.const[i * rows:(i + 1) * rows].copy(), f"{part}_proj_weight")
+            b = None if bias is None else graph.add_constant(bias.const[i * rows:(i + 1) * rows].copy(),
+                                                             f"{part}_proj_bias")
+            projections.append(graph.insert_before(node, "linear", [x, w, b], {"activation": ""},
+                                                   location=node.location).output)
+        mha = graph.insert_before(node, "multi_head_attention", projections, dict(node.attrs),
+                                  location=node.location)
+        graph.replace_all_uses_with(node.output, mha.output)
+        graph.remove_node(node)
+        changed = True
+    if changed:
+        graph.remove_unused_constants()
+    return changed
+
+
 ATTENTION_RULES = [RewriteRule("attention", "softmax", _match_attention, _rewrite_attention)]
 MHA_RULES = [RewriteRule("multi_head_attention", "attention", _match_mha, _rewrite_mha)]
+QKV_RULES = [RewriteRule("qkv_attention", "multi_head_attention", _match_packed_projections,
+                         _rewrite_packed_projections)]
 
 
 class FuseAttention(Pass):
@@ -128,4 +206,5 @@ class FuseAttention(Pass):
 
     def run(self, graph: Graph) -> bool:
         changed = apply_rules(graph, ATTENTION_RULES)
-        return apply_rules(graph, MHA_RULES) or changed
+        changed = apply_rules(graph, MHA_RULES) or changed
+        return apply_rules(graph, QKV_RULES) or changed

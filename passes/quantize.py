@@ -17,6 +17,13 @@ Rewrites, per layer chosen (float32, constant weight, not in ``skip``):
   onnxruntime fuses into DynamicQuantizeMatMul.
 * ``int8-weight``: ``W`` -> ``DQ(Wq)``: weights stored in int8, dequantized at run time; the
   arithmetic stays float.
+* ``int4-weight``: linear and matmul with a constant weight only (conv stays float):
+  ``linear(x, W, b)`` -> ``matmul(x, DQ(Wq4)) + b`` -> activation, with ``Wq4`` the [K, N]
+  weight (K, the reduction, along axis 0) in symmetric int4 (values in [-7, 7], held in int8,
+  ``bits=4``) and one float scale per block of ``block_size`` rows of K per output column
+  (blocked ``dequantize_linear``; when K is not a multiple of the block the last block is
+  shorter and has its own scale). This is the form onnxruntime fuses into its MatMulNBits kernel
+  (weight [K, N], axis 0, no zero point), hence a linear becomes a matmul.
 
 It runs after the optimisation pipeline; only dead-code elimination may follow (constant folding
 would evaluate ``DQ(Wq)`` back into a float weight). ``quantize_graph`` returns a per-layer report.
@@ -40,6 +47,10 @@ from passes.calibrate import CALIBRATORS, collect_ranges
 MODES = ("int8", "int8-dynamic", "int8-weight", "int4-weight")
 LAYER_OPS = ("conv", "linear", "matmul")
 WEIGHT_QMAX = 127  # symmetric int8 weights in [-127, 127]: no -128, so -w quantizes exactly
+INT4_QMAX = 7  # symmetric int4 weights in [-7, 7], for the same reason
+# onnxruntime fuses blocked int4 DequantizeLinear -> MatMul into MatMulNBits only for a power-of-two
+# block of at least 16; 32 is its quantizer's default too.
+INT4_BLOCK_SIZE = 32
 # A conv whose outputs each sum fewer products than this stays float in static int8: measured on
 # the digits CNN, onnxruntime's QLinearConv took 105 us where its float conv took 21 us (1x3x3).
 MIN_CONV_REDUCTION = 16
@@ -63,17 +74,22 @@ class _State:
     activation_qparams: dict[int, QParams] = field(default_factory=dict)
     dequantized: dict[int, Value] = field(default_factory=dict)
     layers: list[dict[str, Any]] = field(default_factory=list)
+    block_size: int = INT4_BLOCK_SIZE  # int4-weight: K rows per weight scale
     layer_outputs: dict[int, Value] = field(default_factory=dict)  # layer -> its split-off activation
     made: set[int] = field(default_factory=set)  # the DQ(Q(.)) values this call created
 
 
 # -- the public entry point ------------------------------------------------------------------------
 def quantize_graph(graph: Graph, mode: str, calibration: Sequence[Sequence[np.ndarray]] | None = None, *,
-                   skip: Sequence[str] = (), calibrator: str = "minmax", per_channel: bool = True) -> dict[str, Any]:
-    """Quantize ``graph`` in place (see the module docstring); returns the report dict."""
+                   skip: Sequence[str] = (), calibrator: str = "minmax", per_channel: bool = True,
+                   block_size: int = INT4_BLOCK_SIZE) -> dict[str, Any]:
+    """Quantize ``graph`` in place (see the module docstring); returns the report dict.
+    ``block_size`` is int4-weight's number of K rows per weight scale."""
     _check_arguments(graph, mode, calibration, skip, calibrator)
+    if mode == "int4-weight":
+        check_block_size(block_size)
     chosen, skipped = select_layers(graph, mode, skip)
-    state = _State(graph)
+    state = _State(graph, block_size=block_size)
     if mode == "int8":
         chosen = [_split_activation(state, node) for node in chosen]
         state.ranges = collect_ranges(graph, calibration, _calibrated_names(state, chosen), calibrator)
@@ -81,7 +97,9 @@ def quantize_graph(graph: Graph, mode: str, calibration: Sequence[Sequence[np.nd
         _REWRITES[mode](state, node, per_channel)
     graph.toposort()
     graph.verify()
-    return {"mode": mode, "calibrator": calibrator if mode == "int8" else None, "per_channel": per_channel,
+    return {"mode": mode, "calibrator": calibrator if mode == "int8" else None,
+            "per_channel": per_channel and mode != "int4-weight",
+            "block_size": block_size if mode == "int4-weight" else None,
             "calibration_batches": len(calibration) if mode == "int8" else 0,
             "quantized": [layer["name"] for layer in state.layers], "skipped": skipped, "layers": state.layers,
             "activation_ranges": {k: list(v) for k, v in sorted(state.ranges.items())}}
@@ -90,9 +108,6 @@ def quantize_graph(graph: Graph, mode: str, calibration: Sequence[Sequence[np.nd
 def _check_arguments(graph: Graph, mode: str, calibration, skip: Sequence[str], calibrator: str) -> None:
     if mode not in MODES:
         raise CompileError(f"unknown quantization mode '{mode}'; choose one of {', '.join(MODES)}")
-    if mode == "int4-weight":
-        raise CompileError("int4-weight quantization is not available yet: the IR has no int4 type; "
-                           "use int8-weight (4x smaller weights)")
     if calibrator not in CALIBRATORS:
         raise CompileError(f"unknown calibrator '{calibrator}'; choose one of {', '.join(CALIBRATORS)}")
     if mode == "int8" and not calibration:
@@ -122,6 +137,13 @@ def select_layers(graph: Graph, mode: str, skip: Sequence[str] = ()) -> tuple[li
     return chosen, skipped
 
 
+def check_block_size(block_size: int) -> None:
+    if isinstance(block_size, bool) or not isinstance(block_size, (int, np.integer)) \
+            or block_size < 16 or block_size & (block_size - 1):
+        raise CompileError(f"int4 block size must be a power of two >= 16 (onnxruntime's MatMulNBits runs "
+                           f"no other), got {block_size}")
+
+
 def _why_not(node: Node, mode: str, skip: Sequence[str]) -> str | None:
     if node.name in skip or node.op in skip:
         return "skipped on request"
@@ -134,6 +156,10 @@ def _why_not(node: Node, mode: str, skip: Sequence[str]) -> str | None:
         return "matmul with a constant right operand is quantized only for a 2-d weight and x of rank >= 2"
     if mode == "int8-dynamic" and node.op == "conv":
         return "dynamic quantization never covers conv (ConvInteger runs ~8x slower than float conv)"
+    if mode == "int4-weight" and node.op == "conv":
+        return "int4-weight covers linear and matmul only (no backend runs an int4 conv): conv stays float"
+    if mode == "int4-weight" and x.type.rank < 2:
+        return "int4-weight needs x of rank >= 2 (the layer becomes a MatMulNBits-style matmul)"
     reduction = int(np.prod(w.shape[1:]))
     if mode == "int8" and node.op == "conv" and reduction < MIN_CONV_REDUCTION:
         return (f"each output sums only {reduction} products (< {MIN_CONV_REDUCTION}): onnxruntime's int8 conv "
@@ -198,7 +224,10 @@ def quantize_weight(w: np.ndarray, axis: int, per_channel: bool) -> tuple[np.nda
 
 
 def _weight_error(w: np.ndarray, q: np.ndarray, qp: QParams, axis: int) -> dict[str, float]:
-    err = dequantize_reference(q, qp.scale, qp.zero_point, axis=axis) - w
+    return _error_stats(w, dequantize_reference(q, qp.scale, qp.zero_point, axis=axis) - w)
+
+
+def _error_stats(w: np.ndarray, err: np.ndarray) -> dict[str, float]:
     norm = float(np.sqrt(np.mean(np.square(w, dtype=np.float64)))) or 1.0
     return {"max_abs": float(np.abs(err).max()) if err.size else 0.0,
             "relative_rms": float(np.sqrt(np.mean(np.square(err, dtype=np.float64)))) / norm}
@@ -385,7 +414,51 @@ def _weight_only_layer(state: _State, node: Node, per_channel: bool) -> None:
     state.layers.append(layer)
 
 
-_REWRITES = {"int8": _static_layer, "int8-dynamic": _dynamic_layer, "int8-weight": _weight_only_layer}
+# -- weight-only int4 ------------------------------------------------------------------------------
+def quantize_weight_int4(w: np.ndarray, block_size: int) -> tuple[np.ndarray, np.ndarray]:
+    """Symmetric int4 of a [K, N] weight: (int8-held values in [-7, 7], float32 scales
+    [ceil(K / block_size), N]), one scale per block of rows per column; a last block shorter
+    than ``block_size`` gets the scale of the rows it has."""
+    k, n = w.shape
+    blocks = -(-k // block_size)
+    padded = np.zeros((blocks * block_size, n), np.float32)  # zero rows leave each block's max alone
+    padded[:k] = w
+    amax = np.abs(padded.reshape(blocks, block_size, n)).max(axis=1)
+    scale = np.where(amax > 0, amax / INT4_QMAX, 1.0).astype(np.float32)
+    per_row = np.repeat(scale, block_size, axis=0)[:k]
+    q = np.clip(np.rint(np.divide(w, per_row, dtype=np.float32)), -INT4_QMAX, INT4_QMAX).astype(np.int8)
+    return q, scale
 
-__all__ = ["LAYER_OPS", "MODES", "QParams", "activation_qparams", "quantize_graph", "quantize_weight",
-           "select_layers"]
+
+def _int4_weight_layer(state: _State, node: Node, per_channel: bool) -> None:
+    """``linear(x, W, b)`` / ``matmul(x, W)`` -> ``matmul(x, DQ(Wq4)) [+ b]`` -> activation."""
+    g, block_size = state.graph, state.block_size
+    node = _split_activation(state, node)  # a matmul carries no activation
+    x, w = node.inputs[0], node.inputs[1]
+    weight = np.ascontiguousarray(w.const.T if node.op == "linear" else w.const, np.float32)  # [K, N]
+    q, scale = quantize_weight_int4(weight, block_size)
+    attrs = {"axis": 0, "block_size": block_size, "bits": 4}
+    error = dequantize_reference(q, scale, axis=0, block_size=block_size) - weight
+    state.layers.append({"name": node.name, "op": node.op, "activations": "float32", "weight_dtype": "int4",
+                         "block_size": block_size, "weight_error": _error_stats(weight, error)})
+    dq = g.add_node("dequantize_linear", [g.add_constant(q, f"{w.name}_q4"),
+                                          g.add_constant(scale, f"{node.name}_weight_scale")],
+                    attrs, name=f"{node.name}_weight_dq").output
+    if node.op == "matmul":
+        g.set_input(node, 1, dq)
+        return
+    bias = node.inputs[2] if len(node.inputs) > 2 else None
+    matmul = g.add_node("matmul", [x, dq], name=f"{node.name}_matmul", location=node.location)
+    y = matmul.output
+    if bias is not None:
+        y = g.add_node("add", [y, bias], name=f"{node.name}_bias", location=node.location).output
+    _replace(g, node.output, y)
+    g.remove_node(node)
+    matmul.name = node.name  # the layer keeps the name users see in reports and pass to skip
+
+
+_REWRITES = {"int8": _static_layer, "int8-dynamic": _dynamic_layer, "int8-weight": _weight_only_layer,
+             "int4-weight": _int4_weight_layer}
+
+__all__ = ["INT4_BLOCK_SIZE", "LAYER_OPS", "MODES", "QParams", "activation_qparams", "check_block_size",
+           "quantize_graph", "quantize_weight", "quantize_weight_int4", "select_layers"]

@@ -396,6 +396,12 @@ case("mha-self", "multi_head_attention", In("float32", (2, 5, 8)), In("float32",
      In("float32", (2, 5, 8)), num_heads=2, scale=0.5, tol=LOOSE)
 case("mha-cross", "multi_head_attention", In("float32", (2, 4, 12)), In("float32", (2, 7, 12)),
      In("float32", (2, 7, 6)), num_heads=3, scale=1 / math.sqrt(4), tol=LOOSE)
+case("qkv-attention-bias", "qkv_attention", In("float32", (2, 5, 8)), _w(24, 8), _w(24), num_heads=2,
+     scale=0.5, tol=LOOSE)
+case("qkv-attention-nobias-wide-input", "qkv_attention", In("float32", (2, 4, 10)), _w(36, 10), num_heads=3,
+     scale=1 / math.sqrt(4), tol=LOOSE)
+case("qkv-attention-weight-input", "qkv_attention", In("float32", (2, 5, 8)), In("float32", (24, 8)),
+     In("float32", (24,)), num_heads=4, scale=0.3, tol=LOOSE)
 
 # padding, indexing, sorting, transposed convolution
 case("pad-constant", "pad", In("float32", S), pads=(0, 1, 2, 1, 0, 1), value=1.5)
@@ -513,6 +519,8 @@ case("quantize-s8-channel", "quantize_linear", In("float32", S, -5, 5),
 case("dequantize-s8-channel-last", "dequantize_linear", In("int8", S, -128, 127),
      Const(np.array([0.05, 0.02, 0.1, 0.3], np.float32)), Const(np.array([1, -3, 0, 2], np.int8)), axis=-1)
 case("dequantize-u8-no-zp", "dequantize_linear", In("uint8", S, 0, 255), Const(np.float32(0.02)))
+case("dequantize-int4-blocked", "dequantize_linear", In("int8", (40, 6), -8, 7),  # int4-weight; last block short
+     Const(lambda rng: rng.uniform(0.01, 0.2, (2, 6)).astype(np.float32)), axis=0, block_size=32, bits=4)
 case("dynamic_quantize", "dynamic_quantize_linear", In("float32", S, -2, 5))
 case("matmul_integer-u8s8", "matmul_integer", In("uint8", (3, 4, 7), 0, 255),
      Const(lambda rng: rng.integers(-128, 128, (7, 5)).astype(np.int8)), Const(np.uint8(100)),

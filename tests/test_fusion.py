@@ -95,8 +95,76 @@ class ManualAttention(nn.Module):
 
 def test_attention_and_multi_head_attention_are_recognised():
     g = compile_ir(ManualAttention(), (torch.randn(2, 6, 32),), "fold,simplify,cse,fuse_attention,dce")
+    assert op_list(g) == ["qkv_attention", "linear"]  # q/k/v projections of one x packed into one
+    attn = g.nodes[0]
+    assert attn.attrs["num_heads"] == 4 and attn.inputs[1].shape == (96, 32) and attn.inputs[2].shape == (96,)
+
+
+def test_packed_projections_unpack_to_the_same_numbers():
+    from passes.fuse_attention import unpack_qkv_attention
+
+    x = torch.randn(2, 6, 32)
+    g = compile_ir(ManualAttention(), (x,), "fold,simplify,cse,fuse_attention,dce")
+    packed = run_graph(g, [x.numpy()])[0]
+    assert unpack_qkv_attention(g)
+    g.verify()
     assert op_list(g) == ["linear", "linear", "linear", "multi_head_attention", "linear"]
-    assert g.nodes[3].attrs["num_heads"] == 4
+    np.testing.assert_allclose(run_graph(g, [x.numpy()])[0], packed, rtol=1e-5, atol=1e-6)
+    assert not unpack_qkv_attention(g)
+
+
+def test_compression_sees_packed_projections_as_linear_layers():
+    from compiler.compression import CompressionOptions, compress
+
+    x = torch.randn(2, 6, 32)
+    g = compile_ir(ManualAttention(), (x,), "fold,simplify,cse,fuse_attention,dce")
+    report = compress(g, CompressionOptions(quantize="int8-weight"), [x.numpy()])
+    assert "qkv_attention" not in op_list(g)
+    assert len(report["quantization"]["quantized"]) == 4  # q, k, v and the output projection
+
+
+class CrossAttention(ManualAttention):
+    """q from x, k and v from memory: the projections read different inputs."""
+
+    def forward(self, x, memory):
+        b, s, e = x.shape
+        q = self.q(x).view(b, s, 4, e // 4).transpose(1, 2)
+        k, v = (t.view(b, memory.shape[1], 4, e // 4).transpose(1, 2) for t in (self.k(memory), self.v(memory)))
+        y = F.scaled_dot_product_attention(q, k, v)
+        return self.o(y.transpose(1, 2).reshape(b, s, e))
+
+
+def test_cross_attention_projections_are_not_packed():
+    from passes.fuse_attention import QKV_RULES
+    from passes.rewrite import explain
+
+    g = compile_ir(CrossAttention(), (torch.randn(2, 6, 32), torch.randn(2, 9, 32)), "fuse_attention,dce")
+    assert op_list(g) == ["linear", "linear", "linear", "multi_head_attention", "linear"]
+    assert any("different inputs" in line for line in explain(g, QKV_RULES))
+
+
+def test_projection_read_elsewhere_is_not_packed():
+    class KeyReused(ManualAttention):
+        def forward(self, x):
+            b, s, e = x.shape
+            k = self.k(x)
+            q, kh, v = (t.view(b, s, 4, e // 4).transpose(1, 2) for t in (self.q(x), k, self.v(x)))
+            y = F.scaled_dot_product_attention(q, kh, v).transpose(1, 2).reshape(b, s, e)
+            return self.o(y) + k
+
+    g = compile_ir(KeyReused(), (torch.randn(2, 6, 32),), "fuse_attention,dce")
+    assert "multi_head_attention" in op_list(g) and "qkv_attention" not in op_list(g)
+
+
+def test_projections_without_bias_pack_with_a_zero_bias():
+    class PartlyBiased(ManualAttention):
+        def __init__(self):
+            super().__init__()
+            self.k = nn.Linear(32, 32, bias=False)  # like Whisper's key projection
+
+    g = compile_ir(PartlyBiased(), (torch.randn(2, 6, 32),), "fold,simplify,cse,fuse_attention,dce")
+    assert op_list(g) == ["qkv_attention", "linear"]
+    assert not g.nodes[0].inputs[2].const[32:64].any()
 
 
 def test_sdpa_from_the_frontend_becomes_multi_head_attention():
@@ -107,7 +175,7 @@ def test_sdpa_from_the_frontend_becomes_multi_head_attention():
             return self.o(F.scaled_dot_product_attention(q, k, v).transpose(1, 2).reshape(b, s, e))
 
     g = compile_ir(Sdpa(), (torch.randn(2, 6, 32),), "fuse_attention,dce")
-    assert "multi_head_attention" in op_list(g)
+    assert op_list(g) == ["qkv_attention", "linear"]  # multi_head_attention, then its projections packed
 
 
 def test_masked_attention_fuses_to_attention_but_not_multi_head():

@@ -103,6 +103,23 @@ def matmul_integer_case(a_dtype: DType, b_dtype: DType, per_column: bool):
     return build
 
 
+def dequantize_int4_case(dtype: DType, shape: tuple, axis: int, block_size: int, *, constant: bool, with_zp: bool):
+    """Blocked ``bits=4`` dequantize (int4-weight): a constant x is stored packed two a byte in
+    ONNX, a run-time x stays int8/uint8; ``shape[axis]`` need not be a multiple of the block."""
+    def build(rng):
+        g = Graph("dq4")
+        lo, hi = (-8, 7) if dtype == DType.int8 else (0, 15)
+        values = rng.integers(lo, hi + 1, shape).astype(dtype.numpy)
+        x = g.add_constant(values, "x") if constant else g.add_input("x", TensorType(dtype, shape))
+        blocks = list(shape)
+        blocks[axis] = -(-shape[axis] // block_size)
+        scale = g.add_constant(rng.uniform(0.01, 0.2, blocks).astype(np.float32), "scale")
+        zp = g.add_constant(rng.integers(lo, hi + 1, blocks).astype(dtype.numpy), "zp") if with_zp else None
+        g.set_outputs([g.op("dequantize_linear", x, scale, zp, axis=axis, block_size=block_size, bits=4)])
+        return g, [] if constant else [values]
+    return build
+
+
 QUANT_CASES = [
     pytest.param("quantize_linear", quantize_case(DType.uint8, False), id="quantize-u8-tensor"),
     pytest.param("quantize_linear", quantize_case(DType.int8, False), id="quantize-s8-tensor"),
@@ -112,6 +129,12 @@ QUANT_CASES = [
     pytest.param("dequantize_linear", dequantize_case(DType.uint8, False), id="dequantize-u8-tensor"),
     pytest.param("dequantize_linear", dequantize_case(DType.int8, True), id="dequantize-s8-channel"),
     pytest.param("dequantize_linear", dequantize_case(DType.int32, True, axis=2), id="dequantize-s32-channel"),
+    pytest.param("dequantize_linear", dequantize_int4_case(DType.int8, (40, 6), 0, 16, constant=True, with_zp=False),
+                 id="dequantize-int4-blocked-const"),
+    pytest.param("dequantize_linear", dequantize_int4_case(DType.uint8, (5, 33), -1, 16, constant=True, with_zp=True),
+                 id="dequantize-uint4-blocked-const-odd-zp"),
+    pytest.param("dequantize_linear", dequantize_int4_case(DType.int8, (2, 40, 6), 1, 32, constant=False, with_zp=True),
+                 id="dequantize-int4-blocked-input-zp"),
     pytest.param("dynamic_quantize_linear", dynamic_case(-2.0, 5.0), id="dynamic-mixed"),
     pytest.param("dynamic_quantize_linear", dynamic_case(0.5, 3.0), id="dynamic-positive"),
     pytest.param("dynamic_quantize_linear", dynamic_case(-4.0, -1.0), id="dynamic-negative"),

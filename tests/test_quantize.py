@@ -186,7 +186,7 @@ def test_static_without_calibration_is_a_clear_error():
     ({"mode": "int3"}, "unknown quantization mode 'int3'"),
     ({"mode": "int8-weight", "skip": ("nope",)}, "'nope' match no node name or op type.*linear_relu"),
     ({"mode": "int8-weight", "calibrator": "entropy"}, "unknown calibrator"),
-    ({"mode": "int4-weight"}, "int4-weight"),
+    ({"mode": "int4-weight", "block_size": 24}, "int4 block size must be a power of two >= 16"),
 ])
 def test_bad_arguments(kwargs, message):
     graph = copy.deepcopy(float_graph("mlp"))

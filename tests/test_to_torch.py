@@ -62,7 +62,7 @@ def test_only_layer_weights_and_biases_are_trained(rng):
     graph, _ = pipeline_graph("transformer")
     module = graph_to_module(graph)
     trained = sum(p.numel() for p in module.parameters())
-    layers = [n for n in graph.nodes if n.op in ("conv", "linear")]
+    layers = [n for n in graph.nodes if n.op in ("conv", "linear", "qkv_attention")]  # packed q/k/v are linears
     assert trained == sum(v.const.size for n in layers for v in n.inputs[1:] if v is not None)
     assert trained < graph.parameter_count()  # embedding, positions and layer norms are buffers
 

@@ -85,6 +85,9 @@ def int_layer(lw: Lowering, node: Node, kind: str, inputs, logical, t: FixedType
 
 
 def lower_dequantize(lw: Lowering, node: Node) -> None:
+    if node.attrs.get("block_size") or node.attrs.get("bits"):
+        raise lw.unsupported(node, "blocked int4 weight dequantization (--quantize int4-weight)",
+                             "int4-weight runs on targets onnx, llvm and cuda; for hls use --quantize int8")
     value = node.inputs[0]
     if value.is_const:
         return  # weights and biases: read by the linear that uses them

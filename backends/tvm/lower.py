@@ -331,7 +331,7 @@ def emit_gather(ctx, node):
         n = ctx.emit(R.full((), _dim_value(ctx, x.shape[axis]), "int64")) if not isinstance(x.shape[axis], int) \
             else ctx.const(x.shape[axis], "int64")
         iv = ctx.emit(R.where(R.less(iv, ctx.const(0, "int64")), R.add(iv, n), iv))
-    return R.take(ctx.value(x), iv, axis, mode="fast")
+    return R.take(ctx.value(x), iv, axis, mode="clip")
 
 
 def _dim_value(ctx, d):
@@ -450,7 +450,7 @@ def emit_index(ctx, node):
     dims moved to where numpy puts them (in place of adjacent indexed axes, else in front)."""
     x, indices = node.inputs[0], list(node.inputs[1:])
     xv, _, flat, first, rest = _index_layout(ctx, x, indices, node.attrs["axes"])
-    y = ctx.emit(R.take(xv, flat, 0, mode="fast"))
+    y = ctx.emit(R.take(xv, flat, 0, mode="clip"))
     out_rank = len(node.output.shape)
     return R.permute_dims(y, _front_to(first, out_rank - len(rest), out_rank)) if first else y
 
@@ -508,7 +508,7 @@ def emit_embedding_bag(ctx, node):
     if pad_idx >= 0:
         inside = R.logical_and(inside, R.not_equal(iv, ctx.const(pad_idx, "int64")))
     member = ctx.emit(inside)  # [bags, N]
-    rows = ctx.emit(R.take(ctx.value(weight), iv, 0, mode="fast"))  # [N, D]
+    rows = ctx.emit(R.take(ctx.value(weight), iv, 0, mode="clip"))  # [N, D]
     if mode == "max":
         masked = ctx.emit(R.max(R.where(R.expand_dims(member, 2), R.expand_dims(rows, 0), ctx.const(-np.inf, dt)), [1]))
         nonempty = R.astype(R.max(R.astype(member, "uint8"), [1], True), "bool")
@@ -852,6 +852,28 @@ def emit_multi_head_attention(ctx, node):
     return R.reshape(y, ctx.shape(node.output.shape))
 
 
+def emit_qkv_attention(ctx, node):
+    """One matmul for the packed projection, [B, S, 3E] -> [3, B, H, S, D], then the heads'
+    attention as multi_head_attention lowers it."""
+    x, w, b = (list(node.inputs) + [None])[:3]
+    h = node.attrs["num_heads"]
+    if w.is_const:  # transpose at compile time: the kernel reads W^T row-major
+        wt = ctx.const(np.ascontiguousarray(np.asarray(w.const).T), w.dtype)
+    else:
+        wt = ctx.emit(R.permute_dims(ctx.value(w)))
+    qkv = ctx.emit(R.matmul(ctx.value(x), wt))
+    if b is not None:
+        qkv = ctx.emit(R.add(qkv, ctx.value(b)))
+    bsz, s, _ = ctx.shape(x.shape)
+    e = w.shape[0] // 3
+    heads = ctx.emit(R.permute_dims(ctx.emit(R.reshape(qkv, [bsz, s, 3, h, e // h])), [2, 0, 3, 1, 4]))
+    q, k, v = (ctx.emit(R.squeeze(R.strided_slice(heads, [0], [i], [i + 1]), [0])) for i in range(3))
+    y = _attention(ctx, x, x, x, None, q, k, v, is_causal=False, scale=node.attrs["scale"], head_dim=None,
+                   lq=None, lk=None)
+    y = ctx.emit(R.permute_dims(ctx.emit(y), [0, 2, 1, 3]))
+    return R.reshape(y, ctx.shape(node.output.shape))
+
+
 # -- quantization (ONNX QuantizeLinear / DequantizeLinear semantics, see compiler/ops/quant.py) ----
 def _per_channel(ctx, p: Value, axis: int, rank: int, dtype: str):
     """A 0-d (per tensor) or 1-d (per channel along ``axis``) parameter in ``dtype``, shaped to
@@ -876,13 +898,31 @@ def emit_quantize_linear(ctx, node):
 
 
 def emit_dequantize_linear(ctx, node):
-    """(x - zero_point) * scale: the shift in int64 (exact), the product in float32."""
+    """(x - zero_point) * scale: the shift in int64 (exact), the product in float32. Blocked
+    (int4-weight) parameters are repeated block_size times along the axis, explicitly in float:
+    int4 values stay in their int8 storage here."""
     x, scale, zp = (list(node.inputs) + [None])[:3]
     rank, axis = len(x.shape), node.attrs.get("axis", 1)
+    block_size = node.attrs.get("block_size")
+
+    def param(p: Value, dtype: str):
+        if block_size:
+            return _per_block(ctx, p, axis % rank, x.shape[axis % rank], block_size, dtype)
+        return _per_channel(ctx, p, axis, rank, dtype)
+
     xv = ctx.emit(R.astype(ctx.value(x), "int64"))
     if zp is not None:
-        xv = ctx.emit(R.subtract(xv, _per_channel(ctx, zp, axis, rank, "int64")))
-    return R.multiply(R.astype(xv, "float32"), _per_channel(ctx, scale, axis, rank, "float32"))
+        xv = ctx.emit(R.subtract(xv, param(zp, "int64")))
+    return R.multiply(R.astype(xv, "float32"), param(scale, "float32"))
+
+
+def _per_block(ctx, p: Value, axis: int, size, block_size: int, dtype: str):
+    """A blocked parameter (one entry per ``block_size`` elements along ``axis``) repeated to
+    x's ``size`` along ``axis``; the last block may be cut short."""
+    if not isinstance(size, int):
+        raise ctx.unsupported("a blocked dequantize along a dimension of unknown size")
+    v = ctx.emit(R.repeat(ctx.emit(R.astype(ctx.value(p), dtype)), block_size, axis))
+    return ctx.emit(R.strided_slice(v, [axis], [0], [size]))
 
 
 def emit_dynamic_quantize_linear(ctx, node):
@@ -947,6 +987,7 @@ EMITTERS: dict[str, Emitter] = {
     "adaptive_max_pool": emit_adaptive_max_pool, "max_pool_with_indices": emit_max_pool_with_indices,
     "resize": emit_resize, "grid_sample": emit_grid_sample,
     "attention": emit_attention, "multi_head_attention": emit_multi_head_attention,
+    "qkv_attention": emit_qkv_attention,
     "quantize_linear": emit_quantize_linear, "dequantize_linear": emit_dequantize_linear,
     "dynamic_quantize_linear": emit_dynamic_quantize_linear, "matmul_integer": emit_matmul_integer,
 }
@@ -973,7 +1014,9 @@ def to_relax(graph: Graph) -> tuple[tvm.IRModule, dict]:
                 _emit_node(ctx, node)
             ctx.node = None
             outs = [ctx.value(v) for v in graph.outputs]
-            result = bb.emit_output(relax.Tuple(outs))
+            # One output: the tensor itself (the VM then returns it without a wrapping Array,
+            # which costs a microsecond or two per call to unpack).
+            result = bb.emit_output(outs[0] if len(outs) == 1 else relax.Tuple(outs))
         bb.emit_func_output(result)
     return bb.get(), {"dequantized": ctx.dequantized}
 

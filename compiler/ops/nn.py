@@ -561,6 +561,37 @@ def multi_head_attention(q, k, v, *, num_heads, scale):
     return np.ascontiguousarray(y.transpose(0, 2, 1, 3).reshape(b, s, h * d))
 
 
+def _qkv_attention_type(x, weight, bias=None, *, num_heads, scale) -> TensorType:
+    _same_dtype(x, weight, bias)
+    if x.rank != 3 or weight.rank != 2:
+        raise ValueError(f"qkv_attention needs x [B, S, E_in] and weight [3E, E_in], got {x.shape}, {weight.shape}")
+    rows = weight.shape[0]
+    if not isinstance(rows, int) or rows % 3 or (rows // 3) % num_heads:
+        raise ValueError(f"qkv_attention weight rows {rows} are not 3 x a multiple of {num_heads} heads")
+    if isinstance(x.shape[2], int) and x.shape[2] != weight.shape[1]:
+        raise ValueError(f"qkv_attention input has {x.shape[2]} features, weight expects {weight.shape[1]}")
+    if bias is not None and bias.shape != (rows,):
+        raise ValueError(f"qkv_attention bias shape {bias.shape} != ({rows},)")
+    return TensorType(x.dtype, (x.shape[0], x.shape[1], rows // 3))
+
+
+def _qkv_attention_flops(ins, outs, **_):
+    x, w = ins[0], ins[1]
+    b, s, e_in = x
+    e = w[0] // 3
+    return 2 * b * s * e_in * w[0] + 2 * b * s * s * 2 * e
+
+
+@defop("qkv_attention", ["x", "weight", "bias?"], infer=_qkv_attention_type, tags=("attention",),
+       flops=_qkv_attention_flops, attrs={"num_heads": Attr("int"), "scale": Attr("float")})
+def qkv_attention(x, weight, bias=None, *, num_heads, scale):
+    """Self-attention with packed projections (``nn.MultiheadAttention``'s ``in_proj_weight``
+    layout): ``q, k, v = split(linear(x, weight [3E, E_in], bias [3E]), 3, axis=-1)``, then
+    ``multi_head_attention(q, k, v; num_heads, scale)``."""
+    q, k, v = np.split(linear(x, weight, bias), 3, axis=-1)
+    return multi_head_attention(q, k, v, num_heads=num_heads, scale=scale)
+
+
 # -- embedding / gather ----------------------------------------------------------------------
 def _gather_type(x: TensorType, indices: TensorType, *, axis) -> TensorType:
     if not indices.dtype.is_int:

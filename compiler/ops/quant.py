@@ -7,6 +7,12 @@ dynamic_quantize_linear and matmul_integer.
   by one step at about one exact rounding tie in a million values).
 * ``dequantize_linear(x, scale, zero_point)``: ``(x - zero_point) * scale`` in float32.
 * ``scale`` and ``zero_point`` are 0-d (per tensor) or 1-d (per channel along ``axis``).
+* Blocked ``dequantize_linear`` (``block_size`` B > 0, ONNX DequantizeLinear-21): ``scale`` and
+  ``zero_point`` have x's rank, ``ceil(x.shape[axis] / B)`` entries along ``axis`` and x's size
+  elsewhere; element i along ``axis`` uses entry ``i // B`` (the last block may be shorter).
+* ``bits=4`` on ``dequantize_linear``: x holds int4 (uint4) values in an int8 (uint8) container,
+  so in [-8, 7] ([0, 15]); backends may store two per byte. The IR has no 4-bit dtype (numpy
+  has none) and the values, not the container, are the spec.
 * ``dynamic_quantize_linear(x)``: x -> (uint8 tensor, scale, zero_point) from the range of x
   widened to include 0, like ONNX DynamicQuantizeLinear; an all-zero x gets scale 1 (onnxruntime's
   choice, the ONNX formula would divide by zero).
@@ -83,21 +89,71 @@ def quantize_linear(x, scale, zero_point=None, *, axis=1, dtype=DType.uint8):
 
 
 def _dequantize_type(x: TensorType, scale: TensorType, zero_point: TensorType | None = None, *,
-                     axis) -> TensorType:
+                     axis, block_size=0, bits=None) -> TensorType:
     if x.dtype not in QUANT_DTYPES:
         raise ValueError(f"dequantize_linear expects an int8/uint8/int16/int32 input, got {x.dtype}")
-    _check_qparams("dequantize_linear", x, scale, zero_point, axis, x.dtype)
+    if bits is not None and (bits != 4 or x.dtype not in (DType.int8, DType.uint8)):
+        raise ValueError(f"dequantize_linear bits={bits} is not supported: only bits=4 (int4/uint4 values "
+                         f"in an int8/uint8 container), got a {x.dtype} input")
+    if block_size:
+        _check_blocked_qparams(x, scale, zero_point, axis, block_size)
+    else:
+        _check_qparams("dequantize_linear", x, scale, zero_point, axis, x.dtype)
     return TensorType(DType.float32, x.shape)
 
 
+def _check_blocked_qparams(x: TensorType, scale: TensorType, zero_point: TensorType | None, axis: int,
+                           block_size: int) -> None:
+    if block_size < 0:
+        raise ValueError(f"dequantize_linear block_size must be >= 0, got {block_size}")
+    if scale.dtype != DType.float32:
+        raise ValueError(f"dequantize_linear scale must be float32, got {scale.dtype}")
+    if not -x.rank <= axis < x.rank:
+        raise ValueError(f"dequantize_linear axis {axis} out of range for rank {x.rank}")
+    if zero_point is not None and (zero_point.shape != scale.shape or zero_point.dtype != x.dtype):
+        raise ValueError(f"dequantize_linear zero_point must be {x.dtype} shaped like scale {scale.shape}, "
+                         f"got {zero_point}")
+    expected = tuple(_blocks(d, block_size) if i == axis % x.rank else d for i, d in enumerate(x.shape))
+    if scale.rank != x.rank or any(isinstance(e, int) and isinstance(s, int) and e != s
+                                   for e, s in zip(expected, scale.shape)):
+        raise ValueError(f"blocked dequantize_linear (block_size {block_size}, axis {axis}) of {x.shape} needs "
+                         f"scales shaped {expected}, got {scale.shape}")
+
+
+def _blocks(size, block_size: int):
+    """How many blocks of ``block_size`` cover ``size`` (a symbolic size stays unknown)."""
+    return -(-size // block_size) if isinstance(size, int) else size
+
+
+def _per_block(param: np.ndarray, size: int, axis: int, block_size: int) -> np.ndarray:
+    """A blocked param repeated ``block_size`` times along ``axis`` and cut to ``size`` entries."""
+    return np.take(np.repeat(param, block_size, axis=axis), np.arange(size), axis=axis)
+
+
+def _check_int4_values(x: np.ndarray) -> None:
+    lo, hi = (-8, 7) if x.dtype == np.int8 else (0, 15)
+    if x.size and (int(x.min()) < lo or int(x.max()) > hi):
+        raise ValueError(f"dequantize_linear bits=4 input holds values outside [{lo}, {hi}]: "
+                         f"[{int(x.min())}, {int(x.max())}]")
+
+
 @defop("dequantize_linear", ["x", "scale", "zero_point?"], infer=_dequantize_type, tags=("quant",),
-       attrs={"axis": Attr("int", 1)})
-def dequantize_linear(x, scale, zero_point=None, *, axis=1):
-    """``(x - zero_point) * scale`` in float32; per channel along ``axis`` when ``scale`` is 1-d."""
-    s = _per_channel(scale, x.ndim, axis)
+       attrs={"axis": Attr("int", 1), "block_size": Attr("int", 0), "bits": Attr("optional_int", None)})
+def dequantize_linear(x, scale, zero_point=None, *, axis=1, block_size=0, bits=None):
+    """``(x - zero_point) * scale`` in float32; per channel along ``axis`` when ``scale`` is 1-d,
+    per block of ``block_size`` along ``axis`` when it is positive."""
+    if bits == 4:
+        _check_int4_values(x)
+    if block_size:
+        axis = axis % x.ndim
+        s = _per_block(scale, x.shape[axis], axis, block_size)
+        zp = None if zero_point is None else _per_block(zero_point, x.shape[axis], axis, block_size)
+    else:
+        s = _per_channel(scale, x.ndim, axis)
+        zp = None if zero_point is None else _per_channel(zero_point, x.ndim, axis)
     shifted = x.astype(np.int64)
-    if zero_point is not None:
-        shifted = shifted - _per_channel(zero_point, x.ndim, axis).astype(np.int64)
+    if zp is not None:
+        shifted = shifted - zp.astype(np.int64)
     return (shifted.astype(np.float32) * s).astype(np.float32)
 
 
