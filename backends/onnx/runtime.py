@@ -54,7 +54,7 @@ def load_runner(manifest: dict, payload: dict[str, bytes],
         if len(inputs) != len(input_names):
             raise InputError(f"the model takes {len(input_names)} inputs ({', '.join(input_names)}), "
                              f"got {len(inputs)}")
-        feeds = {name: a if a.flags.c_contiguous else np.ascontiguousarray(a) for name, a in zip(input_names, inputs)}
+        feeds = dict(zip(input_names, inputs))  # numpy arrays; onnxruntime copies non-contiguous ones
         try:
             return list(call(feeds))
         except InvalidArgument as exc:
