@@ -53,6 +53,7 @@ def bench_tuned(name: str, batch: int, trials: int, db_root: str, retune: bool) 
             row["tune_s"] = time.perf_counter() - t0
         else:
             row["tune_s"] = float("nan")  # reused an existing database
+            row["trials"] = "reused"
         plain = compiler.compile(model, inputs, target="llvm", output=os.path.join(tmp, "plain.aot"), verify=False)
         t0 = time.perf_counter()
         tuned = compiler.compile(model, inputs, target="llvm", output=os.path.join(tmp, "tuned.aot"), verify=False,
@@ -87,7 +88,7 @@ def format_table(rows: list[dict]) -> str:
         if "error" in r:
             lines.append(f"| {r['model']} | {r['trials']} | n/a: {r['error']} |" + " |" * 7)
             continue
-        tune_s = "reused" if np.isnan(r["tune_s"]) else f"{r['tune_s']:.0f}"
+        tune_s = "-" if np.isnan(r["tune_s"]) else f"{r['tune_s']:.0f}"
         lines.append(f"| {r['model']} | {r['trials']} | {tune_s} | {r['apply_s']:.1f} | {r['ort_1_ms']:.3f} "
                      f"| {r['plain_ratio_1']:.2f}x | {r['tuned_ratio_1']:.2f}x | {r['ort_all_ms']:.3f} "
                      f"| {r['plain_ratio_all']:.2f}x | {r['tuned_ratio_all']:.2f}x |")

@@ -305,3 +305,11 @@ def test_conv_bias_of_lower_rank_fuses_into_the_kernel(rng, target):
     x = _const(rng, 1, 3, 10, 10)
     np.testing.assert_allclose(_run(pipeline.build(mod, target, {}), x), _unscheduled(mod, target, x),
                                rtol=1e-4, atol=1e-4)
+
+
+def test_unreadable_tuning_database_is_a_compile_error(target, tmp_path):
+    mod = _module([("x", (2, 3))], lambda bb, x: relax.op.nn.relu(x))
+    (tmp_path / "database_workload.json").write_text("not json\n")
+    (tmp_path / "database_tuning_record.json").write_text("[0, 1]\n")
+    with pytest.raises(CompileError, match="cannot be read.*tune again"):
+        pipeline.build(mod, target, {"tuning_db": str(tmp_path)})

@@ -56,7 +56,11 @@ def apply_database(mod, target, db_dir: str):
     from tvm import relax
     from tvm.s_tir import meta_schedule as ms
 
-    database = ms.database.JSONDatabase(work_dir=db_dir)
+    try:
+        database = ms.database.JSONDatabase(work_dir=db_dir)
+    except Exception as exc:  # noqa: BLE001 - TVM's own error types; its message is often empty
+        raise CompileError(f"the tuning database in {db_dir} cannot be read ({type(exc).__name__}); delete it "
+                           "and tune again") from None
     with tuning_target(target), database:
         return relax.transform.MetaScheduleApplyDatabase(enable_warning=False)(mod)
 
@@ -84,6 +88,10 @@ def tune(mod, target, budget: int, db_dir: str, progress=None) -> float:
     callbacks = list(ms.measure_callback.MeasureCallback.create("default"))
     callbacks.append(_progress_callback([c.task_name for c in contexts], say))
     builder = ms.builder.LocalBuilder(f_build=_make_f_build(), max_workers=_cores())
+    # The runner's worker processes inherit this: without it TVM gives them half the hardware
+    # threads on x86 (one on a 2-vCPU machine), so every parallel candidate was timed on one
+    # thread while the artifact runs on all cores (see runtime.set_threads).
+    os.environ.setdefault("TVM_NUM_THREADS", str(_cores()))
     runner = ms.runner.LocalRunner()
     database = ms.database.JSONDatabase(work_dir=db_dir)
     ms.tune.tune_tasks(
@@ -130,10 +138,27 @@ def _record_rule_schedules(extracted, target, database, builder, runner, say) ->
         workload = database.commit_workload(mod)
         best = database.get_top_k(workload, 1)
         search_us = _mean_us(best[0].run_secs) if best else float("inf")
-        database.commit_tuning_record(ms.database.TuningRecord(
-            sch.trace, workload, [float(t) for t in result.run_secs], target, args))
+        record = ms.database.TuningRecord(sch.trace, workload, [float(t) for t in result.run_secs], target, args)
+        if not _replays(record, workload):
+            say(f"[tune] rule schedule of {task.task_name} cannot be stored (its trace does not replay from JSON); "
+                "the search's records stand")
+            continue
+        database.commit_tuning_record(record)
         kept = "the rules' schedule" if rule_us < search_us else "the searched schedule"
         say(f"[tune] {task.task_name}: rules {rule_us:.1f} us, search {search_us:.1f} us: keeps {kept}")
+
+
+def _replays(record, workload) -> bool:
+    """Whether ``record`` survives the JSON round trip the database does when it is read back.
+    Some traces do not (dlight's normalisation records a TransformBlockLayout whose index map this
+    TVM cannot parse again), and one such record makes the whole database unreadable."""
+    from tvm.s_tir import meta_schedule as ms
+
+    try:
+        ms.database.TuningRecord.from_json(record.as_json(), workload)
+        return True
+    except Exception:  # noqa: BLE001 - TVM raises its own error types here
+        return False
 
 
 def _mean_us(run_secs) -> float:
