@@ -50,6 +50,20 @@ def median_latency(fn, *, min_runs: int = 20, budget_s: float = 1.0, max_runs: i
     return float(np.median(times))
 
 
+def geomean(values) -> float:
+    return float(np.exp(np.mean(np.log(list(values)))))
+
+
+def torch_onnx_bytes(model, inputs) -> bytes:
+    """The anchor: ``torch.onnx.export(dynamo=True, optimize=True)`` of ``model``, serialized,
+    with its progress prints and warnings silenced."""
+    import torch
+
+    with warnings.catch_warnings(), _quiet(), torch.no_grad():
+        warnings.simplefilter("ignore")
+        return torch.onnx.export(model, inputs, dynamo=True, optimize=True).model_proto.SerializeToString()
+
+
 def ort_session(model_bytes: bytes, threads: int):
     import onnxruntime as ort
 
@@ -84,9 +98,7 @@ def bench_tvm(name: str, batch: int) -> dict:
     inputs = model.example_inputs(batch)
     feeds = [t.numpy() for t in inputs]
     row: dict = {"model": name, "batch": batch}
-    with warnings.catch_warnings(), _quiet(), torch.no_grad():
-        warnings.simplefilter("ignore")
-        model_bytes = torch.onnx.export(model, inputs, dynamo=True, optimize=True).model_proto.SerializeToString()
+    model_bytes = torch_onnx_bytes(model, inputs)
     with tempfile.TemporaryDirectory() as tmp:
         t0 = time.perf_counter()
         art = compiler.compile(model, inputs, target="llvm", output=os.path.join(tmp, f"{name}.aot"), verify=False)
@@ -135,7 +147,7 @@ def format_tvm_table(rows: list[dict]) -> str:
                      f"| {r['vm_ratio_1']:.2f}x, {r['vm_ratio_all']:.2f}x | {r['llvm_compile_s']:.2f} |")
     good = [r for r in rows if "error" not in r]
     if good:
-        geo = {k: float(np.exp(np.mean(np.log([r[f"ratio_{k}"] for r in good])))) for k in ("1", "all")}
+        geo = {k: geomean(r[f"ratio_{k}"] for r in good) for k in ("1", "all")}
         lines += ["", (f"geometric mean llvm / ORT: {geo['1']:.2f}x at 1 thread, {geo['all']:.2f}x at all threads "
                        "through load()"),
                   "bare VM: the artifact's Relax VM on prepared TVM tensors (no numpy conversion per call)"]
@@ -253,10 +265,10 @@ def format_table(rows: list[dict], threads: int) -> str:
             f"{r['torch_onnx_compile_s']:.2f} ({r['compile_vs_torch_onnx']:.2f}x) "
             f"| {r['ours_nodes']} / {r['torch_onnx_nodes']} |")
     ratios = [r["vs_torch_onnx"] for r in rows]
-    geo = float(np.exp(np.mean(np.log(ratios))))
-    compile_geo = float(np.exp(np.mean(np.log([r["compile_vs_torch_onnx"] for r in rows]))))
+    geo = geomean(ratios)
+    compile_geo = geomean(r["compile_vs_torch_onnx"] for r in rows)
     lines.append("")
-    session_geo = float(np.exp(np.mean(np.log([r["session_vs_torch_onnx"] for r in rows]))))
+    session_geo = geomean(r["session_vs_torch_onnx"] for r in rows)
     lines.append(f"geometric mean latency ours / torch.onnx+ORT: {geo:.2f}x through load() "
                  f"({session_geo:.2f}x for the bare onnxruntime session); compile time: {compile_geo:.2f}x")
     return "\n".join(lines)

@@ -17,7 +17,6 @@ import os
 import sys
 import tempfile
 import time
-import warnings
 from pathlib import Path
 
 import numpy as np
@@ -41,9 +40,7 @@ def bench_tuned(name: str, batch: int, trials: int, db_root: str, retune: bool) 
     feeds = [t.numpy() for t in inputs]
     db = os.path.join(db_root, name)
     row: dict = {"model": name, "batch": batch, "trials": trials}
-    with warnings.catch_warnings(), bench._quiet(), torch.no_grad():
-        warnings.simplefilter("ignore")
-        model_bytes = torch.onnx.export(model, inputs, dynamo=True, optimize=True).model_proto.SerializeToString()
+    model_bytes = bench.torch_onnx_bytes(model, inputs)
     with tempfile.TemporaryDirectory() as tmp:
         if retune or not tvm_tune.has_database(db):
             print(f"[bench] tuning {name}: {trials} trials into {db}", file=sys.stderr, flush=True)
@@ -95,7 +92,7 @@ def format_table(rows: list[dict]) -> str:
     good = [r for r in rows if "error" not in r]
     if good:
         def geo(key):
-            return float(np.exp(np.mean(np.log([r[key] for r in good]))))
+            return bench.geomean(r[key] for r in good)
         lines += ["", f"geometric mean tuned / ORT: {geo('tuned_ratio_1'):.2f}x at 1 thread, "
                       f"{geo('tuned_ratio_all'):.2f}x at all threads (untuned: {geo('plain_ratio_1'):.2f}x, "
                       f"{geo('plain_ratio_all'):.2f}x)"]

@@ -14,11 +14,11 @@ from compiler.interpreter import run_graph  # noqa: E402
 from compiler.to_torch import graph_to_module  # noqa: E402
 from passes.quantize import quantize_graph  # noqa: E402
 from test_pruning import mlp_graph, pipeline_graph  # noqa: E402
+from test_to_torch import module_outputs  # noqa: E402
 
 
 def _outputs(module, x: np.ndarray) -> np.ndarray:
-    with torch.no_grad():
-        return module(torch.from_numpy(x)).numpy()
+    return module_outputs(module, [x])
 
 
 def test_fake_quantized_module_matches_the_int8_graph():

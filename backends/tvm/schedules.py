@@ -294,10 +294,18 @@ def cpu_rules() -> list[ScheduleRule]:
             Guarded(Injective())]
 
 
+def first_schedule(func, target):
+    """(rule name, schedule) from the first rule that schedules ``func``, or None: it stays
+    unscheduled. What ``dlight.ApplyDefaultSchedule(*cpu_rules())`` picks for one function."""
+    for rule in cpu_rules():
+        sch = rule.apply(func, target, False)
+        if sch is not None:
+            return type(rule.rule).__name__, sch
+    return None
+
+
 def rule_for(func, target) -> str | None:
     """The name of the first rule that schedules ``func`` (None: it stays unscheduled); for
     tests and diagnostics."""
-    for rule in cpu_rules():
-        if rule.apply(func, target, False) is not None:
-            return type(rule.rule).__name__
-    return None
+    found = first_schedule(func, target)
+    return found[0] if found else None

@@ -111,15 +111,15 @@ def _record_rule_schedules(extracted, target, database, builder, runner, say) ->
     budget, a task the search handles badly) keeps the rules' schedule instead of a slower one."""
     from tvm.s_tir import meta_schedule as ms
 
-    from .schedules import cpu_rules
+    from .schedules import first_schedule
 
     measured = []
     for task in extracted:
         mod = task.dispatched[0]
         func = mod[mod.get_global_vars()[0]]
-        sch = next((s for s in (rule.apply(func, target, False) for rule in cpu_rules()) if s is not None), None)
-        if sch is not None:
-            measured.append((task, mod, sch, ms.arg_info.ArgInfo.from_prim_func(func)))
+        found = first_schedule(func, target)
+        if found is not None:
+            measured.append((task, mod, found[1], ms.arg_info.ArgInfo.from_prim_func(func)))
     if not measured:
         return
     built = builder.build([ms.builder.BuilderInput(sch.mod, target) for _, _, sch, _ in measured])
