@@ -52,16 +52,18 @@ class Target:
             raise
 
 
-_TVM_OPTIONS = ("cpu", "cuda_arch", "tune", "tuning_db")
+# MetaSchedule tuning is wired for the CPU only; cuda takes dlight's GPU schedules.
+_LLVM_OPTIONS = ("cpu", "tune", "tuning_db")
+_CUDA_OPTIONS = ("cuda_arch",)
 _HLS_OPTIONS = ("hls_precision", "reuse_factor", "hls_part", "hls_clock_ns", "hls_precision_map")
 
 TARGETS: dict[str, Target] = {
     "onnx": Target("onnx", "ONNX model run by onnxruntime (CPU)", "backends.onnx.emit",
                    ("opset", "onnx_standard_only")),
     "llvm": Target("llvm", "Apache TVM module for the host CPU (shared library, Relax VM)",
-                   "backends.tvm.emit", _TVM_OPTIONS),
+                   "backends.tvm.emit", _LLVM_OPTIONS),
     "cuda": Target("cuda", "Apache TVM module for an NVIDIA GPU (builds without a GPU)",
-                   "backends.tvm.emit", _TVM_OPTIONS),
+                   "backends.tvm.emit", _CUDA_OPTIONS),
     "hls": Target("hls", "Vitis HLS C++ project for an FPGA, run here as a g++ C simulation",
                   "backends.hls.emit", _HLS_OPTIONS),
 }

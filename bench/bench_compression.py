@@ -14,6 +14,15 @@ this script measures, side by side in one run:
 * accuracy on the 448 test images that fill whole batches, before (float32) and after.
 
     python bench/bench_compression.py [--models mlp,cnn] [--rounds 7] [--budget 0.4]
+
+With ``--zoo [mlp,lenet,...]`` it instead measures static int8 against float32 on the zoo models
+(``models.ZOO``; untrained weights, so there is no accuracy to report): int8 is calibrated on
+random inputs (seeded normal noise; for integer inputs such as token ids, random ids), which
+sets realistic scales for *latency only*. Latency through ``compiler.load(path, threads=1)`` at
+batch 64, float32 and int8 in interleaved rounds, the ratio the median over rounds of int8 /
+float32; the table also lists how many layers static int8 quantized and kept float.
+
+    python bench/bench_compression.py --zoo [--rounds 7] [--budget 0.4]
 """
 
 from __future__ import annotations
@@ -133,13 +142,84 @@ def format_table(rows: list[dict]) -> str:
     return "\n".join(lines)
 
 
+ZOO_MODELS = "mlp,lenet,resnet,mobilenet,transformer"
+ZOO_CALIBRATION_BATCHES = 4
+
+
+def random_calibration(example: tuple, batches: int, seed: int = 0) -> list[tuple[np.ndarray, ...]]:
+    """Latency-only calibration: seeded random batches shaped like ``example`` (normal noise for
+    float inputs, uniform values in the example's range for integer inputs such as token ids)."""
+    rng = np.random.default_rng(seed)
+    out = []
+    for _ in range(batches):
+        batch = []
+        for t in example:
+            a = t.numpy()
+            if np.issubdtype(a.dtype, np.floating):
+                batch.append(rng.standard_normal(a.shape).astype(a.dtype))
+            else:
+                batch.append(rng.integers(int(a.min()), int(a.max()) + 1, a.shape).astype(a.dtype))
+        out.append(tuple(batch))
+    return out
+
+
+def bench_zoo_model(name: str, rounds: int, budget: float) -> dict:
+    import compiler
+    from models import ZOO
+
+    model = ZOO[name].factory().eval()
+    example = model.example_inputs(BATCH)
+    with tempfile.TemporaryDirectory() as tmp:
+        float_art = compiler.compile(model, example, target="onnx", output=f"{tmp}/{name}_float32.aot")
+        int8_art = compiler.compile(model, example, target="onnx", output=f"{tmp}/{name}_int8.aot", quantize="int8",
+                                    calibration_data=random_calibration(example, ZOO_CALIBRATION_BATCHES))
+        report = quantization_report(Path(int8_art.path))
+        runners = {"float32": compiler.load(str(float_art.path), threads=1),
+                   "int8": compiler.load(str(int8_art.path), threads=1)}
+    xs = [t.numpy() for t in example]
+    per_round = {mode: [] for mode in runners}
+    for _ in range(rounds):
+        for mode, run in runners.items():
+            per_round[mode].append(median_latency(lambda run=run: run(*xs), budget_s=budget))
+    ratios = [q / f for q, f in zip(per_round["int8"], per_round["float32"])]
+    return {"model": name, "float_ms": 1e3 * float(np.median(per_round["float32"])),
+            "int8_ms": 1e3 * float(np.median(per_round["int8"])), "ratio": float(np.median(ratios)),
+            "quantized": len(report.get("quantized", [])), "float": len(report.get("skipped", []))}
+
+
+def quantization_report(path: Path) -> dict:
+    import json
+
+    with zipfile.ZipFile(path) as z:
+        manifest = json.loads(z.read("manifest.json"))
+    return manifest.get("report", {}).get("compression", {}).get("quantization", {})
+
+
+def format_zoo_table(rows: list[dict]) -> str:
+    lines = ["| model | fp32 ms (batch 64) | int8 ms | int8 / fp32 | layers int8 | layers kept float |",
+             "|---|---|---|---|---|---|"]
+    for r in rows:
+        lines.append(f"| {r['model']} | {r['float_ms']:.3f} | {r['int8_ms']:.3f} | {r['ratio']:.2f}x | "
+                     f"{r['quantized']} | {r['float']} |")
+    return "\n".join(lines)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--models", default="mlp,cnn")
     parser.add_argument("--rounds", type=int, default=7)
     parser.add_argument("--budget", type=float, default=0.4, help="seconds per latency measurement")
+    parser.add_argument("--zoo", nargs="?", const=ZOO_MODELS, default=None, metavar="NAMES",
+                        help=f"static int8 vs float32 latency on zoo models instead (default: {ZOO_MODELS}); "
+                             "random calibration, latency only")
     args = parser.parse_args(argv)
     warnings.filterwarnings("ignore")
+    if args.zoo:
+        zoo_rows = [bench_zoo_model(name.strip(), args.rounds, args.budget) for name in args.zoo.split(",")]
+        print(f"threads: 1, batch {BATCH}, interleaved rounds: {args.rounds}; static int8 calibrated on "
+              f"{ZOO_CALIBRATION_BATCHES} random batches (latency only: untrained zoo weights, no accuracy)\n")
+        print(format_zoo_table(zoo_rows))
+        return 0
     rows = [row for kind in args.models.split(",") for row in bench_model(kind.strip(), args.rounds, args.budget)]
     print(f"threads: 1, batch {BATCH}, interleaved rounds: {args.rounds}\n")
     print(format_table(rows))

@@ -25,6 +25,9 @@ Rewrites, per layer chosen (float32, constant weight, not in ``skip``):
   shorter and has its own scale). This is the form onnxruntime fuses into its MatMulNBits kernel
   (weight [K, N], axis 0, no zero point), hence a linear becomes a matmul.
 
+Static int8 leaves float the layers where onnxruntime's int8 kernels or the Q / DQ around them
+would be slower than float (passes/quantize_rules.py); the report gives each one's reason.
+
 It runs after the optimisation pipeline; only dead-code elimination may follow (constant folding
 would evaluate ``DQ(Wq)`` back into a float weight). ``quantize_graph`` returns a per-layer report.
 """
@@ -43,6 +46,8 @@ from compiler.ops.nn import activation_op
 from compiler.ops.quant import dequantize_linear as dequantize_reference
 from compiler.ops.quant import quantize_linear as quantize_reference
 from passes.calibrate import CALIBRATORS, collect_ranges
+from passes.quantize_rules import FOLDED_ACTIVATIONS as FOLDED_INTO_Q
+from passes.quantize_rules import context_reasons, conv_kernel_reason
 
 MODES = ("int8", "int8-dynamic", "int8-weight", "int4-weight")
 LAYER_OPS = ("conv", "linear", "matmul")
@@ -51,10 +56,10 @@ INT4_QMAX = 7  # symmetric int4 weights in [-7, 7], for the same reason
 # onnxruntime fuses blocked int4 DequantizeLinear -> MatMul into MatMulNBits only for a power-of-two
 # block of at least 16; 32 is its quantizer's default too.
 INT4_BLOCK_SIZE = 32
-# A conv whose outputs each sum fewer products than this stays float in static int8: measured on
-# the digits CNN, onnxruntime's QLinearConv took 105 us where its float conv took 21 us (1x3x3).
-MIN_CONV_REDUCTION = 16
-FOLDED_INTO_Q = ("relu", "clamp")
+# Which convs static int8 leaves float because int8 would be slower there (few input channels per
+# group, an activation the int8 conv cannot fold, an int8 island between float ops): see
+# passes/quantize_rules.py for the rules and the measurements behind them. FOLDED_INTO_Q (imported
+# from there): the activations onnxruntime folds into a conv's output Q.
 # Ops whose output values lie inside their input's range: their output reuses the input's qparams.
 PASS_THROUGH = ("max_pool", "reshape", "transpose", "adaptive_max_pool", "slice")
 
@@ -124,16 +129,17 @@ def _check_arguments(graph: Graph, mode: str, calibration, skip: Sequence[str], 
 
 # -- which layers ----------------------------------------------------------------------------------
 def select_layers(graph: Graph, mode: str, skip: Sequence[str] = ()) -> tuple[list[Node], list[dict[str, str]]]:
-    """(layers to quantize, [{name, op, reason}] for layers left in float)."""
-    chosen, skipped = [], []
-    for node in graph.nodes:
-        if node.op not in LAYER_OPS:
-            continue
+    """(layers to quantize, [{name, op, reason}] for layers left in float), in graph order."""
+    reasons = {}
+    layers = [node for node in graph.nodes if node.op in LAYER_OPS]
+    for node in layers:
         reason = _why_not(node, mode, skip)
         if reason:
-            skipped.append({"name": node.name, "op": node.op, "reason": reason})
-        else:
-            chosen.append(node)
+            reasons[id(node)] = reason
+    if mode == "int8":  # a layer next to float ops must save more than the Q / DQ and int8 pooling it adds
+        reasons.update(context_reasons([n for n in layers if id(n) not in reasons], PASS_THROUGH))
+    chosen = [node for node in layers if id(node) not in reasons]
+    skipped = [{"name": node.name, "op": node.op, "reason": reasons[id(node)]} for node in layers if id(node) in reasons]
     return chosen, skipped
 
 
@@ -160,10 +166,8 @@ def _why_not(node: Node, mode: str, skip: Sequence[str]) -> str | None:
         return "int4-weight covers linear and matmul only (no backend runs an int4 conv): conv stays float"
     if mode == "int4-weight" and x.type.rank < 2:
         return "int4-weight needs x of rank >= 2 (the layer becomes a MatMulNBits-style matmul)"
-    reduction = int(np.prod(w.shape[1:]))
-    if mode == "int8" and node.op == "conv" and reduction < MIN_CONV_REDUCTION:
-        return (f"each output sums only {reduction} products (< {MIN_CONV_REDUCTION}): onnxruntime's int8 conv "
-                "is several times slower than its float conv there (e.g. a 1-channel 3x3 input conv)")
+    if mode == "int8" and node.op == "conv":
+        return conv_kernel_reason(node)
     return None
 
 

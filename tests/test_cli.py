@@ -206,6 +206,8 @@ def test_console_script_runs_as_a_subprocess(net_py, tmp_path):
 @pytest.mark.parametrize("flags, message", [
     (["--target", "onnx", "--tune", "4"], "do not apply to target 'onnx'"),
     (["--target", "llvm", "--tune", "4"], "tuning needs a database directory"),
+    (["--target", "cuda", "--tune", "4", "--tuning-db", "db"], "'tune' is for target(s) llvm"),
+    (["--target", "llvm", "--cuda-arch", "sm_90"], "'cuda_arch' is for target(s) cuda"),
     (["--target", "onnx", "--hls-precision", "ap_fixed<8,3>"], "'hls_precision' is for target"),
     (["--target", "hls", "--hls-precision-map", "{oops"], "not valid JSON"),
 ])

@@ -152,6 +152,15 @@ def test_threads_sets_tvm_pool():
     assert tvm.runtime.num_threads() == 1
 
 
+def test_all_cores_cap_respects_the_users_setting(monkeypatch):
+    monkeypatch.delenv("TVM_NUM_THREADS", raising=False)
+    tvm_runtime.allow_all_cores()
+    assert os.environ["TVM_NUM_THREADS"] == str(tvm_runtime.usable_cores())
+    monkeypatch.setenv("TVM_NUM_THREADS", "3")
+    tvm_runtime.allow_all_cores()
+    assert os.environ["TVM_NUM_THREADS"] == "3"
+
+
 def test_load_imports_no_tvm_for_onnx():
     import subprocess
     import sys

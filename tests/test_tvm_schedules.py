@@ -297,8 +297,10 @@ def test_conv_bias_of_lower_rank_fuses_into_the_kernel(rng, target):
     """A bias shaped [C,1,1] (rank 3 against the rank-4 conv): the pipeline gives it rank 4 so
     ConvertLayout keeps the add in NHWC and FuseOps puts it in the convolution's kernel."""
     w, bias = _const(rng, 16, 3, 3, 3), _const(rng, 16)
+    # Stride 2: a stride-1 3x3 conv of this size becomes Winograd kernels (tests/test_tvm_winograd.py).
     mod = _module([("x", (1, 3, 10, 10))], lambda bb, x: relax.op.nn.relu(relax.op.add(
-        relax.op.nn.conv2d(x, relax.const(w), padding=(1, 1)), relax.op.reshape(relax.const(bias), [16, 1, 1]))))
+        relax.op.nn.conv2d(x, relax.const(w), strides=(2, 2), padding=(1, 1)),
+        relax.op.reshape(relax.const(bias), [16, 1, 1]))))
     rules = _rules(mod, target)
     fused = [name for name in rules if "conv2d" in name and "add" in name]
     assert fused and rules[fused[0]] == "TiledContraction", rules

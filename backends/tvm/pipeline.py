@@ -28,12 +28,7 @@ def build(mod, target, options: dict[str, Any] | None = None):
 
     options = options or {}
     if target.kind.name == "cuda":
-        if options.get("tune"):
-            from compiler.errors import CompileError
-
-            raise CompileError("tuning (tune=N) is implemented for the llvm target only; "
-                               "cuda uses dlight's schedules")
-        return _build_cuda(mod, target)
+        return _build_cuda(mod, target)  # the registry lets no tuning option through for cuda
     mod = lower(mod, target, options)
     with tvm.transform.PassContext(opt_level=3):
         return tvm.compile(mod, target=target, relax_pipeline=relax.get_default_pipeline(target))
@@ -44,7 +39,7 @@ def lower(mod, target, options: dict[str, Any] | None = None):
     preparation, then the tuning database (searched first when ``options["tune"]``), then the
     search-free rules for what the database lacks."""
     options = options or {}
-    mod = prepare_module(mod)
+    mod = prepare_module(mod, target=target)
     if options.get("tune") or options.get("tuning_db"):
         from . import tune
 
@@ -64,17 +59,21 @@ def scheduled_counts(mod) -> dict[str, int]:
     return {"functions": len(funcs), "from_database": done}
 
 
-def prepare_module(mod, convert_layout: bool = True):
+def prepare_module(mod, convert_layout: bool = True, target=None):
     """Layout, legalization and fusion: the form whose fused PrimFuncs the rules schedule and the
     tuning database is keyed on (the same passes must run before tuning and before applying).
     ``convert_layout=False`` keeps convolutions NCHW (for tests of the NCHW schedules)."""
     import tvm
     from tvm import relax
 
+    from . import winograd
+
     passes = [fast_math_pass()]
     if convert_layout and _has_conv2d(mod):
         passes += [broadcast_rank_pass(), relax.transform.FoldConstant(),
                    relax.transform.ConvertLayout(NHWC_LAYOUTS)]
+        # NHWC 3x3 stride-1 convolutions -> Winograd transforms + batched GEMM (winograd.py).
+        passes += [relax.transform.FoldConstant(), winograd.rewrite_pass()]
     passes += [
         relax.transform.LegalizeOps(),
         relax.transform.AnnotateTIROpPattern(),
@@ -82,6 +81,7 @@ def prepare_module(mod, convert_layout: bool = True):
         relax.transform.FuseOps(),
         relax.transform.FuseTIR(),
         relax.transform.DeadCodeElimination(),
+        winograd.schedule_pass(target),
     ]
     return tvm.transform.Sequential(passes)(mod)
 

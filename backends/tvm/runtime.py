@@ -47,19 +47,32 @@ def cached_library(data: bytes) -> Path:
     return path
 
 
-def set_threads(threads: int | None) -> None:
-    """TVM's CPU thread pool size (None or 0: one per core). The pool is global to the process,
-    so every load sets it, or an earlier load(threads=1) would keep later models on one thread.
+def usable_cores() -> int:
+    """The cores this process may run on (its CPU affinity, e.g. under taskset or a container's
+    cpuset), else the machine's count."""
+    if hasattr(os, "sched_getaffinity"):
+        return max(1, len(os.sched_getaffinity(0)))
+    return os.cpu_count() or 1
+
+
+def allow_all_cores() -> None:
+    """Let TVM's thread pool grow to every usable core, unless the user set TVM_NUM_THREADS.
 
     TVM caps the pool at TVM_NUM_THREADS, else at half the hardware threads on x86 (it assumes
-    hyper-threading), which on a 2-vCPU machine is one thread: we set the cap to the core count
-    unless the user set it."""
+    hyper-threading), which on a 2-vCPU machine is one thread. Set before the pool starts: in this
+    process (load) and in the tuner's runner processes, which inherit it."""
+    os.environ.setdefault("TVM_NUM_THREADS", str(usable_cores()))
+
+
+def set_threads(threads: int | None) -> None:
+    """TVM's CPU thread pool size (None or 0: one per usable core). The pool is global to the
+    process, so every load sets it, or an earlier load(threads=1) would keep later models on one
+    thread."""
     import tvm_ffi
 
-    cores = os.cpu_count() or 1
-    os.environ.setdefault("TVM_NUM_THREADS", str(cores))
+    allow_all_cores()
     # runtime.config_threadpool(mode, nthreads): mode 1 = big cores (all cores on x86)
-    tvm_ffi.get_global_func("runtime.config_threadpool")(1, int(threads or cores))
+    tvm_ffi.get_global_func("runtime.config_threadpool")(1, int(threads or usable_cores()))
 
 
 def _device(kind: str):
@@ -159,4 +172,4 @@ def _numpy_view(tensor) -> np.ndarray | None:
         return None
 
 
-__all__ = ["cache_dir", "cached_library", "load_runner", "set_threads"]
+__all__ = ["allow_all_cores", "cache_dir", "cached_library", "load_runner", "set_threads", "usable_cores"]

@@ -24,6 +24,8 @@ from typing import Any
 
 from compiler.errors import CompileError
 
+from .runtime import allow_all_cores, usable_cores
+
 DATABASE_FILES = ("database_workload.json", "database_tuning_record.json")
 
 
@@ -80,18 +82,17 @@ def tune(mod, target, budget: int, db_dir: str, progress=None) -> float:
         ms_logger.setLevel(logging.WARNING)
     extracted = ms.relax_integration.extract_tasks(mod, target)
     contexts, weights = ms.relax_integration.extracted_tasks_to_tune_contexts(
-        extracted, work_dir=db_dir, num_threads=_cores(), seed=0)
+        extracted, work_dir=db_dir, num_threads=usable_cores(), seed=0)
     if not contexts:
         say("[tune] nothing to tune")
         return 0.0
     say(f"[tune] {len(contexts)} tasks, {budget} trials, database {db_dir}")
     callbacks = list(ms.measure_callback.MeasureCallback.create("default"))
     callbacks.append(_progress_callback([c.task_name for c in contexts], say))
-    builder = ms.builder.LocalBuilder(f_build=_make_f_build(), max_workers=_cores())
-    # The runner's worker processes inherit this: without it TVM gives them half the hardware
-    # threads on x86 (one on a 2-vCPU machine), so every parallel candidate was timed on one
-    # thread while the artifact runs on all cores (see runtime.set_threads).
-    os.environ.setdefault("TVM_NUM_THREADS", str(_cores()))
+    builder = ms.builder.LocalBuilder(f_build=_make_f_build(), max_workers=usable_cores())
+    # The runner's worker processes inherit TVM_NUM_THREADS: without it every parallel candidate
+    # was timed on one thread (of two) while the artifact runs on all cores.
+    allow_all_cores()
     runner = ms.runner.LocalRunner()
     database = ms.database.JSONDatabase(work_dir=db_dir)
     ms.tune.tune_tasks(
@@ -173,13 +174,9 @@ def tuning_target(target):
     config = dict(target.export())
     if "num-cores" in config:
         return target
-    config["num-cores"] = _cores()
+    config["num-cores"] = usable_cores()
     host = config.pop("host", None)
     return tvm.target.Target(config, host=host) if host else tvm.target.Target(config)
-
-
-def _cores() -> int:
-    return max(1, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1)
 
 
 def _make_f_build():
