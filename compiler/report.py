@@ -84,8 +84,10 @@ def _schedule_lines(s: dict[str, Any] | None) -> list[str]:
     """TVM CPU builds: where each fused function's schedule came from."""
     if not s or "functions" not in s:
         return []
-    n, db = s["functions"], s.get("from_database", 0)
-    line = f"  schedules:  {n} fused functions: {db} from the tuning database, {n - db} by the search-free rules"
+    n, db, own = s["functions"], s.get("from_database", 0), s.get("by_pipeline", 0)
+    line = f"  schedules:  {n} fused functions: {db} from the tuning database, {n - db - own} by the search-free rules"
+    if own:
+        line += f", {own} scheduled by the pipeline itself (Winograd kernels)"
     if "tuning_s" in s:
         line += f" (searched {s.get('trials', '?')} trials in {s['tuning_s']:.0f} s)"
     return [line]

@@ -71,3 +71,28 @@ def test_tune_writes_database_and_reapplies_it(tmp_path, monkeypatch):
     executable = pipeline.build(mod, target, {"tuning_db": str(db)})
     got = relax.VirtualMachine(executable, tvm.cpu())["main"](tvm.runtime.tensor(x)).numpy()
     np.testing.assert_allclose(got, np.maximum(x @ w, 0), rtol=1e-4, atol=1e-4)
+
+
+def test_tuning_leaves_the_pipelines_winograd_kernels_alone(tmp_path):
+    """The Winograd kernels are scheduled by the pipeline: no search task for them, and applying
+    the database (whose records could match their structure) keeps them as they were."""
+    from tvm.target.codegen import llvm_get_system_cpu
+
+    target = tvm.target.Target({"kind": "llvm", "mcpu": llvm_get_system_cpu()})
+    w = np.random.default_rng(1).standard_normal((16, 16, 3, 3)).astype("float32")
+    bb = relax.BlockBuilder()
+    x = relax.Var("x", relax.TensorType((1, 16, 8, 8), "float32"))
+    with bb.function("main", [x]):
+        with bb.dataflow():
+            out = bb.emit_output(relax.op.nn.relu(relax.op.nn.conv2d(x, relax.const(w), padding=(1, 1))))
+        bb.emit_func_output(out)
+    mod = bb.get()
+    lines: list[str] = []
+    stats: dict = {}
+    tuned = pipeline.lower(mod, target, {"tune": 4, "tuning_db": str(tmp_path / "db"), "progress": lines.append,
+                                         "stats": stats})
+    winograd = {n: f for n, f in _prim_funcs(tuned).items() if "winograd" in n}
+    assert len(winograd) == 3 and stats["by_pipeline"] == 3, (list(_prim_funcs(tuned)), stats)
+    assert not any("winograd" in line for line in lines), lines
+    untuned = _prim_funcs(pipeline.lower(mod, target, {}))
+    assert all(tvm_ffi.structural_equal(f, untuned[n]) for n, f in winograd.items())

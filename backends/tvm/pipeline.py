@@ -40,23 +40,25 @@ def lower(mod, target, options: dict[str, Any] | None = None):
     search-free rules for what the database lacks."""
     options = options or {}
     mod = prepare_module(mod, target=target)
+    functions, by_pipeline = scheduled_counts(mod)
     if options.get("tune") or options.get("tuning_db"):
         from . import tune
 
         mod = tune.tune_or_apply(mod, target, options)
     if isinstance(options.get("stats"), dict):
-        options["stats"].update(scheduled_counts(mod))
+        options["stats"].update(functions=functions, by_pipeline=by_pipeline,
+                                from_database=scheduled_counts(mod)[1] - by_pipeline)
     return schedule_module(mod, target)
 
 
-def scheduled_counts(mod) -> dict[str, int]:
-    """How many fused functions there are and how many are already scheduled (before the rules
-    run: by the tuning database): for the compile report."""
+def scheduled_counts(mod) -> tuple[int, int]:
+    """(fused functions, how many of them are already scheduled): before the tuning database,
+    those the pipeline scheduled itself (Winograd kernels); after it, those plus the database's."""
     import tvm
 
     funcs = [f for f in mod.functions.values() if isinstance(f, tvm.tirx.PrimFunc)]
     done = sum(1 for f in funcs if f.attrs is not None and bool(f.attrs.get("tirx.is_scheduled", False)))
-    return {"functions": len(funcs), "from_database": done}
+    return len(funcs), done
 
 
 def prepare_module(mod, convert_layout: bool = True, target=None):

@@ -16,6 +16,7 @@ beyond the builder's timeout), which the stock builder does.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import sys
@@ -54,7 +55,8 @@ def has_database(db_dir: str) -> bool:
 
 def apply_database(mod, target, db_dir: str):
     """Replace every PrimFunc the database has a record for with its best schedule (marked
-    scheduled, so the search-free rules leave it alone)."""
+    scheduled, so the search-free rules leave it alone); functions the pipeline already scheduled
+    keep their schedule."""
     from tvm import relax
     from tvm.s_tir import meta_schedule as ms
 
@@ -63,8 +65,19 @@ def apply_database(mod, target, db_dir: str):
     except Exception as exc:  # noqa: BLE001 - TVM's own error types; its message is often empty
         raise CompileError(f"the tuning database in {db_dir} cannot be read ({type(exc).__name__}); delete it "
                            "and tune again") from None
+    prescheduled = {gv: f for gv, f in mod.functions_items() if _is_scheduled(f)}
     with tuning_target(target), database:
-        return relax.transform.MetaScheduleApplyDatabase(enable_warning=False)(mod)
+        mod = relax.transform.MetaScheduleApplyDatabase(enable_warning=False)(mod)
+    for gv, func in prescheduled.items():  # a record of a same-shaped function must not replace them
+        mod[gv] = func
+    return mod
+
+
+def _is_scheduled(func) -> bool:
+    import tvm
+
+    return isinstance(func, tvm.tirx.PrimFunc) and func.attrs is not None \
+        and bool(func.attrs.get("tirx.is_scheduled", False))
 
 
 def tune(mod, target, budget: int, db_dir: str, progress=None) -> float:
@@ -75,14 +88,13 @@ def tune(mod, target, budget: int, db_dir: str, progress=None) -> float:
     os.makedirs(db_dir, exist_ok=True)
     start = time.perf_counter()
     target = tuning_target(target)
-    # MetaSchedule logs every round to stdout at DEBUG unless its logger has a level; keep the
-    # console to warnings (the full log still goes to <tuning_db>/logs) and report through `say`.
-    ms_logger = logging.getLogger("tvm.s_tir.meta_schedule")
-    if ms_logger.level == logging.NOTSET:
-        ms_logger.setLevel(logging.WARNING)
-    extracted = ms.relax_integration.extract_tasks(mod, target)
-    contexts, weights = ms.relax_integration.extracted_tasks_to_tune_contexts(
-        extracted, work_dir=db_dir, num_threads=usable_cores(), seed=0)
+    # Functions the pipeline scheduled itself (Winograd kernels) are not searched: MetaSchedule
+    # only skips a task whose module is marked, not one whose function is.
+    extracted = [t for t in ms.relax_integration.extract_tasks(mod, target)
+                 if not _is_scheduled(t.dispatched[0][t.dispatched[0].get_global_vars()[0]])]
+    with _meta_schedule_logging():
+        contexts, weights = ms.relax_integration.extracted_tasks_to_tune_contexts(
+            extracted, work_dir=db_dir, num_threads=usable_cores(), seed=0)
     if not contexts:
         say("[tune] nothing to tune")
         return 0.0
@@ -103,6 +115,34 @@ def tune(mod, target, budget: int, db_dir: str, progress=None) -> float:
     elapsed = time.perf_counter() - start
     say(f"[tune] done in {elapsed:.1f} s")
     return elapsed
+
+
+_quieted_logger = False  # whether tune() set MetaSchedule's logger level (not the user)
+
+
+@contextlib.contextmanager
+def _meta_schedule_logging():
+    """Around MetaSchedule's logger set-up, which runs at every search (dictConfig):
+
+    - its console handler takes the logger's level, DEBUG unless set, and then prints every round
+      to stdout; keep it at warnings (the full log still goes to <tuning_db>/logs, and progress
+      goes through ``say``). The set-up itself resets the level to DEBUG, so this is redone at
+      every search unless the user chose a level;
+    - it lists the logger's handlers by name, and one without a name (pytest's log capture, a
+      user's own) makes it fail: those are detached meanwhile."""
+    global _quieted_logger
+    ms_logger = logging.getLogger("tvm.s_tir.meta_schedule")
+    if ms_logger.level == logging.NOTSET or _quieted_logger:
+        ms_logger.setLevel(logging.WARNING)
+        _quieted_logger = True
+    unnamed = [h for h in ms_logger.handlers if h.get_name() is None]
+    for handler in unnamed:
+        ms_logger.removeHandler(handler)
+    try:
+        yield
+    finally:
+        for handler in unnamed:
+            ms_logger.addHandler(handler)
 
 
 def _record_rule_schedules(extracted, target, database, builder, runner, say) -> None:

@@ -311,6 +311,13 @@ def schedule_transform(func, target):
     return sch
 
 
+def _unroll_tile(sch, rows, cols, channels, lanes):
+    """One tile's two small axes unrolled (their Select chains then fold), channels vectorized."""
+    sch.unroll(rows)
+    sch.unroll(cols)
+    _vec(sch, channels, lanes)
+
+
 def _find(blocks, stem):
     for b in blocks:
         if b == PREFIX + stem or b.startswith(PREFIX + stem + "_"):
@@ -338,13 +345,8 @@ def _schedule_input(sch, blocks, lanes):
     p = sch.fuse(po, pi)
     sch.compute_at(t, p, preserve_unit_loops=False)
     big = _total(sch, v) >= PARALLEL_MIN_ELEMENTS
-    tl = sch.get_loops(t)[-3:]
-    sch.unroll(tl[0])
-    sch.unroll(tl[1])
-    _vec(sch, tl[2], lanes)
-    sch.unroll(a)
-    sch.unroll(b)
-    _vec(sch, c, lanes)
+    _unroll_tile(sch, *sch.get_loops(t)[-3:], lanes)
+    _unroll_tile(sch, a, b, c, lanes)
     if big:
         sch.parallel(p)
     pad = _find(blocks, "pad")
@@ -371,13 +373,8 @@ def _schedule_output(sch, blocks, lanes):
     sch.reorder(n, ho, wo, hi, wi, k)
     fused = sch.fuse(n, ho, wo)
     sch.compute_at(mo, fused, preserve_unit_loops=False)
-    ml = sch.get_loops(mo)[-3:]
-    sch.unroll(ml[0])
-    sch.unroll(ml[1])
-    _vec(sch, ml[2], lanes)
-    sch.unroll(hi)
-    sch.unroll(wi)
-    _vec(sch, k, lanes)
+    _unroll_tile(sch, *sch.get_loops(mo)[-3:], lanes)
+    _unroll_tile(sch, hi, wi, k, lanes)
     if _total(sch, last) >= PARALLEL_MIN_ELEMENTS:
         sch.parallel(fused)
 
