@@ -74,6 +74,13 @@ def ort_session(model_bytes: bytes, threads: int):
     return ort.InferenceSession(model_bytes, opts, providers=["CPUExecutionProvider"])
 
 
+def ort_call(model_bytes: bytes, threads: int, feeds: list[np.ndarray]):
+    """The anchor as a candidate for ``interleaved``: one onnxruntime run on ``feeds``."""
+    session = ort_session(model_bytes, threads)
+    names = [i.name for i in session.get_inputs()]
+    return lambda: session.run(None, dict(zip(names, feeds)))
+
+
 def interleaved(candidates: dict, rounds: int = ROUNDS) -> dict[str, float]:
     """Best median ms per candidate over interleaved rounds: a noisy neighbour on a shared
     machine then slows all candidates alike instead of whichever ran at the time."""
@@ -105,11 +112,9 @@ def bench_tvm(name: str, batch: int) -> dict:
         row["llvm_compile_s"] = time.perf_counter() - t0
         for label, threads in (("1", 1), ("all", 0)):
             torch.set_num_threads(threads or os.cpu_count())
-            anchor = ort_session(model_bytes, threads)
-            names = [i.name for i in anchor.get_inputs()]
             # Loaded per thread count: the TVM runtime sets its thread pool when it loads.
             ours = compiler.load(art.path, threads=threads or None)
-            candidates = {"ort": lambda a=anchor, n=names: a.run(None, dict(zip(n, feeds))),
+            candidates = {"ort": ort_call(model_bytes, threads, feeds),
                           "llvm": lambda o=ours: o.run(feeds)}
             vm_call = _bare_vm_call(ours, feeds)
             if vm_call is not None:

@@ -40,6 +40,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 import bench  # noqa: E402  (bench/bench.py, next to this file)
+from models import ZOO  # noqa: E402
 
 BATCH = 64
 CALIBRATION_BATCHES = 10
@@ -142,7 +143,7 @@ def format_table(rows: list[dict]) -> str:
     return "\n".join(lines)
 
 
-ZOO_MODELS = "mlp,lenet,resnet,mobilenet,transformer"
+ZOO_MODELS = ",".join(ZOO)
 ZOO_CALIBRATION_BATCHES = 4
 
 
@@ -165,7 +166,6 @@ def random_calibration(example: tuple, batches: int, seed: int = 0) -> list[tupl
 
 def bench_zoo_model(name: str, rounds: int, budget: float) -> dict:
     import compiler
-    from models import ZOO
 
     model = ZOO[name].factory().eval()
     example = model.example_inputs(BATCH)

@@ -58,15 +58,13 @@ def bench_tuned(name: str, batch: int, trials: int, db_root: str, retune: bool) 
         row["apply_s"] = time.perf_counter() - t0
         for label, threads in (("1", 1), ("all", 0)):
             torch.set_num_threads(threads or os.cpu_count())
-            anchor = bench.ort_session(model_bytes, threads)
-            names = [i.name for i in anchor.get_inputs()]
             # Loaded per thread count: the TVM runtime sets its (process-wide) pool when it loads,
             # so the two artifacts are loaded with the same count.
             ours_plain = compiler.load(plain.path, threads=threads or None)
             ours_tuned = compiler.load(tuned.path, threads=threads or None)
-            best = bench.interleaved({"ort": lambda a=anchor, n=names: a.run(None, dict(zip(n, feeds))),
-                                "plain": lambda o=ours_plain: o.run(feeds),
-                                "tuned": lambda o=ours_tuned: o.run(feeds)})
+            best = bench.interleaved({"ort": bench.ort_call(model_bytes, threads, feeds),
+                                      "plain": lambda o=ours_plain: o.run(feeds),
+                                      "tuned": lambda o=ours_tuned: o.run(feeds)})
             for key in best:
                 row[f"{key}_{label}_ms"] = best[key]
             row[f"plain_ratio_{label}"] = best["plain"] / best["ort"]

@@ -20,7 +20,7 @@ from typing import Any, Iterable, Sequence
 import numpy as np
 
 from compiler import __version__
-from compiler.compression import compress
+from compiler.compression import INT4_BLOCK_SIZE, compress
 from compiler.errors import CompileError, VerificationError
 from compiler.ir import Graph
 from compiler.progress import Progress
@@ -57,7 +57,7 @@ def compile(model: Any, example_inputs: Sequence[Any] | None = None, *, target: 
             trust_pickle: bool = False, input_shapes: Sequence[str] | None = None, seed: int = 0,
             progress: bool | Progress = False, after_pass=None,
             quantize: str | None = None, calibration_data: Any = None, calibrator: str = "minmax",
-            quantize_skip: Sequence[str] = (), per_channel: bool = True, int4_block_size: int = 32,
+            quantize_skip: Sequence[str] = (), per_channel: bool = True, int4_block_size: int = INT4_BLOCK_SIZE,
             prune: float | None = None, prune_structure: str = "unstructured", prune_scope: str = "global",
             prune_multiple_of: int = 16, weight_sharing_bits: int | None = None,
             eval_data: Any = None) -> CompiledArtifact:

@@ -20,6 +20,8 @@ from typing import Sequence
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from passes.quantize import INT4_BLOCK_SIZE
+
     p = argparse.ArgumentParser(
         prog="compile",
         description="Compile a PyTorch model ahead of time into one artifact file that "
@@ -74,8 +76,9 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--quantize-skip", action="append", metavar="NAMES",
                    help="comma-separated node names or op types to keep in float (repeatable)")
     c.add_argument("--per-tensor-weights", action="store_true", help="one weight scale per tensor, not per channel")
-    c.add_argument("--int4-block-size", type=int, default=32, metavar="N",
-                   help="int4-weight: rows of K sharing one weight scale (a power of two >= 16; default 32)")
+    c.add_argument("--int4-block-size", type=int, default=INT4_BLOCK_SIZE, metavar="N",
+                   help="int4-weight: rows of K sharing one weight scale (a power of two >= 16; "
+                        f"default {INT4_BLOCK_SIZE})")
     c.add_argument("--prune", type=float, metavar="FRACTION", help="fraction of weights (or channels) to remove")
     c.add_argument("--prune-structure", default="unstructured", help="unstructured (default) or channel")
     c.add_argument("--prune-scope", default="global", help="unstructured threshold: global (default) or layer")

@@ -24,12 +24,13 @@ import numpy as np
 
 from compiler.errors import CompileError
 from compiler.ir import Graph
+from passes.calibrate import CALIBRATORS
+from passes.quantize import INT4_BLOCK_SIZE
+from passes.quantize import MODES as QUANTIZE_MODES
 
-QUANTIZE_MODES = ("int8", "int8-dynamic", "int8-weight", "int4-weight")
 # Targets whose backends run int4-weight graphs (blocked dequantize_linear with bits=4).
 INT4_TARGETS = ("onnx", "llvm", "cuda")
 PRUNE_STRUCTURES = ("unstructured", "channel")
-CALIBRATORS = ("minmax", "percentile")
 RANDOM_CALIBRATION_BATCHES = 8
 NPZ_BATCH = 64  # samples per calibration batch when the batch dim is symbolic
 LABEL_KEYS = ("labels", "y", "label", "target")
@@ -44,7 +45,7 @@ class CompressionOptions:
     calibrator: str = "minmax"
     per_channel: bool = True
     quantize_skip: tuple[str, ...] = ()
-    int4_block_size: int = 32  # int4-weight: rows of K per weight scale (passes.quantize.INT4_BLOCK_SIZE)
+    int4_block_size: int = INT4_BLOCK_SIZE  # int4-weight: rows of K per weight scale
     prune: float | None = None
     prune_structure: str = "unstructured"
     prune_scope: str = "global"
@@ -82,7 +83,6 @@ class CompressionOptions:
         if self.weight_sharing_bits and self.quantize:
             raise CompileError("weight sharing and quantization cannot be combined yet: the codebook already "
                                "stores weights in fewer bits; choose one")
-
 
     def check_target(self, target: str) -> None:
         """Reject a compression the target's backend cannot run, before any slow work."""

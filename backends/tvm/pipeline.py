@@ -56,9 +56,10 @@ def scheduled_counts(mod) -> tuple[int, int]:
     those the pipeline scheduled itself (Winograd kernels); after it, those plus the database's."""
     import tvm
 
+    from .schedules import is_scheduled
+
     funcs = [f for f in mod.functions.values() if isinstance(f, tvm.tirx.PrimFunc)]
-    done = sum(1 for f in funcs if f.attrs is not None and bool(f.attrs.get("tirx.is_scheduled", False)))
-    return len(funcs), done
+    return len(funcs), sum(1 for f in funcs if is_scheduled(f))
 
 
 def prepare_module(mod, convert_layout: bool = True, target=None):

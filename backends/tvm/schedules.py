@@ -294,6 +294,15 @@ def cpu_rules() -> list[ScheduleRule]:
             Guarded(Injective())]
 
 
+# The PrimFunc attribute saying a function is scheduled (by the tuning database or the pipeline):
+# the rules and MetaSchedule's task extraction leave such a function alone.
+SCHEDULED = "tirx.is_scheduled"
+
+
+def is_scheduled(func) -> bool:
+    return isinstance(func, tirx.PrimFunc) and func.attrs is not None and bool(func.attrs.get(SCHEDULED, False))
+
+
 def first_schedule(func, target):
     """(rule name, schedule) from the first rule that schedules ``func``, or None: it stays
     unscheduled. What ``dlight.ApplyDefaultSchedule(*cpu_rules())`` picks for one function."""

@@ -65,7 +65,9 @@ def apply_database(mod, target, db_dir: str):
     except Exception as exc:  # noqa: BLE001 - TVM's own error types; its message is often empty
         raise CompileError(f"the tuning database in {db_dir} cannot be read ({type(exc).__name__}); delete it "
                            "and tune again") from None
-    prescheduled = {gv: f for gv, f in mod.functions_items() if _is_scheduled(f)}
+    from .schedules import is_scheduled
+
+    prescheduled = {gv: f for gv, f in mod.functions_items() if is_scheduled(f)}
     with tuning_target(target), database:
         mod = relax.transform.MetaScheduleApplyDatabase(enable_warning=False)(mod)
     for gv, func in prescheduled.items():  # a record of a same-shaped function must not replace them
@@ -73,16 +75,11 @@ def apply_database(mod, target, db_dir: str):
     return mod
 
 
-def _is_scheduled(func) -> bool:
-    import tvm
-
-    return isinstance(func, tvm.tirx.PrimFunc) and func.attrs is not None \
-        and bool(func.attrs.get("tirx.is_scheduled", False))
-
-
 def tune(mod, target, budget: int, db_dir: str, progress=None) -> float:
     """Search schedules for every PrimFunc of ``mod``; returns the tuning time in seconds."""
     from tvm.s_tir import meta_schedule as ms
+
+    from .schedules import is_scheduled
 
     say = progress or (lambda line: print(line, file=sys.stderr, flush=True))
     os.makedirs(db_dir, exist_ok=True)
@@ -90,8 +87,7 @@ def tune(mod, target, budget: int, db_dir: str, progress=None) -> float:
     target = tuning_target(target)
     # Functions the pipeline scheduled itself (Winograd kernels) are not searched: MetaSchedule
     # only skips a task whose module is marked, not one whose function is.
-    extracted = [t for t in ms.relax_integration.extract_tasks(mod, target)
-                 if not _is_scheduled(t.dispatched[0][t.dispatched[0].get_global_vars()[0]])]
+    extracted = [t for t in ms.relax_integration.extract_tasks(mod, target) if not is_scheduled(_task_func(t))]
     with _meta_schedule_logging():
         contexts, weights = ms.relax_integration.extracted_tasks_to_tune_contexts(
             extracted, work_dir=db_dir, num_threads=usable_cores(), seed=0)
@@ -156,11 +152,10 @@ def _record_rule_schedules(extracted, target, database, builder, runner, say) ->
 
     measured = []
     for task in extracted:
-        mod = task.dispatched[0]
-        func = mod[mod.get_global_vars()[0]]
+        func = _task_func(task)
         found = first_schedule(func, target)
         if found is not None:
-            measured.append((task, mod, found[1], ms.arg_info.ArgInfo.from_prim_func(func)))
+            measured.append((task, task.dispatched[0], found[1], ms.arg_info.ArgInfo.from_prim_func(func)))
     if not measured:
         return
     built = builder.build([ms.builder.BuilderInput(sch.mod, target) for _, _, sch, _ in measured])
@@ -187,6 +182,12 @@ def _record_rule_schedules(extracted, target, database, builder, runner, say) ->
         database.commit_tuning_record(record)
         kept = "the rules' schedule" if rule_us < search_us else "the searched schedule"
         say(f"[tune] {task.task_name}: rules {rule_us:.1f} us, search {search_us:.1f} us: keeps {kept}")
+
+
+def _task_func(task):
+    """The PrimFunc an extracted task tunes (its dispatched module holds just that one)."""
+    mod = task.dispatched[0]
+    return mod[mod.get_global_vars()[0]]
 
 
 def _replays(record, workload) -> bool:

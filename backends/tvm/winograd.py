@@ -171,7 +171,7 @@ def output_transform(mm, n_, ho, wo, m):
         name=PREFIX + "Y")
 
 
-def eligible(call, m_default=None):
+def eligible(call):
     """Whether a relax.nn.conv2d call is one Winograd takes (see module docstring)."""
     import tvm
 
@@ -195,7 +195,7 @@ def eligible(call, m_default=None):
     return tuple(w.value.shape[:2]) == (3, 3)
 
 
-def choose_m(x_shape, w_shape, padding):
+def choose_m(x_shape, padding):
     """Tile size for an eligible convolution, or None to keep it direct: ``MODE["m"]`` where the
     output is at least MIN_OUTPUT x MIN_OUTPUT and the input has at least MIN_CHANNELS channels
     (measured faster on every such ResNet conv; smaller outputs waste most of a 6x6 tile and
@@ -233,7 +233,7 @@ def rewrite_pass():
             xs = [int(s) for s in x.ty.shape.values]
             wn = w.value.numpy()
             padding = [int(p) for p in call.attrs.padding]
-            m = choose_m(xs, wn.shape, padding)
+            m = choose_m(xs, padding)
             if m is None:
                 return call
             ho, wo, _, _ = geometry(xs[1], xs[2], padding, m)
@@ -254,17 +254,18 @@ def schedule_pass(target=None):
     tuning and the search-free rules leave them alone."""
     import tvm
 
+    from .schedules import SCHEDULED
+
     @tvm.transform.module_pass(opt_level=0, name="WinogradSchedule")
     def run(mod, _ctx):
-        nonlocal target
-        target = target or tvm.target.Target.current(allow_none=True)
+        current = target or tvm.target.Target.current(allow_none=True)
         updates = {}
         for gv, func in mod.functions_items():
             if not isinstance(func, tvm.tirx.PrimFunc):
                 continue
-            sch = schedule_transform(func, target)
+            sch = schedule_transform(func, current)
             if sch is not None:
-                updates[gv] = sch.mod["main"].with_attr("tirx.is_scheduled", True)
+                updates[gv] = sch.mod["main"].with_attr(SCHEDULED, True)
         for gv, func in updates.items():
             mod[gv] = func
         return mod
@@ -325,14 +326,8 @@ def _find(blocks, stem):
     return None
 
 
-def _total(sch, block):
-    from .schedules import _work
-
-    return _work(sch, block)
-
-
 def _schedule_input(sch, blocks, lanes):
-    from .schedules import PARALLEL_MIN_ELEMENTS, _vectorize_parallel
+    from .schedules import PARALLEL_MIN_ELEMENTS, _vectorize_parallel, _work
 
     v = sch.get_sblock(_find(blocks, "V"))
     t = sch.get_sblock(_find(blocks, "T"))
@@ -344,7 +339,7 @@ def _schedule_input(sch, blocks, lanes):
     sch.reorder(po, pi, a, b, c)
     p = sch.fuse(po, pi)
     sch.compute_at(t, p, preserve_unit_loops=False)
-    big = _total(sch, v) >= PARALLEL_MIN_ELEMENTS
+    big = _work(sch, v) >= PARALLEL_MIN_ELEMENTS
     _unroll_tile(sch, *sch.get_loops(t)[-3:], lanes)
     _unroll_tile(sch, a, b, c, lanes)
     if big:
@@ -355,7 +350,7 @@ def _schedule_input(sch, blocks, lanes):
 
 
 def _schedule_output(sch, blocks, lanes):
-    from .schedules import PARALLEL_MIN_ELEMENTS
+    from .schedules import PARALLEL_MIN_ELEMENTS, _work
 
     mo_name, y_name = _find(blocks, "Mo"), _find(blocks, "Y")
     mo = sch.get_sblock(mo_name)
@@ -375,7 +370,7 @@ def _schedule_output(sch, blocks, lanes):
     sch.compute_at(mo, fused, preserve_unit_loops=False)
     _unroll_tile(sch, *sch.get_loops(mo)[-3:], lanes)
     _unroll_tile(sch, hi, wi, k, lanes)
-    if _total(sch, last) >= PARALLEL_MIN_ELEMENTS:
+    if _work(sch, last) >= PARALLEL_MIN_ELEMENTS:
         sch.parallel(fused)
 
 
