@@ -10,7 +10,7 @@ is used, so ``compile --target onnx`` never imports tvm. An emitter module expos
     def supported_ops() -> set[str]
 
 ``options`` holds the target's own options (``Target.options``) plus ``"target"``, the target
-name. The runtime side (artifact -> callable) is registered in ``compiler.runtime``.
+name. The runtime side (artifact -> callable) is registered in ``compiler.driver.runtime``.
 """
 
 from __future__ import annotations

@@ -42,7 +42,7 @@ def variants(kind: str, epochs: int) -> dict:
     """name -> compressed graph for the trained digits model ``kind``."""
     import torch
 
-    from compiler.finetune import finetune
+    from compiler.driver.finetune import finetune
     from models.digits import digits_data, model_inputs, trained_model
     from passes.prune_channels import prune_channels
     from passes.prune_magnitude import prune_magnitude

@@ -16,8 +16,8 @@ import importlib
 __version__ = "0.1.0"
 
 _EXPORTS = {
-    "compile": "compiler.api", "CompiledArtifact": "compiler.api",
-    "load": "compiler.runtime", "LoadedModel": "compiler.runtime",
+    "compile": "compiler.driver.api", "CompiledArtifact": "compiler.driver.api",
+    "load": "compiler.driver.runtime", "LoadedModel": "compiler.driver.runtime",
     "CompileError": "compiler.errors", "ModelLoadError": "compiler.errors",
     "UnsupportedOpError": "compiler.errors", "ArtifactError": "compiler.errors",
     "InputError": "compiler.errors", "VerificationError": "compiler.errors",

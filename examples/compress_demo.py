@@ -56,7 +56,7 @@ def accuracy(logits: np.ndarray, y: np.ndarray) -> float:
 def main() -> int:
     warnings.filterwarnings("ignore", category=FutureWarning)  # torch's own deprecation notices
     import compiler
-    from compiler.finetune import finetune
+    from compiler.driver.finetune import finetune
     from models.mlp import SeedMLP
 
     out = ROOT / "out"

@@ -12,7 +12,7 @@ and it keeps the rare large weights, which matter most), then a few Lloyd iterat
 
 The cast and gather must stay runtime ops: constant folding would turn it back into a float weight.
 The compression step runs after the optimisation pipeline and only dead-code elimination runs
-after it (see compiler/compression.py), which keeps the gather.
+after it (see compiler/driver/compression.py), which keeps the gather.
 """
 
 from __future__ import annotations

@@ -9,8 +9,8 @@ import zipfile
 import numpy as np
 import pytest
 
-from compiler import artifact
-from compiler.artifact import (FORMAT_NAME, FORMAT_VERSION, read_artifact, read_manifest, sha256_bytes,
+from compiler.driver import artifact
+from compiler.driver.artifact import (FORMAT_NAME, FORMAT_VERSION, read_artifact, read_manifest, sha256_bytes,
                                sha256_file, write_artifact)
 from compiler.errors import ArtifactError, CompileError
 

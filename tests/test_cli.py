@@ -12,7 +12,7 @@ import pytest
 import torch
 
 import compiler
-from compiler.cli import main
+from compiler.driver.cli import main
 from conftest import ROOT, replace_first_relu_with_neg
 
 NET_PY = textwrap.dedent("""
@@ -197,7 +197,7 @@ def test_print_and_dump_ir(net_py, tmp_path, capsys):
 
 def test_console_script_runs_as_a_subprocess(net_py, tmp_path):
     out_path = tmp_path / "sub.aot"
-    proc = subprocess.run([sys.executable, "-m", "compiler.cli", f"{net_py}:Net", "-o", str(out_path), "-q"],
+    proc = subprocess.run([sys.executable, "-m", "compiler.driver.cli", f"{net_py}:Net", "-o", str(out_path), "-q"],
                           cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout == "" and out_path.exists()
@@ -212,7 +212,7 @@ def test_console_script_runs_as_a_subprocess(net_py, tmp_path):
     (["--target", "hls", "--hls-precision-map", "{oops"], "not valid JSON"),
 ])
 def test_target_options_are_checked_before_any_work(flags, message, capsys, tmp_path):
-    from compiler.cli import main
+    from compiler.driver.cli import main
 
     assert main(["models/mlp.py:SeedMLP", "-o", str(tmp_path / "m.aot"), "-q", *flags]) == 2
     err = capsys.readouterr().err

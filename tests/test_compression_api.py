@@ -9,7 +9,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from compiler.compression import CompressionOptions, calibration_batches, load_npz, split_batches
+from compiler.driver.compression import CompressionOptions, calibration_batches, load_npz, split_batches
 from compiler.errors import CompileError
 from compiler.ir import DType, Graph, TensorType
 
@@ -124,7 +124,7 @@ def test_constant_folding_keeps_quantized_weights_quantized():
 
 
 def test_finetune_of_a_static_batch_graph_uses_whole_batches():
-    from compiler.finetune import finetune
+    from compiler.driver.finetune import finetune
     from compiler.interpreter import run_graph
 
     g = Graph("g")

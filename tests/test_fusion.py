@@ -114,7 +114,7 @@ def test_packed_projections_unpack_to_the_same_numbers():
 
 
 def test_compression_sees_packed_projections_as_linear_layers():
-    from compiler.compression import CompressionOptions, compress
+    from compiler.driver.compression import CompressionOptions, compress
 
     x = torch.randn(2, 6, 32)
     g = compile_ir(ManualAttention(), (x,), "fold,simplify,cse,fuse_attention,dce")

@@ -1,4 +1,4 @@
-"""Tests for compiler.model_loading: every model kind, input shapes, and bad model files."""
+"""Tests for compiler.driver.model_loading: every model kind, input shapes, and bad model files."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ import pytest
 import torch
 import torch.nn as nn
 
-from compiler import model_loading as ml
+from compiler.driver import model_loading as ml
 from compiler.errors import ModelLoadError
 
 pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning",

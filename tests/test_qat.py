@@ -9,9 +9,9 @@ import pytest
 torch = pytest.importorskip("torch")
 
 from compiler.errors import CompileError  # noqa: E402
-from compiler.finetune import fake_quant_params, finetune  # noqa: E402
+from compiler.driver.finetune import fake_quant_params, finetune  # noqa: E402
 from compiler.interpreter import run_graph  # noqa: E402
-from compiler.to_torch import graph_to_module  # noqa: E402
+from compiler.driver.to_torch import graph_to_module  # noqa: E402
 from passes.quantize import quantize_graph  # noqa: E402
 from test_pruning import mlp_graph, pipeline_graph  # noqa: E402
 from test_to_torch import module_outputs  # noqa: E402

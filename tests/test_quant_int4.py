@@ -248,7 +248,7 @@ def test_hls_backend_rejects_a_blocked_dequantize():
 
 @pytest.mark.parametrize("size", [24, 8, 0])
 def test_bad_block_sizes_are_rejected_before_any_work(size):
-    from compiler.compression import CompressionOptions
+    from compiler.driver.compression import CompressionOptions
 
     with pytest.raises(CompileError, match="power of two >= 16"):
         CompressionOptions(quantize="int4-weight", int4_block_size=size).check()

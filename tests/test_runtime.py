@@ -14,10 +14,10 @@ import types
 import numpy as np
 import pytest
 
-from compiler import runtime
-from compiler.artifact import write_artifact
+from compiler.driver import runtime
+from compiler.driver.artifact import write_artifact
 from compiler.errors import ArtifactError, CompileError, InputError
-from compiler.runtime import LoadedModel, load, register_runner
+from compiler.driver.runtime import LoadedModel, load, register_runner
 from conftest import ROOT
 
 FAKE_MODULE = "tests_fake_aot_runner"
@@ -280,7 +280,7 @@ else:
     raise SystemExit("torch was importable")
 
 import numpy as np
-from compiler.runtime import load, register_runner
+from compiler.driver.runtime import load, register_runner
 import compiler
 
 register_runner("fake", "notorch_fake_runner")

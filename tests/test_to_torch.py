@@ -13,10 +13,10 @@ import pytest
 torch = pytest.importorskip("torch")
 
 from compiler.errors import CompileError, UnsupportedOpError  # noqa: E402
-from compiler.finetune import finetune  # noqa: E402
+from compiler.driver.finetune import finetune  # noqa: E402
 from compiler.interpreter import run_graph  # noqa: E402
 from compiler.ir import DType, Graph, TensorType  # noqa: E402
-from compiler.to_torch import graph_to_module  # noqa: E402
+from compiler.driver.to_torch import graph_to_module  # noqa: E402
 from passes.prune_channels import prune_channels  # noqa: E402
 from passes.prune_magnitude import prune_magnitude, weight_slots  # noqa: E402
 from test_pruning import DIGITS_CNN, mlp_graph, pipeline_graph  # noqa: E402

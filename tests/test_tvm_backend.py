@@ -165,7 +165,7 @@ def test_load_imports_no_tvm_for_onnx():
     import subprocess
     import sys
 
-    code = ("import sys, compiler.runtime, backends.onnx.runtime; "
+    code = ("import sys, compiler.driver.runtime, backends.onnx.runtime; "
             "assert 'tvm' not in sys.modules, 'tvm imported'")
     subprocess.run([sys.executable, "-c", code], check=True, env={**os.environ, "PYTHONPATH": "."})
 

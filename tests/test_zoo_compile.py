@@ -35,7 +35,7 @@ def test_zoo_model_compiles_and_matches_torch(name, dynamic_batch, tmp_path):
 
 
 def test_seed_mlp_through_cli(tmp_path):
-    from compiler.cli import main
+    from compiler.driver.cli import main
 
     out = tmp_path / "mlp.aot"
     assert main(["models/mlp.py:SeedMLP", "-o", str(out), "-q"]) == 0

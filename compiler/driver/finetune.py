@@ -1,6 +1,6 @@
 """Recovery fine-tuning of a compressed graph.
 
-``finetune(graph, x, y)`` turns the graph into a trainable module (``compiler.to_torch``), trains
+``finetune(graph, x, y)`` turns the graph into a trainable module (``compiler.driver.to_torch``), trains
 it for a few epochs (Adam on cross-entropy or mean squared error, shuffled minibatches with a
 fixed seed) or calls the user's ``train_step(module, xb, yb)`` per minibatch, keeps pruned weights
 at zero after every step, and returns the module in eval mode. Compile it again with
@@ -23,7 +23,7 @@ from torch import nn
 
 from compiler.errors import CompileError
 from compiler.ir import Graph
-from compiler.to_torch import GraphModule, graph_to_module
+from compiler.driver.to_torch import GraphModule, graph_to_module
 
 LOSSES: dict[str, Callable[[], nn.Module]] = {"cross_entropy": nn.CrossEntropyLoss, "mse": nn.MSELoss,
                                               "bce": nn.BCEWithLogitsLoss}  # bce: one logit per sample

@@ -1,6 +1,6 @@
 """``load()``: artifact file -> a callable that runs it with numpy in and numpy out.
 
-Loading checks the artifact's integrity (``compiler.artifact``), then hands the manifest and the
+Loading checks the artifact's integrity (``compiler.driver.artifact``), then hands the manifest and the
 payload to the runner of the artifact's target. Runners are modules found by target through
 ``_RUNNERS`` and imported only when an artifact of that target is loaded, so loading an ONNX
 artifact imports onnxruntime but never torch (nor another target's runtime). A runner module
@@ -27,7 +27,7 @@ from typing import Any, Callable
 import numpy as np
 
 from compiler import dims
-from compiler.artifact import read_artifact
+from compiler.driver.artifact import read_artifact
 from compiler.errors import ArtifactError, InputError
 
 Runner = Callable[[list[np.ndarray]], list[np.ndarray]]

@@ -5,7 +5,7 @@ torch function per op (``TORCH_OPS``; the numpy reference in ``compiler/ops`` is
 are tested against). The constant weights and biases of conv and linear layers become
 ``nn.Parameter``s; every other constant is a buffer (not trained). A weight that holds exact
 zeros (pruned) gets a mask buffer, and ``apply_masks()`` zeroes those entries again; call it
-after every optimizer step (``compiler.finetune`` does). Masks are applied to the weights, not
+after every optimizer step (``compiler.driver.finetune`` does). Masks are applied to the weights, not
 in forward, so the module exports to the same graph shape it came from (no extra multiplies).
 
 Quantization-aware training: ``enable_fake_quant(activations)`` makes forward round the inputs

@@ -123,9 +123,9 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def _run(args: argparse.Namespace) -> int:
-    from compiler.api import compile
+    from compiler.driver.api import compile
     from compiler.errors import CompileError
-    from compiler.progress import Progress
+    from compiler.driver.progress import Progress
 
     if args.dump_ir and not os.path.isdir(args.dump_ir):
         raise CompileError(f"--dump-ir directory does not exist: {args.dump_ir}")

@@ -20,11 +20,11 @@ from typing import Any, Iterable, Sequence
 import numpy as np
 
 from compiler import __version__
-from compiler.compression import INT4_BLOCK_SIZE, compress
+from compiler.driver.compression import INT4_BLOCK_SIZE, compress
 from compiler.errors import CompileError, VerificationError
 from compiler.ir import Graph
-from compiler.progress import Progress
-from compiler.report import CompileReport, Verification
+from compiler.driver.progress import Progress
+from compiler.driver.report import CompileReport, Verification
 
 DEFAULT_RTOL = 1e-3
 DEFAULT_ATOL = 1e-4
@@ -41,7 +41,7 @@ class CompiledArtifact:
     graph: Graph
 
     def load(self, threads: int | None = None):
-        from compiler.runtime import load
+        from compiler.driver.runtime import load
 
         return load(self.path, threads=threads)
 
@@ -71,7 +71,7 @@ def compile(model: Any, example_inputs: Sequence[Any] | None = None, *, target: 
     """
     from backends.registry import get_target
 
-    from compiler.compression import CompressionOptions
+    from compiler.driver.compression import CompressionOptions
 
     prog = progress if isinstance(progress, Progress) else Progress(enabled=bool(progress))
     tgt = get_target(target)
@@ -128,7 +128,7 @@ def _tolerance(rtol: float | None, atol: float | None, target_info: dict[str, An
 def _load_source(model, example_inputs, weights, trust_pickle, input_shapes, prog: Progress):
     import torch
 
-    from compiler import model_loading
+    from compiler.driver import model_loading
 
     with prog.phase("load", "loading the model"):
         if isinstance(model, (str, os.PathLike)):
@@ -254,7 +254,7 @@ def _check_output_dir(path: Path) -> None:
 def _write_verify_and_move(output_path: Path, manifest, payload, report: CompileReport, source, exported,
                            verify: bool, rtol: float, atol: float, dynamic_batch: bool, seed: int,
                            prog: Progress, spec_graph: Graph | None = None, evaluate=None) -> None:
-    from compiler.artifact import write_artifact
+    from compiler.driver.artifact import write_artifact
 
     fd, tmp_name = tempfile.mkstemp(dir=output_path.parent if str(output_path.parent) else ".",
                                     prefix=f".{output_path.name}.", suffix=".verify")
@@ -295,7 +295,7 @@ def _verify(artifact_path: str, source, exported, rtol: float, atol: float, dyna
     import torch
 
     from compiler.interpreter import run_graph
-    from compiler.runtime import load
+    from compiler.driver.runtime import load
 
     # Archives have no eager module: their reference is the program we compiled (re-exported with
     # a symbolic batch when asked, so its input guards accept other batch sizes).
@@ -345,9 +345,9 @@ def _evaluate(artifact_path: str, *, eval_data, graph: Graph, baseline: Graph | 
     compression, also the uncompressed artifact's size and latency on the same data."""
     import torch
 
-    from compiler.artifact import write_artifact
-    from compiler.compression import load_npz, split_batches
-    from compiler.runtime import load
+    from compiler.driver.artifact import write_artifact
+    from compiler.driver.compression import load_npz, split_batches
+    from compiler.driver.runtime import load
 
     inputs, labels = _eval_arrays(graph, eval_data, load_npz)
     batches = split_batches(graph, inputs)
