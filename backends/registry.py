@@ -22,22 +22,23 @@ from typing import Any
 from compiler.errors import CompileError, UnsupportedOpError
 from compiler.ir import Graph
 
+from .options import TARGET_OPTIONS, options_for
+
 
 @dataclass(frozen=True)
 class Target:
     name: str
     description: str
     module: str  # emitter module: emit_target() and supported_ops()
-    options: tuple[str, ...] = ()  # names of the target options it accepts
+
+    @property
+    def options(self) -> tuple[str, ...]:
+        """Names of the options it accepts: the fields of its class in ``backends/options.py``."""
+        return TARGET_OPTIONS[self.name].names()
 
     def check_options(self, options: dict[str, Any]) -> None:
-        """Reject options of other targets (and incomplete ones) before any slow work."""
-        unknown = sorted(k for k, v in options.items() if v is not None and k not in self.options)
-        if unknown:
-            raise CompileError(f"option(s) {', '.join(unknown)} do not apply to target '{self.name}'; "
-                               + _who_takes(unknown[0]))
-        if options.get("tune") is not None and not options.get("tuning_db"):
-            raise CompileError("tuning needs a database directory: pass tuning_db (--tuning-db DIR) with tune")
+        """Reject options of other targets (and bad values) before any slow work."""
+        options_for(self.name, options)
 
     def emit(self, graph: Graph, options: dict[str, Any]) -> tuple[dict[str, bytes], dict[str, Any]]:
         self.check_options(options)
@@ -52,26 +53,15 @@ class Target:
             raise
 
 
-# MetaSchedule tuning is wired for the CPU only; cuda takes dlight's GPU schedules.
-_LLVM_OPTIONS = ("cpu", "tune", "tuning_db")
-_CUDA_OPTIONS = ("cuda_arch",)
-_HLS_OPTIONS = ("hls_precision", "reuse_factor", "hls_part", "hls_clock_ns", "hls_precision_map")
-
 TARGETS: dict[str, Target] = {
-    "onnx": Target("onnx", "ONNX model run by onnxruntime (CPU)", "backends.onnx.emit",
-                   ("opset", "onnx_standard_only")),
+    "onnx": Target("onnx", "ONNX model run by onnxruntime (CPU)", "backends.onnx.emit"),
     "llvm": Target("llvm", "Apache TVM module for the host CPU (shared library, Relax VM)",
-                   "backends.tvm.emit", _LLVM_OPTIONS),
+                   "backends.tvm.emit"),
     "cuda": Target("cuda", "Apache TVM module for an NVIDIA GPU (builds without a GPU)",
-                   "backends.tvm.emit", _CUDA_OPTIONS),
+                   "backends.tvm.emit"),
     "hls": Target("hls", "Vitis HLS C++ project for an FPGA, run here as a g++ C simulation",
-                  "backends.hls.emit", _HLS_OPTIONS),
+                  "backends.hls.emit"),
 }
-
-
-def _who_takes(option: str) -> str:
-    takers = [t.name for t in TARGETS.values() if option in t.options]
-    return f"'{option}' is for target(s) {', '.join(takers)}" if takers else f"'{option}' is not a known option"
 
 
 def get_target(name: str) -> Target:

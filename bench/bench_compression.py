@@ -171,8 +171,8 @@ def bench_zoo_model(name: str, rounds: int, budget: float) -> dict:
     example = model.example_inputs(BATCH)
     with tempfile.TemporaryDirectory() as tmp:
         float_art = compiler.compile(model, example, target="onnx", output=f"{tmp}/{name}_float32.aot")
-        int8_art = compiler.compile(model, example, target="onnx", output=f"{tmp}/{name}_int8.aot", quantize="int8",
-                                    calibration_data=random_calibration(example, ZOO_CALIBRATION_BATCHES))
+        int8_art = compiler.compile(model, example, target="onnx", output=f"{tmp}/{name}_int8.aot", quantize=compiler.QuantizeOptions(
+                                        "int8", calibration=random_calibration(example, ZOO_CALIBRATION_BATCHES)))
         report = quantization_report(Path(int8_art.path))
         runners = {"float32": compiler.load(str(float_art.path), threads=1),
                    "int8": compiler.load(str(int8_art.path), threads=1)}

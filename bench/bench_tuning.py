@@ -45,16 +45,16 @@ def bench_tuned(name: str, batch: int, trials: int, db_root: str, retune: bool) 
         if retune or not tvm_tune.has_database(db):
             print(f"[bench] tuning {name}: {trials} trials into {db}", file=sys.stderr, flush=True)
             t0 = time.perf_counter()
-            compiler.compile(model, inputs, target="llvm", output=os.path.join(tmp, "search.aot"), verify=False,
-                             target_options={"tune": trials, "tuning_db": db})
+            compiler.compile(model, inputs, output=os.path.join(tmp, "search.aot"), verify=False,
+                             target=compiler.LlvmOptions(tune=trials, tuning_db=db))
             row["tune_s"] = time.perf_counter() - t0
         else:
             row["tune_s"] = float("nan")  # reused an existing database
             row["trials"] = "reused"
         plain = compiler.compile(model, inputs, target="llvm", output=os.path.join(tmp, "plain.aot"), verify=False)
         t0 = time.perf_counter()
-        tuned = compiler.compile(model, inputs, target="llvm", output=os.path.join(tmp, "tuned.aot"), verify=False,
-                                 target_options={"tuning_db": db})
+        tuned = compiler.compile(model, inputs, output=os.path.join(tmp, "tuned.aot"), verify=False,
+                                 target=compiler.LlvmOptions(tuning_db=db))
         row["apply_s"] = time.perf_counter() - t0
         for label, threads in (("1", 1), ("all", 0)):
             torch.set_num_threads(threads or os.cpu_count())

@@ -18,6 +18,10 @@ __version__ = "0.1.0"
 _EXPORTS = {
     "compile": "compiler.driver.api", "CompiledArtifact": "compiler.driver.api",
     "load": "compiler.driver.runtime", "LoadedModel": "compiler.driver.runtime",
+    "VerifyOptions": "compiler.driver.options", "QuantizeOptions": "compiler.driver.options",
+    "PruneOptions": "compiler.driver.options", "PassOptions": "compiler.driver.options",
+    "OnnxOptions": "backends.options", "LlvmOptions": "backends.options", "CudaOptions": "backends.options",
+    "HlsOptions": "backends.options",
     "CompileError": "compiler.errors", "ModelLoadError": "compiler.errors",
     "UnsupportedOpError": "compiler.errors", "ArtifactError": "compiler.errors",
     "InputError": "compiler.errors", "VerificationError": "compiler.errors",

@@ -70,7 +70,7 @@ def main() -> int:
     fp32 = compiler.compile(model, example, dynamic_batch=True, output=out / "seed_fp32.aot")
     print(f"1. trained float MLP: test accuracy {float_acc:.2%}, artifact {os.path.getsize(fp32.path):,} bytes")
 
-    pruned = compiler.compile(model, example, dynamic_batch=True, prune=0.5, prune_structure="channel",
+    pruned = compiler.compile(model, example, dynamic_batch=True, prune=compiler.PruneOptions(0.5, structure="channel"),
                               output=out / "seed_pruned.aot")
     pruned_acc = accuracy(pruned.load()(x_test), y_test)
     params = pruned.report.compression
@@ -82,8 +82,8 @@ def main() -> int:
         tuned_acc = accuracy(tuned(torch.from_numpy(x_test)).numpy(), y_test)
     print(f"3. fine-tuned the pruned graph (as a torch module): test accuracy {tuned_acc:.2%}")
 
-    final = compiler.compile(tuned, example, dynamic_batch=True, quantize="int8",
-                             calibration_data=[(x_train[i:i + 64],) for i in range(0, 512, 64)],
+    final = compiler.compile(tuned, example, dynamic_batch=True, quantize=compiler.QuantizeOptions(
+                                 "int8", calibration=[(x_train[i:i + 64],) for i in range(0, 512, 64)]),
                              output=out / "seed_pruned_int8.aot")
     final_acc = accuracy(compiler.load(final.path)(x_test), y_test)
     size = os.path.getsize(final.path)

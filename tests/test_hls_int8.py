@@ -77,8 +77,7 @@ def test_digits_int8_end_to_end(tmp_path):
 
     model, data = trained_model("mlp").eval(), digits_data()
     art = compiler.compile(model, (torch.from_numpy(data.x_test[:4].copy()),), target="hls", dynamic_batch=True,
-                           output=str(tmp_path / "digits_int8.aot"), quantize="int8",
-                           calibration_data=[[data.x_train[:256]]])
+                           output=str(tmp_path / "digits_int8.aot"), quantize=compiler.QuantizeOptions("int8", calibration=[[data.x_train[:256]]]))
     assert "quantize_linear" in art.graph.op_counts()
     ours = np.asarray(compiler.load(art.path)(data.x_test)).argmax(axis=1)
     theirs = model(torch.from_numpy(data.x_test)).detach().numpy().argmax(axis=1)

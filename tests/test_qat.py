@@ -68,8 +68,7 @@ def test_quantization_aware_finetuning_of_the_digits_mlp_compiles_to_int8(tmp_pa
 
     calibration = [(data.x_train[i:i + 64].copy(),) for i in range(0, 640, 64)]
     example = (torch.from_numpy(data.x_test[:2].copy()),)
-    art = compiler.compile(module, example, output=tmp_path / "qat.aot", dynamic_batch=True, quantize="int8",
-                           calibration_data=calibration)
+    art = compiler.compile(module, example, output=tmp_path / "qat.aot", dynamic_batch=True, quantize=compiler.QuantizeOptions("int8", calibration=calibration))
     assert accuracy(art.load(threads=1), data.x_test, data.y_test) >= float_accuracy - 0.01
 
 

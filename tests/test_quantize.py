@@ -251,7 +251,7 @@ def test_compile_api_quantizes(tmp_path):
     plain = compiler.compile(trained_model("mlp"), (x,), target="onnx", output=str(tmp_path / "f.aot"))
     # verification (on by default) uses the backend's tolerance for quantized activations
     art = compiler.compile(trained_model("mlp"), (x,), target="onnx", output=str(tmp_path / "q.aot"),
-                           quantize="int8", calibration_data=[tuple(b) for b in calibration("mlp")])
+                           quantize=compiler.QuantizeOptions("int8", calibration=[tuple(b) for b in calibration("mlp")]))
     assert art.manifest["target_info"]["tolerance"]["atol"] > 0
     assert art.report.to_dict()["compression"]["quantization"]["quantized"]
     want = plain.load(threads=1)(x.numpy())

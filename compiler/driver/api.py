@@ -20,7 +20,10 @@ from typing import Any, Iterable, Sequence
 import numpy as np
 
 from compiler import __version__
-from compiler.driver.compression import INT4_BLOCK_SIZE, compress
+from compiler.driver.compression import compress
+from compiler.driver.options import (PassOptions, PruneOptions, QuantizeOptions, TargetOptions, VerifyOptions,
+                                     pass_options, prune_options, quantize_options, reject_moved_keywords,
+                                     target_options, verify_options)
 from compiler.errors import CompileError, VerificationError
 from compiler.ir import Graph
 from compiler.driver.progress import Progress
@@ -49,18 +52,13 @@ class CompiledArtifact:
         return f"CompiledArtifact(path={self.path!r}, target={self.report.target!r})"
 
 
-def compile(model: Any, example_inputs: Sequence[Any] | None = None, *, target: str = "onnx",  # noqa: A001
-            output: str | os.PathLike | None = None, dynamic_batch: bool = False, verify: bool = True,
-            rtol: float | None = None, atol: float | None = None, passes: str | Sequence[str] | None = None,
-            check_passes: bool = False, opset: int | None = None, onnx_standard_only: bool = False,
-            target_options: dict[str, Any] | None = None, weights: str | None = None,
-            trust_pickle: bool = False, input_shapes: Sequence[str] | None = None, seed: int = 0,
-            progress: bool | Progress = False, after_pass=None,
-            quantize: str | None = None, calibration_data: Any = None, calibrator: str = "minmax",
-            quantize_skip: Sequence[str] = (), per_channel: bool = True, int4_block_size: int = INT4_BLOCK_SIZE,
-            prune: float | None = None, prune_structure: str = "unstructured", prune_scope: str = "global",
-            prune_multiple_of: int = 16, weight_sharing_bits: int | None = None,
-            eval_data: Any = None) -> CompiledArtifact:
+def compile(model: Any, example_inputs: Sequence[Any] | None = None, *,  # noqa: A001
+            target: str | TargetOptions = "onnx", output: str | os.PathLike | None = None,
+            dynamic_batch: bool = False, verify: bool | VerifyOptions = True,
+            quantize: str | QuantizeOptions | None = None, prune: float | PruneOptions | None = None,
+            passes: str | Sequence[str] | PassOptions | None = None,
+            weights: str | None = None, trust_pickle: bool = False, input_shapes: Sequence[str] | None = None,
+            eval_data: Any = None, progress: bool | Progress = False, **moved: Any) -> CompiledArtifact:
     """Compile ``model`` for ``target`` into one artifact file.
 
     ``model`` is an ``nn.Module`` (then ``example_inputs`` is required unless the module has an
@@ -68,29 +66,34 @@ def compile(model: Any, example_inputs: Sequence[Any] | None = None, *, target: 
     accepted by the CLI (``model.pt2``, a TorchScript file, ``file.py:Factory``, a pickled
     module with ``trust_pickle=True``). The artifact goes to ``output`` (default
     ``<model name>.aot`` in the current directory).
+
+    Settings come grouped (``compiler.driver.options``): ``target`` is a name or the target's
+    options (``LlvmOptions(cpu=...)``); ``verify`` True/False or ``VerifyOptions``; ``quantize``
+    a mode name or ``QuantizeOptions``; ``prune`` a fraction or ``PruneOptions``; ``passes``
+    pass names or ``PassOptions``. ``eval_data`` (inputs..., labels) measures accuracy, size and
+    latency before and after compression.
     """
+    reject_moved_keywords(moved)
     from backends.registry import get_target
 
     from compiler.driver.compression import CompressionOptions
 
     prog = progress if isinstance(progress, Progress) else Progress(enabled=bool(progress))
+    target_opts = target_options(target)
+    target = target_opts.target
     tgt = get_target(target)
-    compression = CompressionOptions(quantize=quantize, calibration=calibration_data, calibrator=calibrator,
-                                     per_channel=per_channel, quantize_skip=tuple(quantize_skip or ()),
-                                     int4_block_size=int4_block_size,
-                                     prune=prune, prune_structure=prune_structure, prune_scope=prune_scope,
-                                     prune_multiple_of=prune_multiple_of, weight_sharing_bits=weight_sharing_bits)
-    compression.check()
+    checks = verify_options(verify)
+    pass_opts = pass_options(passes)
+    compression = CompressionOptions.from_groups(quantize_options(quantize), prune_options(prune))
     compression.check_target(target)
-    options = {"opset": opset, "onnx_standard_only": onnx_standard_only or None, **(target_options or {})}
-    options = {k: v for k, v in options.items() if v is not None}
+    options = target_opts.to_dict()
     tgt.check_options(options)  # before any slow work
     source = _load_source(model, example_inputs, weights, trust_pickle, input_shapes, prog)
     output_path = Path(output) if output is not None else Path(f"{source.name}.aot")
     _check_output_dir(output_path)
 
     graph, exported = _trace(source, dynamic_batch, prog)
-    records = _run_passes(graph, passes, check_passes, source, prog, after_pass)
+    records = _run_passes(graph, pass_opts, source, prog)
     baseline, compression_report = None, None
     if compression.active:
         baseline = graph.copy() if eval_data is not None else None
@@ -100,7 +103,7 @@ def compile(model: Any, example_inputs: Sequence[Any] | None = None, *, target: 
 
     with prog.phase("emit", f"emitting {target}"):
         payload, target_info = tgt.emit(graph, options)
-    rtol, atol = _tolerance(rtol, atol, target_info)
+    rtol, atol = _tolerance(checks.rtol, checks.atol, target_info)
 
     report = CompileReport(model=source.name, target=target, output=str(output_path), source_kind=source.kind,
                            inputs=_signature(graph.inputs), outputs=_signature(graph.outputs),
@@ -112,8 +115,8 @@ def compile(model: Any, example_inputs: Sequence[Any] | None = None, *, target: 
     if eval_data is not None:
         evaluate = functools.partial(_evaluate, eval_data=eval_data, graph=graph, baseline=baseline, target=tgt,
                                      options=options, source=source, exported=exported, prog=prog)
-    _write_verify_and_move(output_path, manifest, payload, report, source, exported, verify, rtol, atol,
-                           dynamic_batch, seed, prog, graph if compression.active else None, evaluate)
+    _write_verify_and_move(output_path, manifest, payload, report, source, exported, checks.enabled, rtol, atol,
+                           dynamic_batch, checks.seed, prog, graph if compression.active else None, evaluate)
     return CompiledArtifact(str(output_path), report, manifest, graph)
 
 
@@ -198,14 +201,14 @@ def _graph_name(name: str) -> str:
     return "".join(c if c.isalnum() else "_" for c in name) or "main"
 
 
-def _run_passes(graph: Graph, passes, check_passes: bool, source, prog: Progress, after_pass):
+def _run_passes(graph: Graph, options: PassOptions, source, prog: Progress):
     from passes import PassManager, make_pipeline
 
-    pipeline = make_pipeline(passes)
+    pipeline = make_pipeline(options.pipeline)
     check_inputs = None
-    if check_passes:
+    if options.check:
         check_inputs = [t.detach().cpu().numpy() for t in source.example_inputs]
-    manager = PassManager(pipeline, verify=True, check_inputs=check_inputs, after_pass=after_pass)
+    manager = PassManager(pipeline, verify=True, check_inputs=check_inputs, after_pass=options.after_pass)
     with prog.phase("passes", "optimizing the graph"):
         manager.run(graph)
     graph.name_outputs()  # rewrites may have replaced an output value: keep the stable names

@@ -24,13 +24,10 @@ import numpy as np
 
 from compiler.errors import CompileError
 from compiler.ir import Graph
-from passes.calibrate import CALIBRATORS
 from passes.quantize import INT4_BLOCK_SIZE
-from passes.quantize import MODES as QUANTIZE_MODES
 
 # Targets whose backends run int4-weight graphs (blocked dequantize_linear with bits=4).
 INT4_TARGETS = ("onnx", "llvm", "cuda")
-PRUNE_STRUCTURES = ("unstructured", "channel")
 RANDOM_CALIBRATION_BATCHES = 8
 NPZ_BATCH = 64  # samples per calibration batch when the batch dim is symbolic
 LABEL_KEYS = ("labels", "y", "label", "target")
@@ -38,7 +35,9 @@ LABEL_KEYS = ("labels", "y", "label", "target")
 
 @dataclass
 class CompressionOptions:
-    """What ``compile(quantize=..., prune=..., weight_sharing_bits=...)`` asks for."""
+    """What ``compile(quantize=..., prune=...)`` asks for, flattened for the compression steps;
+    users spell it as ``QuantizeOptions`` and ``PruneOptions`` (``compiler.driver.options``),
+    which validate each field."""
 
     quantize: str | None = None
     calibration: Any = None  # iterable of input tuples, an .npz path, or "random"
@@ -53,33 +52,33 @@ class CompressionOptions:
     weight_sharing_bits: int | None = None
     notes: list[str] = field(default_factory=list)
 
+    @classmethod
+    def from_groups(cls, quantize=None, prune=None) -> "CompressionOptions":
+        """From a ``QuantizeOptions`` and a ``PruneOptions`` (either may be None)."""
+        options = cls()
+        if quantize is not None:
+            options = cls(quantize=quantize.mode, calibration=quantize.calibration, calibrator=quantize.calibrator,
+                          per_channel=quantize.per_channel, quantize_skip=tuple(quantize.skip),
+                          int4_block_size=quantize.int4_block_size)
+        if prune is not None:
+            options.prune, options.prune_structure, options.prune_scope = prune.amount, prune.structure, prune.scope
+            options.prune_multiple_of, options.weight_sharing_bits = prune.multiple_of, prune.sharing_bits
+        options.check()
+        return options
+
     @property
     def active(self) -> bool:
         return bool(self.quantize or self.prune or self.weight_sharing_bits)
 
     def check(self) -> None:
-        """Reject bad values before any slow work starts."""
-        if self.quantize is not None and self.quantize not in QUANTIZE_MODES:
-            raise CompileError(f"unknown quantization '{self.quantize}'; choose one of {', '.join(QUANTIZE_MODES)}")
-        if self.calibrator not in CALIBRATORS:
-            raise CompileError(f"unknown calibrator '{self.calibrator}'; choose one of {', '.join(CALIBRATORS)}")
-        if self.prune is not None and not 0.0 < float(self.prune) < 1.0:
-            raise CompileError(f"--prune must be a fraction between 0 and 1 (exclusive), got {self.prune}")
-        if self.prune_structure not in PRUNE_STRUCTURES:
-            raise CompileError(f"unknown pruning structure '{self.prune_structure}'; "
-                               f"choose one of {', '.join(PRUNE_STRUCTURES)}")
-        if self.prune_multiple_of < 1:
-            raise CompileError(f"channel multiple must be >= 1, got {self.prune_multiple_of}")
-        if self.weight_sharing_bits is not None and not 1 <= int(self.weight_sharing_bits) <= 8:
-            raise CompileError(f"weight sharing bits must be 1..8, got {self.weight_sharing_bits}")
-        if self.quantize == "int8" and self.calibration is None:
-            raise CompileError("static int8 quantization needs calibration data: pass calibration_data= "
-                               "(an iterable of input tuples) or --calibration data.npz "
-                               "(or --calibration random, for testing only: it gives poor accuracy)")
-        if self.quantize == "int4-weight":
-            from passes.quantize import check_block_size
+        """Reject bad values before any slow work starts: each group validates its own fields,
+        this checks how they combine."""
+        from compiler.driver.options import PruneOptions, QuantizeOptions
 
-            check_block_size(self.int4_block_size)
+        QuantizeOptions(mode=self.quantize, calibration=self.calibration, calibrator=self.calibrator,
+                        skip=self.quantize_skip, per_channel=self.per_channel, int4_block_size=self.int4_block_size)
+        PruneOptions(amount=self.prune, structure=self.prune_structure, scope=self.prune_scope,
+                     multiple_of=self.prune_multiple_of, sharing_bits=self.weight_sharing_bits)
         if self.weight_sharing_bits and self.quantize:
             raise CompileError("weight sharing and quantization cannot be combined yet: the codebook already "
                                "stores weights in fewer bits; choose one")
@@ -275,5 +274,5 @@ def _random_like(a: np.ndarray, rng: np.random.Generator) -> np.ndarray:
     return rng.integers(lo, hi + 1, size=a.shape).astype(a.dtype)
 
 
-__all__ = ["CompressionOptions", "INT4_TARGETS", "QUANTIZE_MODES", "PRUNE_STRUCTURES", "calibration_batches", "compress",
+__all__ = ["CompressionOptions", "INT4_TARGETS", "calibration_batches", "compress",
            "load_npz", "split_batches", "stored_parameter_bytes"]
