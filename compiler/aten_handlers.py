@@ -532,9 +532,43 @@ def _embedding(ctx: ImportContext, node: Node):
     return ctx.emit("gather", ctx.tensor(node.args[0]), ctx.tensor(node.args[1]), axis=0)
 
 
+@handles("aten.as_strided.default")
+def _as_strided(ctx: ImportContext, node: Node):
+    """A view of a contiguous input with static sizes (``unfold`` decomposes to it): the
+    element at ``i`` is ``flat[offset + sum(i_k * stride_k)]``, a gather of constant indices."""
+    x = ctx.tensor(node.args[0])
+    size, stride = [int(s) for s in node.args[1]], [int(s) for s in node.args[2]]
+    offset = int(arg(node, 3, "storage_offset", 0) or 0)
+    source = node.args[0].meta.get("val")
+    if not all(isinstance(d, int) for d in x.shape) or source is None \
+            or tuple(source.stride()) != _contiguous_strides(x.shape):
+        raise ctx.unsupported("as_strided of a non-contiguous or dynamic-shape tensor")
+    index = np.full(size, offset, dtype=np.int64)
+    for axis, step in enumerate(stride):
+        shape = [1] * len(size)
+        shape[axis] = size[axis]
+        index = index + np.arange(size[axis], dtype=np.int64).reshape(shape) * step
+    numel = int(np.prod(x.shape, dtype=np.int64))
+    if index.size and (index.min() < 0 or index.max() >= numel):
+        raise ctx.unsupported("as_strided reading outside its input")
+    flat = ctx.emit("reshape", x, shape=(numel,))
+    return ctx.emit("gather", flat, ctx.graph.add_constant(index, "as_strided_index"), axis=0)
+
+
+def _contiguous_strides(shape) -> tuple[int, ...]:
+    strides, step = [], 1
+    for d in reversed(shape):
+        strides.append(step)
+        step *= max(int(d), 1)
+    return tuple(reversed(strides))
+
+
 @handles("aten.index_select.default")
 def _index_select(ctx: ImportContext, node: Node):
-    return ctx.emit("gather", ctx.tensor(node.args[0]), ctx.tensor(node.args[2]), axis=int(node.args[1]))
+    index = ctx.tensor(node.args[2])
+    if index.type.rank == 0:  # torch treats a 0-d index as one index: the axis stays, with size 1
+        index = ctx.emit("reshape", index, shape=(1,))
+    return ctx.emit("gather", ctx.tensor(node.args[0]), index, axis=int(node.args[1]))
 
 
 # -- attention -------------------------------------------------------------------------------------

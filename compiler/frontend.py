@@ -213,9 +213,43 @@ def _resolve_overload(name: str):
 
 
 # -- import ----------------------------------------------------------------------------------------
+def decompose(ep: torch.export.ExportedProgram) -> torch.export.ExportedProgram:
+    """Torch's default decompositions minus the ops we handle; then, for each op still without
+    a handler, PyTorch's own decomposition of just that op (``torch._decomp``), until none
+    applies. Ops with neither are refused at import with the usual one-line error."""
+    ep = ep.run_decompositions(_decomposition_table())
+    from torch._decomp import decomposition_table
+
+    for _round in range(8):  # a decomposition may produce other unhandled ops: a few rounds
+        missing = {n.target for n in ep.graph.nodes if n.op == "call_function"
+                   and isinstance(n.target, torch._ops.OpOverload) and str(n.target) not in ATEN_HANDLERS
+                   and n.target in decomposition_table}
+        if not missing:
+            break
+        ep = ep.run_decompositions({op: decomposition_table[op] for op in missing})
+    return ep
+
+
+def user_output_positions(ep: torch.export.ExportedProgram) -> tuple[list[int], list[int]]:
+    """(indices of the FX output node's arguments that are the model's own outputs, positions
+    among those that are None). Mutated inputs and buffers that torch.export appends to the
+    outputs are not the model's outputs."""
+    from torch.export.graph_signature import OutputKind
+
+    output_node = next(n for n in ep.graph.nodes if n.op == "output")
+    args = output_node.args[0]
+    args = args if isinstance(args, (list, tuple)) else (args,)
+    kinds = [s.kind for s in ep.graph_signature.output_specs]
+    user = [i for i, k in enumerate(kinds) if k == OutputKind.USER_OUTPUT] if len(kinds) == len(args) \
+        else list(range(len(args)))
+    nones = [j for j, i in enumerate(user) if args[i] is None]
+    return user, nones
+
+
 def import_exported_program(ep: torch.export.ExportedProgram, *, name: str = "main") -> Graph:
     """Build our Graph from an ExportedProgram."""
-    ep = ep.run_decompositions(_decomposition_table())
+    ep = decompose(ep)
+    user_outputs, _nones = user_output_positions(ep)
     graph = Graph(name)
     ctx = ImportContext(graph, _symbol_names(ep))
     specs = {s.arg.name: s for s in ep.graph_signature.input_specs}
@@ -243,13 +277,22 @@ def import_exported_program(ep: torch.export.ExportedProgram, *, name: str = "ma
         elif node.op == "output":
             outs = node.args[0]
             outs = outs if isinstance(outs, (list, tuple)) else (outs,)
-            values = [ctx.value(o) for o in outs]
+            # None outputs are dropped (the manifest records where they were, see api.py).
+            values = [ctx.value(outs[i]) for i in user_outputs if outs[i] is not None]
+            if not values:
+                raise CompileError("the model returns no tensor; return at least one tensor from forward()")
             if not all(isinstance(v, Value) for v in values):
-                raise CompileError("every model output must be a tensor")
+                kinds = sorted({type(v).__name__ for v in values if not isinstance(v, Value)})
+                raise CompileError(f"every model output must be a tensor or None, got {', '.join(kinds)}; "
+                                   "return tensors (a Python number can be returned as torch.tensor(x))")
             graph.set_outputs(_distinct_outputs(graph, values))
             graph.name_outputs()
         elif node.op == "get_attr":
-            ctx.env[node] = graph.add_constant(_to_numpy(getattr(ep.graph_module, node.target)), node.target)
+            attr = getattr(ep.graph_module, node.target)
+            if not isinstance(attr, torch.Tensor):  # a subgraph of a control-flow op (torch.cond)
+                ctx.env[node] = attr
+                continue
+            ctx.env[node] = graph.add_constant(_to_numpy(attr), node.target)
         else:
             raise CompileError(f"unexpected FX node kind {node.op}")
     graph.remove_unused_constants()
@@ -300,6 +343,10 @@ def _import_call(ctx: ImportContext, node: torch.fx.Node) -> Any:
     target = node.target
     name = "getitem" if target is operator.getitem else str(target)
     handler = ATEN_HANDLERS.get(name)
+    if handler is None and isinstance(target, torch._ops.HigherOrderOperator):
+        raise UnsupportedOpError(name, stage="the PyTorch frontend", location=ctx.location,
+                                 hint="data-dependent control flow is not supported yet; compute both branches "
+                                      "and pick with torch.where, or make the condition a Python constant")
     if handler is None:
         raise UnsupportedOpError(name, stage="the PyTorch frontend", location=ctx.location,
                                  hint="the compiler has no translation for it yet; rewrite that line "

@@ -111,6 +111,7 @@ def compile(model: Any, example_inputs: Sequence[Any] | None = None, *,  # noqa:
                            parameter_bytes=graph.parameter_bytes(), passes=[r.to_dict() for r in records],
                            target_info=target_info, compression=compression_report)
     manifest = _manifest(graph, target, source, records, target_info, dynamic_batch)
+    manifest["none_outputs"] = _none_outputs(exported)
     evaluate = None
     if eval_data is not None:
         evaluate = functools.partial(_evaluate, eval_data=eval_data, graph=graph, baseline=baseline, target=tgt,
@@ -118,6 +119,18 @@ def compile(model: Any, example_inputs: Sequence[Any] | None = None, *,  # noqa:
     _write_verify_and_move(output_path, manifest, payload, report, source, exported, checks.enabled, rtol, atol,
                            dynamic_batch, checks.seed, prog, graph if compression.active else None, evaluate)
     return CompiledArtifact(str(output_path), report, manifest, graph)
+
+
+def json_safe(value: Any) -> Any:
+    """``value`` with every non-finite float written as a string ("nan", "inf"): JSON has no
+    NaN, and a report's error figures are NaN when a model's outputs are."""
+    if isinstance(value, float) and not np.isfinite(value):
+        return str(value)
+    if isinstance(value, dict):
+        return {k: json_safe(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [json_safe(v) for v in value]
+    return value
 
 
 def _tolerance(rtol: float | None, atol: float | None, target_info: dict[str, Any]) -> tuple[float, float]:
@@ -231,6 +244,13 @@ def _tool_versions() -> dict[str, str]:
     return versions
 
 
+def _none_outputs(exported) -> list[int]:
+    """Positions of the model's None outputs, which the artifact does not compute."""
+    from compiler.frontend import user_output_positions
+
+    return user_output_positions(exported)[1]
+
+
 def _manifest(graph: Graph, target: str, source, records, target_info, dynamic_batch: bool) -> dict[str, Any]:
     return {
         "target": target,
@@ -277,7 +297,7 @@ def _write_verify_and_move(output_path: Path, manifest, payload, report: Compile
                 report.evaluation = evaluate(tmp_name)
         report.phases = dict(prog.times)
         # The final artifact carries the finished report; rewriting it is cheap next to verification.
-        manifest["report"] = report.to_dict()
+        manifest["report"] = json_safe(report.to_dict())
         report.artifact_bytes = write_artifact(tmp_name, manifest, payload)
         if report.verification is not None and not report.verification.passed:
             raise VerificationError(f"verification failed for {source.name} on target {report.target}: "
@@ -322,7 +342,8 @@ def _verify(artifact_path: str, source, exported, rtol: float, atol: float, dyna
         from_torch = None
         if spec_graph is None or measure_drift:
             with torch.no_grad():
-                from_torch = _flatten_outputs(torch_model(*inputs))
+                # clones: a model that writes into its inputs must not change the artifact's inputs
+                from_torch = _flatten_outputs(torch_model(*[t.clone() for t in inputs]))
         expected = from_torch if spec_graph is None else run_graph(spec_graph, arrays)
         got = loaded.run(arrays)
         if len(got) != len(expected):
@@ -414,6 +435,8 @@ def _flatten_outputs(outputs: Any) -> list[np.ndarray]:
         return [a for o in outputs for a in _flatten_outputs(o)]
     if isinstance(outputs, dict):
         return [a for o in outputs.values() for a in _flatten_outputs(o)]
+    if outputs is None:  # the artifact drops None outputs (load() puts them back)
+        return []
     raise VerificationError(f"cannot compare a model output of type {type(outputs).__name__}")
 
 
@@ -429,11 +452,15 @@ def compare(want: np.ndarray, have: np.ndarray, rtol: float, atol: float) -> tup
     diff = np.abs(w - h)
     if not diff.size:
         return 0.0, 0.0, True
+    # NaN where PyTorch has NaN is a match; infinities must match exactly (inf - inf is NaN).
     nan_mismatch = np.isnan(w) != np.isnan(h)
-    diff = np.where(np.isnan(w) & np.isnan(h), 0.0, diff)
-    abs_err = float(np.nanmax(diff)) if not nan_mismatch.any() else float("inf")
-    rel_err = float(np.nanmax(diff / np.maximum(np.abs(w), 1e-12)))
-    ok = bool(np.all(diff <= atol + rtol * np.abs(w))) and not nan_mismatch.any()
+    same = (np.isnan(w) & np.isnan(h)) | (np.isinf(w) & (w == h))
+    if nan_mismatch.any():
+        return float("inf"), float("inf"), False
+    diff = np.where(same, 0.0, diff)
+    scale = np.where(same, 1.0, np.maximum(np.abs(w), 1e-12))
+    abs_err, rel_err = float(np.max(diff)), float(np.max(diff / scale))
+    ok = bool(np.all(same | (diff <= atol + rtol * np.abs(w))))
     return abs_err, rel_err, ok
 
 

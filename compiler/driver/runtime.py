@@ -122,6 +122,16 @@ def _specs(p: str, manifest: dict[str, Any], key: str) -> tuple[TensorSpec, ...]
     return tuple(specs)
 
 
+def _none_positions(p: str, manifest: dict[str, Any], n_outputs: int) -> tuple[int, ...]:
+    positions = manifest.get("none_outputs", [])
+    ok = isinstance(positions, list) and all(isinstance(i, int) and not isinstance(i, bool) for i in positions) \
+        and sorted(set(positions)) == positions and all(0 <= i <= n_outputs + len(positions) - 1 for i in positions)
+    if not ok:
+        raise ArtifactError(f"{p} has a malformed manifest: 'none_outputs' is not a sorted list of output "
+                            "positions; recompile it")
+    return tuple(positions)
+
+
 def _numpy_dtype(name: str) -> np.dtype | None:
     try:
         return np.dtype(name)
@@ -155,10 +165,15 @@ class LoadedModel:
         if all(all(isinstance(d, int) for d in s.shape) for s in inputs) and None not in self._dtypes:
             self._static = [(dt, tuple(s.shape)) for dt, s in zip(self._dtypes, inputs)]
         self._n_outputs = len(outputs)
+        self.none_outputs = _none_positions(path, manifest, len(outputs))
 
     # -- running ---------------------------------------------------------------------------------
-    def __call__(self, *inputs: Any) -> np.ndarray | tuple[np.ndarray, ...]:
-        outputs = self.run(inputs)
+    def __call__(self, *inputs: Any) -> np.ndarray | tuple[np.ndarray | None, ...]:
+        """The outputs in the model's own structure: one array, or a tuple in which the model's
+        None outputs are None again."""
+        outputs: list = self.run(inputs)
+        for position in self.none_outputs:
+            outputs.insert(position, None)
         return outputs[0] if len(outputs) == 1 else tuple(outputs)
 
     def run(self, inputs: Sequence[Any] | Mapping[str, Any]) -> list[np.ndarray]:

@@ -1,0 +1,120 @@
+"""What real programs do beyond a clean forward of core ops: writing into inputs, None
+outputs, ops that only PyTorch's decompositions express, 0-d indices, control flow, NaN."""
+
+from __future__ import annotations
+
+import json
+import zipfile
+
+import numpy as np
+import pytest
+import torch
+
+import compiler
+from compiler.errors import UnsupportedOpError
+from compiler.frontend import export_module, import_exported_program
+from compiler.interpreter import run_graph
+
+
+class WritesIntoInput(torch.nn.Module):
+    def forward(self, x, y):
+        x.add_(y)
+        return x * 2
+
+
+class ReturnsNone(torch.nn.Module):
+    def forward(self, x):
+        return None, x + 1, None, x.sum(0)
+
+
+class Unfolds(torch.nn.Module):
+    def forward(self, x):
+        return x.unfold(1, 3, 2) * 2
+
+
+class SelectsWithScalarIndex(torch.nn.Module):
+    def forward(self, x):
+        return torch.index_select(x, 1, torch.tensor(2))
+
+
+class Branches(torch.nn.Module):
+    def forward(self, x):
+        return torch.cond(x.sum() > 0, lambda t: t + 1, lambda t: t - 1, (x,))
+
+
+def _randn(rng, *shape):
+    return torch.from_numpy(rng.standard_normal(shape).astype(np.float32))
+
+
+def test_a_model_writing_into_its_input_returns_only_its_outputs(tmp_path, rng):
+    x, y = _randn(rng, 2, 3), _randn(rng, 2, 3)
+    art = compiler.compile(WritesIntoInput(), (x, y), output=tmp_path / "m.aot")
+    assert len(art.manifest["outputs"]) == 1
+    got = art.load()(x.numpy(), y.numpy())
+    np.testing.assert_allclose(got, (x.numpy() + y.numpy()) * 2, rtol=1e-6)
+
+
+def test_none_outputs_are_dropped_and_given_back_by_load(tmp_path, rng):
+    x = _randn(rng, 3, 4)
+    art = compiler.compile(ReturnsNone(), (x,), output=tmp_path / "m.aot")
+    assert len(art.manifest["outputs"]) == 2 and art.manifest["none_outputs"] == [0, 2]
+    model = compiler.load(art.path)
+    a, b, c, d = model(x.numpy())
+    assert a is None and c is None
+    want = ReturnsNone()(x)
+    np.testing.assert_allclose(b, want[1].numpy(), rtol=1e-6)
+    np.testing.assert_allclose(d, want[3].numpy(), rtol=1e-6)
+    assert len(model.run([x.numpy()])) == 2  # run() gives the computed arrays only
+
+
+def test_malformed_none_positions_are_refused(tmp_path, rng):
+    from compiler.driver.artifact import read_artifact, write_artifact
+
+    art = compiler.compile(ReturnsNone(), (_randn(rng, 3, 4),), output=tmp_path / "m.aot", verify=False)
+    manifest, payload = read_artifact(art.path)
+    for bad in ([2, 0], ["0"], [9], 3):
+        write_artifact(str(tmp_path / "bad.aot"), {**manifest, "none_outputs": bad}, payload)
+        with pytest.raises(compiler.ArtifactError, match="none_outputs"):
+            compiler.load(tmp_path / "bad.aot")
+
+
+def test_ops_without_a_handler_fall_back_to_torch_decompositions(rng):
+    x = _randn(rng, 2, 9)
+    graph = import_exported_program(export_module(Unfolds(), (x,)))
+    assert "gather" in graph.op_counts()  # unfold -> as_strided -> gather of constant indices
+    np.testing.assert_allclose(run_graph(graph, [x.numpy()])[0], Unfolds()(x).numpy(), rtol=1e-6)
+
+
+@pytest.mark.parametrize("target", ["onnx", "llvm"])
+def test_unfold_compiles(target, tmp_path, rng):
+    x = _randn(rng, 2, 9)
+    art = compiler.compile(Unfolds(), (x,), target=target, output=tmp_path / "m.aot")
+    np.testing.assert_allclose(art.load()(x.numpy()), Unfolds()(x).numpy(), rtol=1e-6)
+
+
+def test_index_select_with_a_0d_index_keeps_the_axis(rng):
+    x = _randn(rng, 3, 4)
+    graph = import_exported_program(export_module(SelectsWithScalarIndex(), (x,)))
+    got = run_graph(graph, [x.numpy()])[0]
+    assert got.shape == (3, 1)
+    np.testing.assert_array_equal(got, SelectsWithScalarIndex()(x).numpy())
+
+
+def test_data_dependent_control_flow_is_refused_in_one_line(rng):
+    with pytest.raises(UnsupportedOpError) as info:
+        import_exported_program(export_module(Branches(), (_randn(rng, 3),)))
+    message = str(info.value)
+    assert "cond" in message and "control flow" in message and "\n" not in message
+
+
+def test_nan_outputs_verify_and_the_manifest_stays_json(tmp_path):
+    class Nan(torch.nn.Module):
+        def forward(self, x):
+            return x * float("nan"), torch.isnan(x)
+
+    x = torch.tensor([[1.0, float("nan"), -2.0]])
+    art = compiler.compile(Nan(), (x,), output=tmp_path / "m.aot")
+    with zipfile.ZipFile(art.path) as z:
+        json.loads(z.read("manifest.json"), parse_constant=lambda c: pytest.fail(f"non-JSON constant {c}"))
+    got, isnan = art.load()(x.numpy())
+    assert np.isnan(got).all() and isnan.tolist() == [[False, True, False]]
