@@ -1,0 +1,86 @@
+"""What every TVM lowering shares: ``LowerContext`` (the BlockBuilder, the Relax expression of
+every IR value emitted so far, the symbolic dim variables), ``tvm_dtype`` and the ``Emitter``
+signature ``(ctx, node) -> relax expr or list of exprs`` (one per node output)."""
+
+from __future__ import annotations
+
+import ast
+from collections.abc import Callable
+
+import numpy as np
+import tvm
+from tvm import relax
+
+from compiler import dims
+from compiler.errors import UnsupportedOpError
+from compiler.ir import DType, Graph, Node, Value
+
+
+STAGE = "the TVM backend"
+
+
+def tvm_dtype(dtype: DType) -> str:
+    return np.dtype(dtype.numpy).name  # "float32", "int64", "bool", ...
+
+
+class LowerContext:
+    """The BlockBuilder, the Relax expression of every IR value emitted so far, and the symbolic
+    dim variables."""
+
+    def __init__(self, graph: Graph, bb: relax.BlockBuilder):
+        self.graph = graph
+        self.bb = bb
+        self.env: dict[int, relax.Expr] = {}
+        self.sym: dict[str, tvm.tirx.Var] = {}
+        self.node: Node | None = None
+        self.dequantized: list[str] = []
+
+    # values -----------------------------------------------------------------------------------
+    def value(self, v: Value | None):
+        if v is None:
+            return None
+        if id(v) not in self.env:
+            if not v.is_const:
+                raise self.unsupported(f"value {v.name} is used before it is computed")
+            array = v.const if v.const.flags.c_contiguous else np.array(v.const, order="C")  # 0-d stays 0-d
+            self.env[id(v)] = relax.const(array, tvm_dtype(v.dtype))
+        return self.env[id(v)]
+
+    def const(self, array, dtype: DType | str):
+        dt = dtype if isinstance(dtype, str) else tvm_dtype(dtype)
+        return relax.const(np.asarray(array, dtype=np.dtype(dt)), dt)
+
+    def emit(self, expr):
+        return self.bb.emit(expr)
+
+    # symbolic dims ----------------------------------------------------------------------------
+    def dim(self, d: dims.Dim):
+        """``d`` as a TIR expression: ints stay ints, symbols are shared ``int64`` vars."""
+        if isinstance(d, int):
+            return d
+        return self._dim_expr(ast.parse(str(d), mode="eval").body, str(d))
+
+    def _dim_expr(self, tree, text: str):
+        if isinstance(tree, ast.Constant) and isinstance(tree.value, int):
+            return tvm.tirx.IntImm("int64", tree.value)
+        if isinstance(tree, ast.Name):
+            if tree.id not in self.sym:
+                self.sym[tree.id] = tvm.tirx.Var(tree.id, "int64")
+            return self.sym[tree.id]
+        ops = {ast.Add: lambda a, b: a + b, ast.Sub: lambda a, b: a - b, ast.Mult: lambda a, b: a * b,
+               ast.FloorDiv: tvm.tirx.floordiv}
+        if isinstance(tree, ast.BinOp) and type(tree.op) in ops:
+            return ops[type(tree.op)](self._dim_expr(tree.left, text), self._dim_expr(tree.right, text))
+        raise self.unsupported(f"cannot express the symbolic dim '{text}'")
+
+    def shape(self, shape) -> list:
+        return [self.dim(d) for d in shape]
+
+    # errors -----------------------------------------------------------------------------------
+    def unsupported(self, detail: str) -> UnsupportedOpError:
+        node = self.node
+        return UnsupportedOpError(node.op if node is not None else "?", stage=STAGE,
+                                  location=node.location if node is not None else None, detail=detail)
+
+
+Emitter = Callable[[LowerContext, Node], object]
