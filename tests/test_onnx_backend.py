@@ -17,7 +17,8 @@ import pytest
 onnx = pytest.importorskip("onnx")
 pytest.importorskip("onnxruntime")
 
-from backends.onnx.emit import DEFAULT_OPSET, EMITTERS, emit_onnx, supported_ops  # noqa: E402
+from backends.onnx.emit import DEFAULT_OPSET, emit_onnx, supported_ops  # noqa: E402
+from backends.onnx.ops import EMITTERS  # noqa: E402
 from backends.onnx.runtime import load_runner, session_from_model  # noqa: E402
 from compiler.errors import InputError, UnsupportedOpError  # noqa: E402
 from compiler.interpreter import run_graph  # noqa: E402
