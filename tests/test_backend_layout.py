@@ -18,6 +18,7 @@ from compiler.ops import all_ops, get_op
 # ``EMITTERS`` and ``_merged(families)``.
 BACKEND_PACKAGES = {
     "onnx": ("backends.onnx.ops", "onnx"),
+    "tvm": ("backends.tvm.ops", "tvm"),
 }
 
 
