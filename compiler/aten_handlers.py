@@ -1468,3 +1468,86 @@ def _choose_qparams(ctx: ImportContext, node: Node):
     scale = ctx.emit("reshape", ctx.emit("cast", scale, dtype=scale_type.dtype), shape=scale_type.shape)
     zero_point = ctx.emit("reshape", ctx.emit("cast", zero_point, dtype=zp_type.dtype), shape=zp_type.shape)
     return scale, zero_point
+
+
+# -- order statistics, shifts and searches (outside Core ATen) ----------------------------------------
+def _kth_along(ctx: ImportContext, x: Value, axis: int, k: int, keepdim: bool):
+    """(values, indices) of the k-th smallest (0-based) entries along ``axis``: a sort, then
+    one slice of each."""
+    values, indices = ctx.emit_multi("sort", x, axis=axis, descending=False)
+    picked = [ctx.emit("slice", t, axis=axis, start=k, end=k + 1, step=1) for t in (values, indices)]
+    if not keepdim:
+        shape = [d for i, d in enumerate(x.shape) if i != axis % x.type.rank]
+        picked = [ctx.emit("reshape", t, shape=shape) for t in picked]
+    return tuple(picked)
+
+
+def _static_size(ctx: ImportContext, x: Value, axis: int) -> int:
+    size = x.shape[axis]
+    if not isinstance(size, int):
+        raise ctx.unsupported("an order statistic along a dynamic dimension")
+    return size
+
+
+@handles("aten.median.default")
+def _median_all(ctx: ImportContext, node: Node):
+    """torch's median is the lower of the two middle values."""
+    x = ctx.tensor(node.args[0])
+    n = 1
+    for axis in range(x.type.rank):
+        n *= _static_size(ctx, x, axis)
+    flat = ctx.emit("reshape", x, shape=[n])
+    values, _ = _kth_along(ctx, flat, 0, (n - 1) // 2, keepdim=False)
+    return values
+
+
+@handles("aten.median.dim")
+def _median_dim(ctx: ImportContext, node: Node):
+    x = ctx.tensor(node.args[0])
+    axis = int(arg(node, 1, "dim", -1)) % max(x.type.rank, 1)
+    n = _static_size(ctx, x, axis)
+    return _kth_along(ctx, x, axis, (n - 1) // 2, keepdim=bool(arg(node, 2, "keepdim", False)))
+
+
+@handles("aten.kthvalue.default")
+def _kthvalue(ctx: ImportContext, node: Node):
+    x = ctx.tensor(node.args[0])
+    k = int(node.args[1])
+    axis = int(arg(node, 2, "dim", -1)) % max(x.type.rank, 1)
+    if not 1 <= k <= _static_size(ctx, x, axis):
+        raise ctx.unsupported(f"kthvalue with k={k} outside 1..{x.shape[axis]}")
+    return _kth_along(ctx, x, axis, k - 1, keepdim=bool(arg(node, 3, "keepdim", False)))
+
+
+@handles("aten.__rshift__.Scalar", "aten.bitwise_right_shift.Tensor_Scalar",
+         "aten.__lshift__.Scalar", "aten.bitwise_left_shift.Tensor_Scalar")
+def _shift_by_scalar(ctx: ImportContext, node: Node):
+    """Integer shifts by a constant: x >> s is floor(x / 2^s) (arithmetic for signed), x << s is
+    x * 2^s (both wrap the same way in two's complement)."""
+    x, shift = ctx.tensor(node.args[0]), node.args[1]
+    if x.dtype.is_float or not isinstance(shift, int) or not 0 <= shift < 8 * x.dtype.itemsize:
+        raise ctx.unsupported("a shift of a float tensor or by a non-constant amount")
+    factor = ctx.tensor(1 << shift, x.dtype)
+    return ctx.emit("floor_div" if "right" in str(node.target) or "rshift" in str(node.target) else "mul",
+                    x, factor)
+
+
+@handles("aten.searchsorted.Tensor")
+def _searchsorted(ctx: ImportContext, node: Node):
+    """Insertion points of ``values`` in the last axis of ``sorted_sequence``: how many entries
+    are below each value (at most it with right=True), by one comparison and a sum."""
+    sequence, values = ctx.tensor(node.args[0]), ctx.tensor(node.args[1])
+    if node.kwargs.get("sorter") is not None:
+        raise ctx.unsupported("searchsorted with a sorter")
+    right = bool(node.kwargs.get("right", False)) or node.kwargs.get("side") == "right"
+    dtype = DType.int32 if node.kwargs.get("out_int32", False) else DType.int64
+    common = values.dtype if values.dtype == sequence.dtype else DType.float64
+    if sequence.type.rank == 1:
+        rows = ctx.emit("reshape", ctx.tensor(values, common), shape=list(values.shape) + [1])
+        seq = ctx.tensor(sequence, common)
+    else:  # batched: values [..., M] against sequence [..., N]
+        rows = ctx.emit("reshape", ctx.tensor(values, common), shape=list(values.shape) + [1])
+        seq = ctx.emit("reshape", ctx.tensor(sequence, common),
+                       shape=list(sequence.shape[:-1]) + [1, sequence.shape[-1]])
+    below = ctx.emit("ge" if right else "gt", rows, seq)
+    return ctx.emit("reduce_sum", ctx.emit("cast", below, dtype=dtype), axes=[-1], keepdim=False)

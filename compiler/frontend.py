@@ -347,6 +347,8 @@ def _import_call(ctx: ImportContext, node: torch.fx.Node) -> Any:
         raise UnsupportedOpError(name, stage="the PyTorch frontend", location=ctx.location,
                                  hint="data-dependent control flow is not supported yet; compute both branches "
                                       "and pick with torch.where, or make the condition a Python constant")
+    if handler is None and _is_constant_factory(node):
+        return _evaluate_constant(ctx, node)
     if handler is None:
         raise UnsupportedOpError(name, stage="the PyTorch frontend", location=ctx.location,
                                  hint="the compiler has no translation for it yet; rewrite that line "
@@ -359,6 +361,23 @@ def _import_call(ctx: ImportContext, node: torch.fx.Node) -> Any:
         raise ctx.unsupported(str(exc)) from exc
     _check_against_torch(ctx, node, result)
     return result
+
+
+def _is_constant_factory(node: torch.fx.Node) -> bool:
+    """An op none of whose arguments come from the graph (``hamming_window(16)``): its value
+    is known at compile time. Random ops are not: they must differ between runs."""
+    leaves = torch.utils._pytree.tree_leaves((node.args, node.kwargs))
+    deterministic = "rand" not in str(node.target) and "bernoulli" not in str(node.target)
+    return deterministic and isinstance(node.target, torch._ops.OpOverload) \
+        and not any(isinstance(leaf, torch.fx.Node) for leaf in leaves)
+
+
+def _evaluate_constant(ctx: ImportContext, node: torch.fx.Node) -> Value:
+    with torch.no_grad():
+        result = node.target(*node.args, **node.kwargs)
+    if not isinstance(result, torch.Tensor):
+        raise ctx.unsupported("an op without tensor inputs that returns no tensor", op=str(node.target))
+    return ctx.graph.add_constant(_to_numpy(result), node.name)
 
 
 def _check_against_torch(ctx: ImportContext, node: torch.fx.Node, result: Any) -> None:

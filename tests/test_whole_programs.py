@@ -118,3 +118,54 @@ def test_nan_outputs_verify_and_the_manifest_stays_json(tmp_path):
         json.loads(z.read("manifest.json"), parse_constant=lambda c: pytest.fail(f"non-JSON constant {c}"))
     got, isnan = art.load()(x.numpy())
     assert np.isnan(got).all() and isnan.tolist() == [[False, True, False]]
+
+
+class OrderStatistics(torch.nn.Module):
+    def forward(self, x):
+        return x.median(), x.median(dim=1)[0], x.median(dim=0, keepdim=True)[1], torch.kthvalue(x, 2, 1)
+
+
+class Shifts(torch.nn.Module):
+    def forward(self, x):
+        return x >> 2, x << 3
+
+
+class Searches(torch.nn.Module):
+    def forward(self, sequence, values):
+        return torch.searchsorted(sequence, values), torch.searchsorted(sequence, values, right=True)
+
+
+class Windowed(torch.nn.Module):
+    def forward(self, x):
+        return x * torch.hamming_window(x.shape[-1])
+
+
+def _programs(rng):
+    ints = torch.from_numpy(rng.integers(-1000, 1000, size=(6,)))
+    sequence = torch.from_numpy(np.sort(rng.standard_normal(9)).astype(np.float32))
+    return [(OrderStatistics(), (_randn(rng, 4, 5),)), (Shifts(), (ints,)),
+            (Searches(), (sequence, _randn(rng, 3, 4))),
+            (Searches(), (torch.sort(_randn(rng, 3, 9)).values, _randn(rng, 3, 4))),
+            (Windowed(), (_randn(rng, 2, 8),))]
+
+
+@pytest.mark.parametrize("case", range(5))
+def test_ops_outside_core_aten_match_eager(case, rng):
+    model, inputs = _programs(rng)[case]
+    graph = import_exported_program(export_module(model, inputs))
+    got = run_graph(graph, [t.numpy() for t in inputs])
+    want = torch.utils._pytree.tree_leaves(model(*inputs))
+    assert len(got) == len(want)
+    for a, b in zip(got, want):
+        assert a.shape == tuple(b.shape) and a.dtype == b.numpy().dtype
+        np.testing.assert_allclose(a, b.numpy(), rtol=1e-6)
+
+
+def test_ops_outside_core_aten_compile_for_onnx(tmp_path, rng):
+    for i, (model, inputs) in enumerate(_programs(rng)):
+        # searchsorted needs a sorted sequence, which verification's random inputs are not
+        searches = isinstance(model, Searches)
+        art = compiler.compile(model, inputs, output=tmp_path / f"m{i}.aot", verify=not searches)
+        got = art.load().run([t.numpy() for t in inputs])
+        for a, b in zip(got, torch.utils._pytree.tree_leaves(model(*inputs))):
+            np.testing.assert_allclose(a, b.numpy(), rtol=1e-5)
