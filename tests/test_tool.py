@@ -306,6 +306,18 @@ def test_runs_as_a_module_without_torch(onnx_art, work):
     assert out.returncode == 0 and json.loads(out.stdout)["target"] == "onnx", out.stderr
 
 
+def test_info_loads_no_runtime(llvm_art, onnx_art, work):
+    """info reads manifests only: neither TVM nor onnxruntime (nor torch) gets imported."""
+    script = (
+        "import sys\n"
+        "from compiler.driver.tool import main\n"
+        f"codes = [main(['info', p]) for p in ({str(llvm_art.path)!r}, {str(onnx_art.path)!r})]\n"
+        "print([m for m in ('tvm', 'onnxruntime', 'onnx', 'torch') if m in sys.modules], codes)\n")
+    out = subprocess.run([sys.executable, "-c", script], cwd=work, env={**os.environ, "PYTHONPATH": str(ROOT)},
+                         capture_output=True, text=True)
+    assert out.returncode == 0 and out.stdout.strip().endswith("[] [0, 0]"), (out.stdout[-200:], out.stderr)
+
+
 def test_console_script_is_registered():
     with open(ROOT / "pyproject.toml", "rb") as f:
         scripts = tomllib.load(f)["project"]["scripts"]
