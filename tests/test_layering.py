@@ -10,7 +10,8 @@ import sys
 from conftest import ROOT
 
 LIGHT_MODULES = ["compiler", "compiler.ir", "compiler.ops", "compiler.interpreter", "compiler.text",
-                 "compiler.dims", "passes", "compiler.driver.runtime", "compiler.driver.artifact"]
+                 "compiler.dims", "passes", "compiler.driver.runtime", "compiler.driver.artifact",
+                 "compiler.driver.tool"]
 
 
 def test_core_modules_import_no_heavy_frameworks():

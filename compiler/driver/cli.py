@@ -14,7 +14,6 @@ import argparse
 import json
 import os
 import sys
-import traceback
 import warnings
 from typing import Sequence
 
@@ -59,30 +58,13 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    from compiler.errors import CompileError, VerificationError, one_line
-
     if not args.debug:  # torch's own deprecation notices are not the user's business
         warnings.filterwarnings("ignore", category=FutureWarning)
         warnings.filterwarnings("ignore", category=DeprecationWarning)
 
-    try:
-        return _run(args)
-    except CompileError as exc:
-        print(f"error: {one_line(exc)}", file=sys.stderr)
-        return 2
-    except VerificationError as exc:
-        print(f"error: {one_line(exc)}", file=sys.stderr)
-        return 1
-    except KeyboardInterrupt:
-        print("interrupted", file=sys.stderr)
-        return 130
-    except Exception as exc:  # a bug: say so in one line unless --debug
-        if args.debug:
-            traceback.print_exc()
-        else:
-            print(f"internal error: {type(exc).__name__}: {one_line(exc)} "
-                  "(this is a compiler bug; rerun with --debug for the traceback)", file=sys.stderr)
-        return 3
+    from compiler.driver.tool import run_with_exit_codes
+
+    return run_with_exit_codes(lambda: _run(args), debug=args.debug)
 
 
 def _run(args: argparse.Namespace) -> int:

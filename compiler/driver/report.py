@@ -58,8 +58,8 @@ class CompileReport:
             f"  inputs:     {sig(self.inputs)}",
             f"  outputs:    {sig(self.outputs)}",
             f"  nodes:      {self.nodes} ({', '.join(f'{op} x{n}' for op, n in self.ops.items())})",
-            f"  parameters: {self.parameters:,} ({_size(self.parameter_bytes)})",
-            f"  artifact:   {_size(self.artifact_bytes)}",
+            f"  parameters: {self.parameters:,} ({format_size(self.parameter_bytes)})",
+            f"  artifact:   {format_size(self.artifact_bytes)}",
             "  time:       " + ", ".join(f"{k} {v:.2f} s" for k, v in self.phases.items())
             + f" (total {sum(self.phases.values()):.2f} s)",
         ]
@@ -96,8 +96,8 @@ def _schedule_lines(s: dict[str, Any] | None) -> list[str]:
 def _compression_lines(c: dict[str, Any] | None) -> list[str]:
     if not c:
         return []
-    lines = [f"  compress:   parameters {c['parameters_before']:,} ({_size(c['parameter_bytes_before'])}) -> "
-             f"{c['parameters_after']:,} ({_size(c['parameter_bytes_after'])})"]
+    lines = [f"  compress:   parameters {c['parameters_before']:,} ({format_size(c['parameter_bytes_before'])}) -> "
+             f"{c['parameters_after']:,} ({format_size(c['parameter_bytes_after'])})"]
     for key in ("pruning", "weight_sharing", "quantization"):
         section = c.get(key)
         if isinstance(section, dict) and section.get("summary"):
@@ -117,12 +117,12 @@ def _evaluation_lines(e: dict[str, Any] | None) -> list[str]:
             f"artifact {e['accuracy_artifact']:.2%}")
     if "accuracy_uncompressed" in e:
         line += (f" (uncompressed {e['accuracy_uncompressed']:.2%}); size "
-                 f"{_size(e['baseline_artifact_bytes'])} uncompressed; latency x{e['latency_ratio']:.2f} of "
+                 f"{format_size(e['baseline_artifact_bytes'])} uncompressed; latency x{e['latency_ratio']:.2f} of "
                  "uncompressed")
     return [line]
 
 
-def _size(n: int) -> str:
+def format_size(n: int) -> str:
     for unit in ("B", "KiB", "MiB", "GiB"):
         if n < 1024 or unit == "GiB":
             return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"

@@ -82,9 +82,9 @@ def _describe(path: str, manifest: dict[str, Any]) -> dict[str, Any]:
 
 
 def _format_info(s: dict[str, Any], report_text: str) -> str:
-    from compiler.driver.report import _size
+    from compiler.driver.report import format_size
 
-    lines = [f"{s['artifact']}: {s['format']} v{s['format_version']}, {_size(s['artifact_bytes'])}",
+    lines = [f"{s['artifact']}: {s['format']} v{s['format_version']}, {format_size(s['artifact_bytes'])}",
              f"  model:       {s['model']} ({s['source_kind']}, source sha256 {str(s['source_sha256'])[:16]})",
              f"  target:      {s['target']}"]
     lines += _requirement_lines(s)
@@ -96,8 +96,8 @@ def _format_info(s: dict[str, Any], report_text: str) -> str:
               f"  outputs:     {_signature(s['outputs'])}",
               f"  passes:      {', '.join(s['passes']) or 'none'}"]
     if s["parameters"] is not None:
-        lines.append(f"  parameters:  {s['parameters']:,} ({_size(s['parameter_bytes'] or 0)})")
-    lines.append("  payload:     " + ", ".join(f"{name} ({_size(size or 0)})" for name, size in s["payload"].items()))
+        lines.append(f"  parameters:  {s['parameters']:,} ({format_size(s['parameter_bytes'] or 0)})")
+    lines.append("  payload:     " + ", ".join(f"{name} ({format_size(size or 0)})" for name, size in s["payload"].items()))
     lines.append("  tools:       " + ", ".join(f"{k} {v}" for k, v in s["tool_versions"].items()))
     lines.append("compile report:")
     lines += ["  " + line for line in report_text.splitlines()]
@@ -463,8 +463,15 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    return run_with_exit_codes(lambda: args.handler(args), debug=args.debug)
+
+
+def run_with_exit_codes(command, debug: bool) -> int:
+    """Run a command-line tool's body with the exit-status contract every tool keeps: 0 done,
+    1 verification failed, 2 bad input (one line), 3 internal error (one line; the traceback
+    with --debug), 130 interrupted, 141 when the reader of our output went away."""
     try:
-        return args.handler(args)
+        return command()
     except CompileError as exc:
         print(f"error: {one_line(exc)}", file=sys.stderr)
         return 2
@@ -478,7 +485,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 141
     except Exception as exc:  # a bug: say so in one line unless --debug
-        if args.debug:
+        if debug:
             traceback.print_exc()
         else:
             print(f"internal error: {type(exc).__name__}: {one_line(exc)} "
