@@ -169,3 +169,20 @@ def test_ops_outside_core_aten_compile_for_onnx(tmp_path, rng):
         got = art.load().run([t.numpy() for t in inputs])
         for a, b in zip(got, torch.utils._pytree.tree_leaves(model(*inputs))):
             np.testing.assert_allclose(a, b.numpy(), rtol=1e-5)
+
+
+class NanHandling(torch.nn.Module):
+    def forward(self, x, y):
+        return (torch.isnan(x), torch.nan_to_num(x), torch.maximum(x, y), torch.minimum(y, x), x.clamp(-1, 1),
+                torch.isinf(x))
+
+
+@pytest.mark.parametrize("target", ["onnx", "llvm"])
+def test_nan_and_inf_are_exact_on_every_target(target, tmp_path):
+    """LLVM's max/min drop NaN and TVM folds x != x to False: NaN must survive both."""
+    nan, inf = float("nan"), float("inf")
+    x = torch.tensor([[1.0, nan, inf, -inf, 0.5, 3.0, -3.0, nan]])
+    y = torch.tensor([[nan, 2.0, 1.0, nan, -0.5, 3.5, nan, nan]])
+    art = compiler.compile(NanHandling(), (x, y), target=target, output=tmp_path / "m.aot")
+    for got, want in zip(art.load()(x.numpy(), y.numpy()), NanHandling()(x, y)):
+        np.testing.assert_array_equal(got, want.numpy())  # NaN positions must agree too

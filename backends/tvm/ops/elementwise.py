@@ -31,11 +31,20 @@ def _hardsigmoid(ctx, x, dtype, attrs):
 
 
 def _clamp(ctx, x, dtype, attrs):
+    bounded = x
     if attrs.get("min") is not None:
-        x = R.maximum(x, ctx.const(np.asarray(attrs["min"]).astype(dtype.numpy), dtype))
+        bounded = R.maximum(bounded, ctx.const(np.asarray(attrs["min"]).astype(dtype.numpy), dtype))
     if attrs.get("max") is not None:
-        x = R.minimum(x, ctx.const(np.asarray(attrs["max"]).astype(dtype.numpy), dtype))
-    return x
+        bounded = R.minimum(bounded, ctx.const(np.asarray(attrs["max"]).astype(dtype.numpy), dtype))
+    return R.where(R.isnan(x), x, bounded) if dtype.is_float else bounded
+
+
+def _nan_propagating(fn) -> Callable:
+    """max/min that return NaN when either side is NaN, as PyTorch does; LLVM's max/min pick the
+    other operand."""
+    def nan_aware(a, b):
+        return R.where(R.isnan(a), a, R.where(R.isnan(b), b, fn(a, b)))
+    return nan_aware
 
 
 def _gelu(ctx, x, dtype, attrs):
@@ -113,13 +122,25 @@ def emit_cast(ctx, node):
 
 
 # -- binary ------------------------------------------------------------------------------------
-def _binary_emitter(fn, bool_fn=None) -> Emitter:
+def _binary_emitter(fn, bool_fn=None, float_fn=None) -> Emitter:
     def emit(ctx, node):
         a, b = (ctx.value(v) for v in node.inputs)
         if bool_fn is not None and node.inputs[0].dtype == DType.bool:
             return bool_fn(a, b)
+        if float_fn is not None and node.inputs[0].dtype.is_float:
+            return float_fn(a, b)
         return fn(a, b)
     return emit
+
+
+def _not_equal(ctx, node):
+    """``x != x`` is how isnan arrives; TVM's simplifier folds it to False, so it becomes isnan."""
+    a, b = node.inputs
+    if a is b and a.dtype.is_float:
+        return R.isnan(ctx.value(a))
+    if a.dtype == DType.bool:
+        return R.logical_xor(ctx.value(a), ctx.value(b))
+    return R.not_equal(ctx.value(a), ctx.value(b))
 
 
 def _trunc_div(ctx, node):
@@ -164,9 +185,10 @@ EMITTERS: dict[str, Emitter] = {
     "add": _binary_emitter(R.add, R.logical_or), "sub": _binary_emitter(R.subtract),
     "mul": _binary_emitter(R.multiply, R.logical_and),
     "div": _binary_emitter(R.divide), "pow": emit_pow,
-    "maximum": _binary_emitter(R.maximum, R.logical_or), "minimum": _binary_emitter(R.minimum, R.logical_and),
+    "maximum": _binary_emitter(R.maximum, R.logical_or, _nan_propagating(R.maximum)),
+    "minimum": _binary_emitter(R.minimum, R.logical_and, _nan_propagating(R.minimum)),
     "eq": _binary_emitter(R.equal, lambda a, b: R.logical_not(R.logical_xor(a, b))),
-    "ne": _binary_emitter(R.not_equal, R.logical_xor),
+    "ne": _not_equal,
     "lt": _binary_emitter(R.less, lambda a, b: R.logical_and(R.logical_not(a), b)),
     "le": _binary_emitter(R.less_equal, lambda a, b: R.logical_or(R.logical_not(a), b)),
     "gt": _binary_emitter(R.greater, lambda a, b: R.logical_and(a, R.logical_not(b))),
