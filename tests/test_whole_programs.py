@@ -186,3 +186,37 @@ def test_nan_and_inf_are_exact_on_every_target(target, tmp_path):
     art = compiler.compile(NanHandling(), (x, y), target=target, output=tmp_path / "m.aot")
     for got, want in zip(art.load()(x.numpy(), y.numpy()), NanHandling()(x, y)):
         np.testing.assert_array_equal(got, want.numpy())  # NaN positions must agree too
+
+
+class Embeds(torch.nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.table = torch.nn.Embedding(10, 4)
+
+    def forward(self, ids):
+        return self.table(ids.reshape(-1)) * 2
+
+
+@pytest.mark.parametrize("target", ["onnx", "llvm"])
+def test_an_index_out_of_range_is_refused_on_every_target(target, tmp_path):
+    module = Embeds().eval()
+    art = compiler.compile(module, (torch.tensor([[1, 2]]),), target=target, output=tmp_path / "m.aot")
+    assert art.manifest["index_bounds"] == {"ids": [-10, 9]}
+    model = art.load()
+    # the IR's gather takes negative indices from the end (torch's embedding refuses them)
+    want = module.table.weight.detach().numpy()[[9, 0]] * 2
+    np.testing.assert_allclose(model(np.array([[9, -10]])), want, rtol=1e-6)
+    for bad in (99, 10, -11):
+        with pytest.raises(compiler.InputError, match=f"input 'ids' holds the index {bad}, outside \\[-10, 9\\]"):
+            model(np.array([[1, bad]]))
+
+
+def test_malformed_index_bounds_are_refused(tmp_path):
+    from compiler.driver.artifact import read_artifact, write_artifact
+
+    art = compiler.compile(Embeds(), (torch.tensor([[1, 2]]),), output=tmp_path / "m.aot", verify=False)
+    manifest, payload = read_artifact(art.path)
+    for bad in ({"nope": [0, 1]}, {"ids": [3, 1]}, {"ids": [0]}, {"ids": [0.5, 2]}, [0, 1]):
+        write_artifact(str(tmp_path / "bad.aot"), {**manifest, "index_bounds": bad}, payload)
+        with pytest.raises(compiler.ArtifactError, match="index_bounds"):
+            compiler.load(tmp_path / "bad.aot")

@@ -112,6 +112,7 @@ def compile(model: Any, example_inputs: Sequence[Any] | None = None, *,  # noqa:
                            target_info=target_info, compression=compression_report)
     manifest = _manifest(graph, target, source, records, target_info, dynamic_batch)
     manifest["none_outputs"] = _none_outputs(exported)
+    manifest["index_bounds"] = index_bounds(graph)
     evaluate = None
     if eval_data is not None:
         evaluate = functools.partial(_evaluate, eval_data=eval_data, graph=graph, baseline=baseline, target=tgt,
@@ -242,6 +243,46 @@ def _tool_versions() -> dict[str, str]:
         except metadata.PackageNotFoundError:
             pass
     return versions
+
+
+# Ops whose index operands select along an axis of their first input: (op, first index operand
+# position, the attribute naming the axes, or the fixed axis).
+_INDEXING_OPS = {"gather": (1, "axis"), "gather_elements": (1, "axis"), "index": (1, "axes"),
+                 "index_put": (2, "axes"), "embedding_bag": (1, 0)}
+# Ops that pass an index through unchanged in value (a reshape of the token ids, a cast).
+_VALUE_PRESERVING = ("reshape", "cast", "expand", "transpose")
+
+
+def index_bounds(graph: Graph) -> dict[str, list[int]]:
+    """For each integer model input used (directly, or through reshapes and casts) as an index
+    into a static axis: the range its values must lie in, ``[-size, size - 1]``. ``load()``
+    checks it before running, so every target refuses an out-of-range index the same way
+    (TVM's gathers would clamp it)."""
+    bounds: dict[str, list[int]] = {}
+    for node in graph.nodes:
+        spec = _INDEXING_OPS.get(node.op)
+        if spec is None:
+            continue
+        first, axes = spec
+        index_values = node.inputs[first:] if node.op in ("index", "index_put") else node.inputs[first:first + 1]
+        axis_list = node.attrs.get(axes) if isinstance(axes, str) else axes
+        axis_list = list(axis_list) if isinstance(axis_list, (list, tuple)) else [axis_list] * len(index_values)
+        data = node.inputs[0]
+        for value, axis in zip(index_values, axis_list):
+            source = _input_behind(value)
+            size = data.shape[axis % data.type.rank] if source is not None and data.type.rank else None
+            if isinstance(size, int):
+                lo, hi = bounds.get(source.name, [-size, size - 1])
+                bounds[source.name] = [max(lo, -size), min(hi, size - 1)]
+    return bounds
+
+
+def _input_behind(value):
+    while value is not None and value.producer is not None and value.producer.op in _VALUE_PRESERVING:
+        value = value.producer.inputs[0]
+    if value is None or value.producer is not None or value.is_const or value.dtype.is_float:
+        return None
+    return value
 
 
 def _none_outputs(exported) -> list[int]:

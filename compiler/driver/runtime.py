@@ -132,6 +132,18 @@ def _none_positions(p: str, manifest: dict[str, Any], n_outputs: int) -> tuple[i
     return tuple(positions)
 
 
+def _index_bounds(p: str, manifest: dict[str, Any], names: tuple[str, ...]) -> tuple[tuple[int, int, int], ...]:
+    """(input position, lowest, highest) for the inputs used as indices (manifest index_bounds)."""
+    bounds = manifest.get("index_bounds", {})
+    ok = isinstance(bounds, dict) and all(
+        k in names and isinstance(v, list) and len(v) == 2 and all(type(b) is int for b in v) and v[0] <= v[1]
+        for k, v in bounds.items())
+    if not ok:
+        raise ArtifactError(f"{p} has a malformed manifest: 'index_bounds' is not input name -> [low, high]; "
+                            "recompile it")
+    return tuple((names.index(k), v[0], v[1]) for k, v in bounds.items())
+
+
 def _numpy_dtype(name: str) -> np.dtype | None:
     try:
         return np.dtype(name)
@@ -166,6 +178,7 @@ class LoadedModel:
             self._static = [(dt, tuple(s.shape)) for dt, s in zip(self._dtypes, inputs)]
         self._n_outputs = len(outputs)
         self.none_outputs = _none_positions(path, manifest, len(outputs))
+        self._index_bounds = _index_bounds(path, manifest, self.input_names)
 
     # -- running ---------------------------------------------------------------------------------
     def __call__(self, *inputs: Any) -> np.ndarray | tuple[np.ndarray | None, ...]:
@@ -180,6 +193,8 @@ class LoadedModel:
         """Run on ``inputs`` (a sequence in manifest order, or a mapping by input name); return
         the outputs as a list."""
         arrays = self._check_inputs(inputs)
+        if self._index_bounds:
+            self._check_index_bounds(arrays)
         outputs = self._runner(arrays)
         # The common case in one test: a batch-1 model runs in tens of microseconds, so each
         # microsecond of checking shows.
@@ -193,6 +208,14 @@ class LoadedModel:
             raise ArtifactError(f"the '{self.target}' runner for {self.path} returned {len(outputs)} outputs, "
                                 f"the manifest lists {len(self.outputs)} ({', '.join(self.output_names)})")
         return [o if type(o) is np.ndarray else np.asarray(o) for o in outputs]
+
+    def _check_index_bounds(self, arrays: list[np.ndarray]) -> None:
+        for position, lo, hi in self._index_bounds:
+            a = arrays[position]
+            if a.size and (a.min() < lo or a.max() > hi):
+                bad = a[(a < lo) | (a > hi)].flat[0]
+                raise InputError(f"input '{self.input_names[position]}' holds the index {bad}, outside "
+                                 f"[{lo}, {hi}] for the axis it indexes (e.g. a token id >= the vocabulary)")
 
     def _check_inputs(self, inputs: Sequence[Any] | Mapping[str, Any]) -> list[np.ndarray]:
         static = self._static
