@@ -5,18 +5,18 @@ Rewrites, per layer chosen (float32, constant weight, not in ``skip``):
 * ``int8`` (static): ``layer(x, W, b)`` -> ``layer(DQ(Q(x)), DQ(Wq), DQ(bq))`` with the layer's
   output (after its activation, which is split off again) followed by ``DQ(Q(.))`` when another
   quantized layer reads it, and always for conv. Activations are uint8, per tensor, asymmetric,
-  with ranges from calibration; weights int8 symmetric (zero point 0, range +-127), per output
-  channel by default; biases int32 with scale ``x_scale * w_scale``. This QDQ form is what
-  onnxruntime fuses into QLinearConv / QGemm / QLinearMatMul with u8 activations and s8 weights,
-  the only int8 form that is fast on x86 without AVX-VNNI-INT8 (s8 activations run 5-11x
-  slower). A value reached from a quantized value through max-pool / reshape / transpose keeps
+  with ranges from calibration; weights int8 symmetric (zero point 0, 7-bit range +-63, see
+  WEIGHT_QMAX), per output channel by default; biases int32 with scale ``x_scale * w_scale``.
+  This QDQ form is what onnxruntime fuses into QLinearConv / QGemm / QLinearMatMul with u8
+  activations and s8 weights, the only int8 form that is fast on x86 without AVX-VNNI-INT8 (s8
+  activations run 5-11x slower). A value reached from a quantized value through max-pool / reshape / transpose keeps
   its scale, so onnxruntime can drop the Q/DQ pairs around those ops.
 * ``int8-dynamic``: linear and matmul with a constant right operand only (never conv: ConvInteger
   is 8x slower than float there): ``x`` -> ``dynamic_quantize_linear`` -> ``matmul_integer`` with
   the int8 weight -> cast -> ``* (x_scale * w_scale)`` -> ``+ b`` -> activation, which
   onnxruntime fuses into DynamicQuantizeMatMul.
-* ``int8-weight``: ``W`` -> ``DQ(Wq)``: weights stored in int8, dequantized at run time; the
-  arithmetic stays float.
+* ``int8-weight``: ``W`` -> ``DQ(Wq)``: weights stored in int8 (full 8-bit range +-127,
+  WEIGHT_ONLY_QMAX), dequantized at run time; the arithmetic stays float.
 * ``int4-weight``: linear and matmul with a constant weight only (conv stays float):
   ``linear(x, W, b)`` -> ``matmul(x, DQ(Wq4)) + b`` -> activation, with ``Wq4`` the [K, N]
   weight (K, the reduction, along axis 0) in symmetric int4 (values in [-7, 7], held in int8,
@@ -24,6 +24,13 @@ Rewrites, per layer chosen (float32, constant weight, not in ``skip``):
   (blocked ``dequantize_linear``; when K is not a multiple of the block the last block is
   shorter and has its own scale). This is the form onnxruntime fuses into its MatMulNBits kernel
   (weight [K, N], axis 0, no zero point), hence a linear becomes a matmul.
+
+Weights that meet uint8 activations in integer arithmetic (``int8``, ``int8-dynamic``) are 7-bit,
+in [-63, 63], so the integer results are exact on every x86 CPU: without VNNI (AVX2, AVX-512F)
+onnxruntime's u8 x s8 kernels add two adjacent u8 * s8 products into a saturating int16 lane
+(``vpmaddubsw``), and 2 * 255 * 63 = 32130 <= 32767 cannot saturate, where 2 * 255 * 127 = 64770
+could (measured: outputs off by up to 8210). The lost bit of weight precision cost no accuracy on
+the digits MLP and CNN (bench/bench_compression.py).
 
 Static int8 leaves float the layers where onnxruntime's int8 kernels or the Q / DQ around them
 would be slower than float (passes/quantize_rules.py); the report gives each one's reason.
@@ -51,7 +58,13 @@ from passes.quantize_rules import context_reasons, conv_kernel_reason
 
 MODES = ("int8", "int8-dynamic", "int8-weight", "int4-weight")
 LAYER_OPS = ("conv", "linear", "matmul")
-WEIGHT_QMAX = 127  # symmetric int8 weights in [-127, 127]: no -128, so -w quantizes exactly
+# Symmetric weights for integer arithmetic with uint8 activations: [-63, 63] (7 bits), so a pair of
+# u8 * s8 products, which x86 CPUs without VNNI add into a saturating int16 (vpmaddubsw), stays
+# within 2 * 255 * 63 = 32130 <= 32767 (onnxruntime's reduce_range, OpenVINO's saturation
+# workaround). Symmetric (no -64), so -w quantizes exactly. QAT's fake quant uses it too.
+WEIGHT_QMAX = 63
+# Weight-only int8 dequantizes to float before any arithmetic: it keeps the full 8-bit range.
+WEIGHT_ONLY_QMAX = 127
 INT4_QMAX = 7  # symmetric int4 weights in [-7, 7], for the same reason
 # onnxruntime fuses blocked int4 DequantizeLinear -> MatMul into MatMulNBits only for a power-of-two
 # block of at least 16; 32 is its quantizer's default too.
@@ -214,14 +227,15 @@ def _weight_axis(node: Node) -> int:
     return 1 if node.op == "matmul" else 0
 
 
-def quantize_weight(w: np.ndarray, axis: int, per_channel: bool) -> tuple[np.ndarray, QParams]:
-    """Symmetric int8 (zero point 0, values in [-127, 127]); scales per slice along ``axis``."""
+def quantize_weight(w: np.ndarray, axis: int, per_channel: bool,
+                    qmax: int = WEIGHT_QMAX) -> tuple[np.ndarray, QParams]:
+    """Symmetric int8 (zero point 0, values in [-qmax, qmax]); scales per slice along ``axis``."""
     if per_channel:
         reduce_axes = tuple(i for i in range(w.ndim) if i != axis)
         amax = np.abs(w).max(axis=reduce_axes) if w.size else np.zeros(w.shape[axis], np.float32)
     else:
         amax = np.asarray(np.abs(w).max() if w.size else 0.0)
-    scale = np.where(amax > 0, amax / WEIGHT_QMAX, 1.0).astype(np.float32)
+    scale = np.where(amax > 0, amax / qmax, 1.0).astype(np.float32)
     zero_point = np.zeros(scale.shape, np.int8)
     q = quantize_reference(w.astype(np.float32), scale, zero_point, axis=axis, dtype=DType.int8)
     return q, QParams(scale, zero_point)
@@ -237,11 +251,12 @@ def _error_stats(w: np.ndarray, err: np.ndarray) -> dict[str, float]:
             "relative_rms": float(np.sqrt(np.mean(np.square(err, dtype=np.float64)))) / norm}
 
 
-def _dequantized_weight(state: _State, node: Node, per_channel: bool, layer: dict[str, Any]) -> tuple[Value, QParams]:
+def _dequantized_weight(state: _State, node: Node, per_channel: bool, layer: dict[str, Any],
+                        qmax: int = WEIGHT_QMAX) -> tuple[Value, QParams]:
     """``DQ(Wq)`` replacing the node's weight; records the weight error in ``layer``."""
     g, w = state.graph, node.inputs[1]
     axis = _weight_axis(node)
-    q, qp = quantize_weight(w.const, axis, per_channel)
+    q, qp = quantize_weight(w.const, axis, per_channel, qmax)
     layer.update(weight_dtype="int8", weight_error=_weight_error(w.const, q, qp, axis))
     dq = _dequantize(g, g.add_constant(q, f"{w.name}_q"), qp, axis, f"{node.name}_weight")
     return dq, qp
@@ -413,7 +428,7 @@ def _dynamic_layer(state: _State, node: Node, per_channel: bool) -> None:
 # -- weight-only int8 ------------------------------------------------------------------------------
 def _weight_only_layer(state: _State, node: Node, per_channel: bool) -> None:
     layer = {"name": node.name, "op": node.op, "activations": "float32"}
-    dq_w, _ = _dequantized_weight(state, node, per_channel, layer)
+    dq_w, _ = _dequantized_weight(state, node, per_channel, layer, WEIGHT_ONLY_QMAX)
     state.graph.set_input(node, 1, dq_w)
     state.layers.append(layer)
 
@@ -464,5 +479,5 @@ def _int4_weight_layer(state: _State, node: Node, per_channel: bool) -> None:
 _REWRITES = {"int8": _static_layer, "int8-dynamic": _dynamic_layer, "int8-weight": _weight_only_layer,
              "int4-weight": _int4_weight_layer}
 
-__all__ = ["INT4_BLOCK_SIZE", "LAYER_OPS", "MODES", "QParams", "activation_qparams", "check_block_size",
-           "quantize_graph", "quantize_weight", "quantize_weight_int4", "select_layers"]
+__all__ = ["INT4_BLOCK_SIZE", "LAYER_OPS", "MODES", "QParams", "WEIGHT_ONLY_QMAX", "WEIGHT_QMAX", "activation_qparams",
+           "check_block_size", "quantize_graph", "quantize_weight", "quantize_weight_int4", "select_layers"]

@@ -215,7 +215,7 @@ class GraphModule(nn.Module):
     def enable_fake_quant(self, activations: dict[str, tuple[float, int]]) -> None:
         """Fake-quantize the conv/linear layers whose input value is named in ``activations``
         (value name -> uint8 scale and zero point): that input per tensor, their weight per
-        output channel (symmetric int8, [-127, 127])."""
+        output channel (symmetric, [-WEIGHT_QMAX, WEIGHT_QMAX]: the 7-bit range static int8 uses)."""
         self._fake_quant = {name: (float(scale), int(zp)) for name, (scale, zp) in activations.items()}
 
     def disable_fake_quant(self) -> None:

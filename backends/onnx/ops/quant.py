@@ -41,8 +41,41 @@ def emit_dequantize_linear(ctx: EmitContext, node: Node) -> None:
     block_size = node.attrs.get("block_size") or None
     if block_size and ctx.opset < 21:
         raise ctx.unsupported("blocked DequantizeLinear (int4-weight) needs ONNX opset 21 or newer")
-    names = [_int4_initializer(ctx, v) if _packs_int4(node, v) else ctx.value(v) for v in (x, scale, zp)]
+    safe = None if block_size else _pair_safe_weight(ctx, x, zp, scale.shape)
+    if safe:
+        names = [safe[0], ctx.value(scale), safe[1]]
+    else:
+        names = [_int4_initializer(ctx, v) if _packs_int4(node, v) else ctx.value(v) for v in (x, scale, zp)]
     ctx.add("DequantizeLinear", names, node.output.name, axis=_axis_attr(node), block_size=block_size)
+
+
+# onnxruntime's u8 x s8 kernels on x86 CPUs without VNNI (AVX2, AVX-512F) add two adjacent u8 * s8
+# products into a saturating int16 lane (vpmaddubsw): 2 * 255 * w fits only for w in [-64, 63]
+# (exact outputs there; off by thousands otherwise). A constant int8 weight with a value outside that
+# range is stored as uint8 (value + 128, zero point + 128): the same dequantized values and integer
+# products, which onnxruntime runs on its u8 x u8 kernels (16-bit operands, 32-bit sums: exact on
+# every CPU, slower than u8 x s8). The quantize pass makes 7-bit weights, which keep the fast kernels;
+# this covers int8 weights from elsewhere (PT2E imports, hand-built matmul_integer).
+PAIR_SAFE_INT8 = (-64, 63)
+
+
+def _pair_safe_weight(ctx: EmitContext, x: Value, zp: Value | None, zp_shape: tuple) -> tuple[str, str] | None:
+    """(x, zero point) names of the uint8 form of a constant int8 ``x`` holding a value outside
+    PAIR_SAFE_INT8, else None. A computed zero point (a PT2E import casts its int64 one) is moved
+    by ONNX ops, which onnxruntime folds at load."""
+    if x.dtype != DType.int8 or not x.is_const or not x.const.size:
+        return None
+    if PAIR_SAFE_INT8[0] <= int(x.const.min()) and int(x.const.max()) <= PAIR_SAFE_INT8[1]:
+        return None
+    name = f"{x.name}_as_uint8"
+    if name not in ctx.initializers:
+        ctx._add_initializer(name, (x.const.astype(np.int16) + 128).astype(np.uint8))
+    if zp is None or zp.is_const:
+        zero = np.zeros(zp_shape, np.int16) if zp is None else zp.const.astype(np.int16)
+        return name, ctx.const(zero + 128, DType.uint8, hint="zero_point")
+    wide = ctx.add("Cast", [ctx.value(zp)], to=TensorProto.INT16, dtype=DType.int16, shape=tuple(zp.shape))
+    moved = ctx.add("Add", [wide, ctx.const(128, DType.int16)], dtype=DType.int16, shape=tuple(zp.shape))
+    return name, ctx.add("Cast", [moved], to=TensorProto.UINT8, dtype=DType.uint8, shape=tuple(zp.shape))
 
 
 def _packs_int4(node: Node, v: Value | None) -> bool:
@@ -73,7 +106,10 @@ def emit_dynamic_quantize_linear(ctx: EmitContext, node: Node) -> None:
 
 
 def emit_matmul_integer(ctx: EmitContext, node: Node) -> None:
-    ctx.add("MatMulInteger", [ctx.value(v) for v in node.inputs], node.output.name)
+    a, b, a_zp, b_zp = (list(node.inputs) + [None, None])[:4]
+    safe = _pair_safe_weight(ctx, b, b_zp, ()) if a.dtype == DType.uint8 else None  # s8 x s8 does not pair u8 * s8
+    b_name, b_zp_name = safe or (ctx.value(b), ctx.value(b_zp))
+    ctx.add("MatMulInteger", [ctx.value(a), b_name, ctx.value(a_zp), b_zp_name], node.output.name)
 
 
 # -- the table ---------------------------------------------------------------------------------
