@@ -8,6 +8,7 @@ is used, so ``compile --target onnx`` never imports tvm. An emitter module expos
         # hold "tolerance": {"rtol": r, "atol": a}, the verification tolerance the target
         # needs when the user gives none (fixed-point HLS is not float32-exact).
     def supported_ops() -> set[str]
+    def check_cpu_name(cpu: str) -> None  # only targets taking option "cpu": CompileError if unknown
 
 ``options`` holds the target's own options (``Target.options``) plus ``"target"``, the target
 name. The runtime side (artifact -> callable) is registered in ``compiler.driver.runtime``.
@@ -38,6 +39,8 @@ class Target:
                                + _who_takes(unknown[0]))
         if options.get("tune") is not None and not options.get("tuning_db"):
             raise CompileError("tuning needs a database directory: pass tuning_db (--tuning-db DIR) with tune")
+        if options.get("cpu") is not None and "cpu" in self.options:
+            importlib.import_module(self.module).check_cpu_name(str(options["cpu"]))  # an LLVM CPU name
 
     def emit(self, graph: Graph, options: dict[str, Any]) -> tuple[dict[str, bytes], dict[str, Any]]:
         self.check_options(options)
