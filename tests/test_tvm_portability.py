@@ -139,7 +139,8 @@ def test_host_without_avx2_is_refused_naming_the_features(default_artifact):
     _, path = default_artifact
     manifest, payload = read_artifact(path)
     avx_only = frozenset(tvm_emit.target_features({"kind": "llvm", "mcpu": "sandybridge"}))
-    with pytest.raises(ArtifactError, match=r"lacks avx2, bmi, bmi2, f16c, fma, lzcnt, movbe.*--cpu host"):
+    with pytest.raises(ArtifactError, match=r"lacks avx2, bmi, bmi2, f16c, fma, lzcnt, movbe.*; recompile it with "
+                                            "--cpu host on this machine$"):
         tvm_runtime.select_library(manifest, payload, avx_only)
 
 
@@ -243,7 +244,7 @@ def test_avx2_only_cpu_refuses_a_znver4_artifact(znver4_artifact, tmp_path):
     result = run_as_cpu(LOAD_AND_REPORT.format(path=str(znver4_artifact), out=str(tmp_path / "y.npy"),
                                                x=str(tmp_path / "x.npy")), timeout=600)
     assert result.returncode == 0, (result.returncode, result.stderr[-2000:])  # 132 would be SIGILL
-    assert "REFUSED this CPU lacks avx512" in result.stdout and "--cpu x86-64-v3" in result.stdout, result.stdout
+    assert "REFUSED this CPU lacks avx512" in result.stdout and "without --cpu" in result.stdout, result.stdout
 
 
 @needs_qemu

@@ -199,9 +199,12 @@ def select_library(manifest: dict, payload: dict[str, bytes], host: frozenset[st
         nearest = min(variants, key=lambda v: len(cpu.missing_features(v["features"], host)))
         missing = cpu.missing_features(nearest["features"], host)
         built_for = nearest.get("mcpu") or nearest.get("name") or "another CPU"
+        have = cpu.host_features() if host is None else host
+        portable = cpu.feature_level(have) not in ("x86-64", "x86-64-v2")  # it runs the portable baseline
+        fix = ("recompile it without --cpu (the portable default, x86-64-v3 and up) or with --cpu host on this machine"
+               if portable else "recompile it with --cpu host on this machine")
         raise ArtifactError(f"this CPU lacks {', '.join(missing)}, which the artifact's code (built for {built_for}) "
-                            f"needs; recompile it with --cpu x86-64-v3 (portable, the default) or --cpu host "
-                            "on this machine")
+                            f"needs; {fix}")
     return chosen["library"]
 
 
