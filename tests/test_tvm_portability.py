@@ -257,3 +257,16 @@ def test_avx2_only_cpu_runs_the_default_artifact(default_artifact, tmp_path):
     assert result.returncode == 0, (result.returncode, result.stderr[-2000:])
     assert "LOADED model.x86-64-v3.so" in result.stdout, result.stdout
     np.testing.assert_allclose(np.load(tmp_path / "y.npy"), expected(), rtol=1e-4, atol=1e-4)
+
+
+def test_report_names_the_cpu_code():
+    from compiler.driver.report import CompileReport
+
+    single = {"variants": [{"name": "znver4", "mcpu": "znver4", "library": "model.so",
+                            "features": tvm_emit.target_features({"kind": "llvm", "mcpu": "znver4"})}]}
+    line = [x for x in CompileReport("m", "llvm", target_info=single).format().splitlines() if "cpu code" in x]
+    assert line == ["  cpu code:   znver4 (x86-64-v4 + VNNI); one CPU variant (--cpu): CPUs without its features "
+                    "refuse to load it"]
+    cuda = {"requires": {"gpu_arch": "sm_90", "cpu_features": tvm_emit.target_features(
+        tvm_emit.target_dict({"target": "cuda", "cuda_arch": "sm_90"})["host"])}}
+    assert "  host code:  x86-64-v3 (cuda sm_90)" in CompileReport("m", "cuda", target_info=cuda).format()
