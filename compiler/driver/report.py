@@ -106,7 +106,8 @@ def _cpu_code_lines(info: dict[str, Any]) -> list[str]:
         names = ", ".join(f"{v['name']} ({level(v['features'])})" for v in variants)
         how = ("load() runs the best one the CPU supports" if len(variants) > 1
                else "one CPU variant (--cpu): CPUs without its features refuse to load it")
-        return [f"  cpu code:   {names}; {how}"]
+        tuned = f"; tuned schedules in {info['tuned_variant']}" if info.get("tuned_variant") else ""
+        return [f"  cpu code:   {names}; {how}{tuned}"]
     requires = info.get("requires") or {}
     if "gpu_arch" in requires:
         return [f"  host code:  {level(requires.get('cpu_features', []))} (cuda {requires['gpu_arch']})"]
