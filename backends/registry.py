@@ -8,6 +8,7 @@ is used, so ``compile --target onnx`` never imports tvm. An emitter module expos
         # hold "tolerance": {"rtol": r, "atol": a}, the verification tolerance the target
         # needs when the user gives none (fixed-point HLS is not float32-exact).
     def supported_ops() -> set[str]
+    def check_cpu_name(cpu: str) -> None  # only targets taking option "cpu": CompileError if unknown
 
 ``options`` holds the target's own options (``Target.options``) plus ``"target"``, the target
 name. The runtime side (artifact -> callable) is registered in ``compiler.driver.runtime``.
@@ -37,8 +38,11 @@ class Target:
         return TARGET_OPTIONS[self.name].names()
 
     def check_options(self, options: dict[str, Any]) -> None:
-        """Reject options of other targets (and bad values) before any slow work."""
+        """Reject options of other targets (and bad values) before any slow work; a CPU name is
+        checked against LLVM's list (that needs the backend)."""
         options_for(self.name, options)
+        if options.get("cpu") is not None and "cpu" in self.options:
+            importlib.import_module(self.module).check_cpu_name(str(options["cpu"]))  # an LLVM CPU name
 
     def emit(self, graph: Graph, options: dict[str, Any]) -> tuple[dict[str, bytes], dict[str, Any]]:
         self.check_options(options)

@@ -289,6 +289,10 @@ def main(argv=None) -> int:
     parser.add_argument("--output", help="also write the table to this file")
     parser.add_argument("--no-tvm", dest="tvm", action="store_false", help="skip the TVM llvm table")
     args = parser.parse_args(argv)
+    from backends.tvm.cpu import host_summary
+
+    host = f"host CPU: {host_summary()}"
+    print(host, flush=True)
     warm_up()
     models = [m.strip() for m in args.models.split(",")]
     rows = []
@@ -301,7 +305,7 @@ def main(argv=None) -> int:
                             else "TVM llvm table skipped: tvm is not installed")
     print(table)
     if args.output:
-        Path(args.output).write_text(table + "\n")
+        Path(args.output).write_text(host + "\n\n" + table + "\n")
     return 0
 
 

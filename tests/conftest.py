@@ -17,6 +17,12 @@ if str(ROOT) not in sys.path:
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 
+def pytest_report_header(config):
+    from backends.tvm.cpu import host_summary
+
+    return f"host CPU: {host_summary()}"
+
+
 @pytest.fixture
 def rng():
     return np.random.default_rng(1234)

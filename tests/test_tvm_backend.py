@@ -126,7 +126,7 @@ def test_outputs_are_fresh_arrays_not_views_of_model_memory():
 
 def test_target_records_host_cpu_and_cpu_option():
     g = _dynamic_graph()
-    _, info = tvm_emit.emit_target(g, {"target": "llvm"})
+    _, info = tvm_emit.emit_target(g, {"target": "llvm", "cpu": "host"})
     assert info["tvm_target"] == {"kind": "llvm", "mcpu": str(tvm.target.codegen.llvm_get_system_cpu())}
     assert info["tvm_version"] == tvm.__version__
     _, info = tvm_emit.emit_target(g, {"target": "llvm", "cpu": "x86-64"})

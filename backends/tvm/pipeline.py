@@ -19,27 +19,29 @@ from __future__ import annotations
 from typing import Any
 
 
-def build(mod, target, options: dict[str, Any] | None = None):
+def build(mod, target, options: dict[str, Any] | None = None, prepared: bool = False):
     """Compile the Relax module ``mod`` for ``target`` (a ``tvm.target.Target``) into a VM
     executable. ``options``: ``tune`` (trial budget or None), ``tuning_db`` (directory or None),
-    ``progress`` (callable taking one line), ``cpu`` (informational)."""
+    ``progress`` (callable taking one line), ``cpu`` (informational). ``prepared``: ``mod`` is
+    already ``prepare_portable``'s output (shared by the builds of several CPU variants)."""
     import tvm
     from tvm import relax
 
     options = options or {}
     if target.kind.name == "cuda":
         return _build_cuda(mod, target)  # the registry lets no tuning option through for cuda
-    mod = lower(mod, target, options)
+    mod = lower(mod, target, options, prepared)
     with tvm.transform.PassContext(opt_level=3):
         return tvm.compile(mod, target=target, relax_pipeline=relax.get_default_pipeline(target))
 
 
-def lower(mod, target, options: dict[str, Any] | None = None):
+def lower(mod, target, options: dict[str, Any] | None = None, prepared: bool = False):
     """The CPU module with every fused PrimFunc scheduled, before TVM's own lowering: the
     preparation, then the tuning database (searched first when ``options["tune"]``), then the
     search-free rules for what the database lacks."""
     options = options or {}
-    mod = prepare_module(mod, target=target)
+    # A prepared module may be shared with other targets' builds: the target's passes get a copy.
+    mod = schedule_target_kernels(mod.clone(), target) if prepared else prepare_module(mod, target=target)
     functions, by_pipeline = scheduled_counts(mod)
     if options.get("tune") or options.get("tuning_db"):
         from . import tune
@@ -66,6 +68,20 @@ def prepare_module(mod, convert_layout: bool = True, target=None):
     """Layout, legalization and fusion: the form whose fused PrimFuncs the rules schedule and the
     tuning database is keyed on (the same passes must run before tuning and before applying).
     ``convert_layout=False`` keeps convolutions NCHW (for tests of the NCHW schedules)."""
+    return schedule_target_kernels(prepare_portable(mod, convert_layout), target)
+
+
+def schedule_target_kernels(mod, target):
+    """The target-dependent end of ``prepare_module``: the pipeline's own kernels (Winograd)
+    scheduled for ``target``'s vector width."""
+    from . import winograd
+
+    return winograd.schedule_pass(target)(mod)
+
+
+def prepare_portable(mod, convert_layout: bool = True):
+    """``prepare_module`` up to its first target-dependent step: built once and shared by the
+    CPU variants of one artifact."""
     import tvm
     from tvm import relax
 
@@ -84,7 +100,6 @@ def prepare_module(mod, convert_layout: bool = True, target=None):
         relax.transform.FuseOps(),
         relax.transform.FuseTIR(),
         relax.transform.DeadCodeElimination(),
-        winograd.schedule_pass(target),
     ]
     return tvm.transform.Sequential(passes)(mod)
 

@@ -2,6 +2,13 @@
 directory keyed by its sha256, loaded with ``tvm.runtime.load_module`` and run by
 ``relax.VirtualMachine``; numpy in, numpy out.
 
+Before any of the artifact's code is loaded, the host CPU is checked against the manifest
+(``select_library``): an llvm artifact holds one library per CPU variant (``target_info
+["variants"]``, each with the instruction-set features it needs) and the best one the host
+supports is loaded; if none fits, or the host is not x86-64 Linux, ``ArtifactError`` names what is
+missing and how to recompile, where loading would otherwise kill the process (SIGILL). Artifacts
+from before variants were recorded carry only ``tvm_target``: its features are asked from LLVM.
+
 Cache: ``$AOT_COMPILER_CACHE`` if set, else ``~/.cache/aot-compiler/tvm``; the file is written to a
 temporary name and renamed, so concurrent loads never see a half-written library, and a second
 load reuses it. tvm is imported only here, when a TVM artifact is loaded.
@@ -96,8 +103,7 @@ def load_runner(manifest: dict, payload: dict[str, bytes],
                 threads: int | None) -> Callable[[list[np.ndarray]], list[np.ndarray]]:
     """A function running the artifact's Relax VM: inputs in the graph's input order, outputs as a
     list in its output order."""
-    if LIBRARY not in payload:
-        raise ArtifactError(f"the TVM artifact has no {LIBRARY}")
+    library = select_library(manifest, payload)
     tinfo = (manifest.get("target_info") or {}).get("tvm_target") or {"kind": manifest.get("target", "llvm")}
     try:
         import tvm
@@ -106,7 +112,7 @@ def load_runner(manifest: dict, payload: dict[str, bytes],
         raise ArtifactError("running a TVM artifact needs apache-tvm (pip install apache-tvm)") from exc
     dev = _device(tinfo.get("kind", "llvm"))
     set_threads(threads)
-    path = cached_library(payload[LIBRARY])
+    path = cached_library(payload[library])
     try:
         lib = tvm.runtime.load_module(str(path))
         vm = relax.VirtualMachine(lib, dev)
@@ -115,7 +121,7 @@ def load_runner(manifest: dict, payload: dict[str, bytes],
         if "cuda" in first.lower():
             raise ArtifactError(f"cannot load the CUDA module: {first}; it needs an NVIDIA GPU with its driver "
                                 "(libcuda.so.1) and libcudart") from None
-        raise ArtifactError(f"TVM cannot load {LIBRARY} ({path}): {first}") from None
+        raise ArtifactError(f"TVM cannot load {library} ({path}): {first}") from None
     n_inputs = len(manifest.get("inputs") or [])
     main = vm["main"]
 
@@ -160,7 +166,70 @@ def load_runner(manifest: dict, payload: dict[str, bytes],
 
     run.vm = vm  # type: ignore[attr-defined]  # for benchmarks and tests
     run.library_path = path  # type: ignore[attr-defined]
+    run.library = library  # type: ignore[attr-defined]  # the variant's file in the artifact
     return run
+
+
+def select_library(manifest: dict, payload: dict[str, bytes], host: frozenset[str] | None = None) -> str:
+    """The payload file to load on this host (``host``: its ISA features, default this process's
+    CPU), after checking that the host can run it; ArtifactError, naming the missing features and
+    the fix, when it cannot."""
+    from . import cpu
+
+    info = manifest.get("target_info") or {}
+    variants = info.get("variants")
+    if variants is None:  # cuda, or an artifact from before variants
+        if LIBRARY not in payload:
+            raise ArtifactError(f"the TVM artifact has no {LIBRARY}")
+        variants = [{"name": "", "features": _required_features(info), "library": LIBRARY}]
+    else:
+        try:
+            variants = cpu.check_variants(variants, payload)
+        except ValueError as exc:
+            raise ArtifactError(f"the TVM artifact has a malformed manifest: target_info {exc}; recompile it") from None
+        if "requires" in info:
+            _required_features(info)  # checked for shape too
+    requires = info.get("requires") if isinstance(info.get("requires"), dict) else {}
+    problem = cpu.platform_problem(str(requires.get("arch", "")), str(requires.get("os", "")))
+    if problem is not None:
+        raise ArtifactError(f"cannot run this TVM artifact here: {problem}; compile it on this machine "
+                            "(--target llvm --cpu host) or use --target onnx")
+    chosen = cpu.best_variant(variants, host)
+    if chosen is None:
+        nearest = min(variants, key=lambda v: len(cpu.missing_features(v["features"], host)))
+        missing = cpu.missing_features(nearest["features"], host)
+        built_for = nearest.get("mcpu") or nearest.get("name") or "another CPU"
+        have = cpu.host_features() if host is None else host
+        portable = cpu.feature_level(have) not in ("x86-64", "x86-64-v2")  # it runs the portable baseline
+        fix = ("recompile it without --cpu (the portable default, x86-64-v3 and up) or with --cpu host on this machine"
+               if portable else "recompile it with --cpu host on this machine")
+        raise ArtifactError(f"this CPU lacks {', '.join(missing)}, which the artifact's code (built for {built_for}) "
+                            f"needs; {fix}")
+    return chosen["library"]
+
+
+def _required_features(info: dict) -> list[str]:
+    """``requires.cpu_features`` (checked), else, for an artifact from before it was recorded, the
+    features LLVM gives for its ``tvm_target`` (cuda: its host)."""
+    from . import cpu
+
+    requires = info.get("requires")
+    if requires is not None:
+        features = requires.get("cpu_features") if isinstance(requires, dict) else None
+        try:
+            return cpu.check_feature_list(features, "requires.cpu_features")
+        except ValueError as exc:
+            raise ArtifactError(f"the TVM artifact has a malformed manifest: target_info {exc}; recompile it") from None
+    tdict = info.get("tvm_target") or {}
+    tdict = tdict.get("host", tdict) if tdict.get("kind") == "cuda" else tdict
+    if tdict.get("kind") != "llvm" or not tdict.get("mcpu"):
+        return []
+    from .emit import target_features
+
+    try:
+        return target_features(tdict)
+    except Exception:  # noqa: BLE001 - a target this LLVM cannot describe: no check possible
+        return []
 
 
 def _numpy_view(tensor) -> np.ndarray | None:
@@ -172,4 +241,5 @@ def _numpy_view(tensor) -> np.ndarray | None:
         return None
 
 
-__all__ = ["allow_all_cores", "cache_dir", "cached_library", "load_runner", "set_threads", "usable_cores"]
+__all__ = ["allow_all_cores", "cache_dir", "cached_library", "load_runner", "select_library", "set_threads",
+           "usable_cores"]

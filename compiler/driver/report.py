@@ -70,6 +70,7 @@ class CompileReport:
                          f"{p['seconds'] * 1000:.1f} ms")
         lines += _compression_lines(self.compression)
         lines += _schedule_lines(self.target_info.get("schedules"))
+        lines += _cpu_code_lines(self.target_info)
         if self.verification is not None:
             lines.append(f"  verify:     {self.verification.summary()}")
         elif self.target_info.get("runnable_here", True):
@@ -91,6 +92,26 @@ def _schedule_lines(s: dict[str, Any] | None) -> list[str]:
     if "tuning_s" in s:
         line += f" (searched {s.get('trials', '?')} trials in {s['tuning_s']:.0f} s)"
     return [line]
+
+
+def _cpu_code_lines(info: dict[str, Any]) -> list[str]:
+    """TVM builds: which CPU variants the artifact holds (x86 level of each), or its cuda host code."""
+    from backends.tvm.cpu import feature_level, has_vnni
+
+    def level(features):
+        return feature_level(features) + (" + VNNI" if has_vnni(features) else "")
+
+    variants = info.get("variants")
+    if variants:
+        names = ", ".join(f"{v['name']} ({level(v['features'])})" for v in variants)
+        how = ("load() runs the best one the CPU supports" if len(variants) > 1
+               else "one CPU variant (--cpu): CPUs without its features refuse to load it")
+        tuned = f"; tuned schedules in {info['tuned_variant']}" if info.get("tuned_variant") else ""
+        return [f"  cpu code:   {names}; {how}{tuned}"]
+    requires = info.get("requires") or {}
+    if "gpu_arch" in requires:
+        return [f"  host code:  {level(requires.get('cpu_features', []))} (cuda {requires['gpu_arch']})"]
+    return []
 
 
 def _compression_lines(c: dict[str, Any] | None) -> list[str]:
