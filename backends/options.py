@@ -62,7 +62,8 @@ class OnnxOptions(TargetOptions):
 @dataclass(frozen=True)
 class LlvmOptions(TargetOptions):
     target: ClassVar[str] = "llvm"
-    cpu: str | None = option(help="LLVM CPU to generate code for (default: the host's)")
+    cpu: str | None = option(help="LLVM CPU name to build one library for, or 'host' (this machine's); default: "
+                                  "portable libraries for x86-64-v3 and AVX-512+VNNI, the best one picked at load")
     tune: int | None = option(help="search schedules with MetaSchedule for TRIALS trials", type=int,
                               metavar="TRIALS")
     tuning_db: str | None = option(help="tuning database directory: read, and written by --tune", metavar="DIR")
