@@ -200,8 +200,9 @@ def digits_mlp_artifact(tmp_path, mode: str):
 
     batches, _ = test_batches("mlp")
     art = compiler.compile(trained_model("mlp"), (torch.from_numpy(batches[0]),), target="onnx",
-                           output=str(tmp_path / f"mlp_{mode}.aot"), quantize=mode,
-                           calibration_data=[tuple(b) for b in calibration("mlp")] if mode == "int8" else None)
+                           output=str(tmp_path / f"mlp_{mode}.aot"),
+                           quantize=compiler.QuantizeOptions(mode, calibration=[tuple(b) for b in calibration("mlp")]
+                                                             if mode == "int8" else None))
     return art, batches[:3]
 
 

@@ -126,11 +126,13 @@ def test_info_shows_recorded_requirements_and_variants(onnx_art, work, capsys):
     assert info["requires"] == requires and info["variants"] == variants
 
 
-def test_llvm_artifact_info_names_its_tvm_target_and_run_matches_load(llvm_art, work, capsys):
+def test_llvm_artifact_info_names_its_cpu_variants_and_run_matches_load(llvm_art, work, capsys):
     code, out, err = run_tool(capsys, "info", llvm_art.path)
     assert code == 0, err
-    mcpu = read_manifest(llvm_art.path)["target_info"]["tvm_target"]["mcpu"]
-    assert f"tvm target:  llvm mcpu={mcpu}" in out
+    info = read_manifest(llvm_art.path)["target_info"]
+    assert "requires:    cpu features " + " ".join(info["requires"]["cpu_features"]) in out
+    for variant in info["variants"]:
+        assert f"variant:     {variant['name']}: mcpu {variant['mcpu']}" in out
     x = np.random.default_rng(3).standard_normal((2, 16)).astype(np.float32)
     np.save(work / "mlp_x.npy", x)
     code, _, err = run_tool(capsys, "run", llvm_art.path, "--input", work / "mlp_x.npy", "-o", work / "mlp_out.npz")

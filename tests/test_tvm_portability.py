@@ -48,8 +48,8 @@ def expected() -> np.ndarray:
 
 
 def compile_small(path, cpu_name=None):
-    options = {"cpu": cpu_name} if cpu_name else {}
-    return compiler.compile(SmallNet(), (torch.from_numpy(X),), target="llvm", output=path, target_options=options)
+    return compiler.compile(SmallNet(), (torch.from_numpy(X),), target=compiler.LlvmOptions(cpu=cpu_name),
+                            output=path)
 
 
 @pytest.fixture(scope="module")
@@ -206,8 +206,8 @@ def test_unknown_cpu_is_one_line_and_exit_2_before_any_work(tmp_path, capsys):
     assert "unknown --cpu 'znver99'" in lines[0] and "znver4" in lines[0] and "x86-64-v3" in lines[0]
     assert not out.exists()
     with pytest.raises(CompileError, match="unknown --cpu"):
-        compiler.compile(SmallNet(), (torch.from_numpy(X),), target="llvm", output=tmp_path / "n.aot",
-                         target_options={"cpu": "pentium9"})
+        compiler.compile(SmallNet(), (torch.from_numpy(X),), target=compiler.LlvmOptions(cpu="pentium9"),
+                         output=tmp_path / "n.aot")
 
 
 def test_cpu_host_builds_one_library_for_this_machine():
