@@ -162,11 +162,14 @@ def arg(node: torch.fx.Node, index: int, name: str, default: Any = None) -> Any:
 
 # -- export ----------------------------------------------------------------------------------------
 def export_module(module: torch.nn.Module, example_inputs: Sequence[torch.Tensor], *,
-                  dynamic_batch: bool = False, strict: bool = False) -> torch.export.ExportedProgram:
-    """``torch.export`` the module; with ``dynamic_batch`` dim 0 of every input is symbolic."""
+                  dynamic_batch: bool = False, strict: bool = False,
+                  dynamic_shapes: Sequence[dict | None] | None = None) -> torch.export.ExportedProgram:
+    """``torch.export`` the module; with ``dynamic_batch`` dim 0 of every input is symbolic;
+    ``dynamic_shapes`` gives torch Dims per input (one dict of axis -> Dim, or None, each)."""
     module = module.eval()
     inputs = tuple(example_inputs)
-    dynamic_shapes = None
+    if dynamic_shapes is not None:
+        dynamic_shapes = _grouped_like_forward(module, list(dynamic_shapes))
     if dynamic_batch:
         batch = torch.export.Dim("batch", min=1, max=2 ** 31 - 1)
         dynamic_shapes = _batch_dynamic_shapes(module, inputs, batch)
@@ -181,9 +184,13 @@ def export_module(module: torch.nn.Module, example_inputs: Sequence[torch.Tensor
 
 
 def _batch_dynamic_shapes(module: torch.nn.Module, inputs: tuple, batch) -> tuple:
-    """``dynamic_shapes`` marking dim 0 of every input, shaped like forward's parameters
-    (torch wants the inputs of a ``*args`` parameter grouped in one nested tuple)."""
-    specs = [{0: batch} if t.dim() > 0 else None for t in inputs]
+    """``dynamic_shapes`` marking dim 0 of every input."""
+    return _grouped_like_forward(module, [{0: batch} if t.dim() > 0 else None for t in inputs])
+
+
+def _grouped_like_forward(module: torch.nn.Module, specs: list) -> tuple:
+    """Per-input ``dynamic_shapes`` shaped like forward's parameters (torch wants the inputs of a
+    ``*args`` parameter grouped in one nested tuple)."""
     try:
         params = list(inspect.signature(module.forward).parameters.values())
     except (TypeError, ValueError):
@@ -246,12 +253,14 @@ def user_output_positions(ep: torch.export.ExportedProgram) -> tuple[list[int], 
     return user, nones
 
 
-def import_exported_program(ep: torch.export.ExportedProgram, *, name: str = "main") -> Graph:
-    """Build our Graph from an ExportedProgram."""
+def import_exported_program(ep: torch.export.ExportedProgram, *, name: str = "main",
+                            dim_names: dict[tuple[int, int], str] | None = None) -> Graph:
+    """Build our Graph from an ExportedProgram. ``dim_names`` names the symbol of (input
+    position, axis) (the user's dynamic dim names; default: batch for dim 0, input_dimN else)."""
     ep = decompose(ep)
     user_outputs, _nones = user_output_positions(ep)
     graph = Graph(name)
-    ctx = ImportContext(graph, _symbol_names(ep))
+    ctx = ImportContext(graph, _symbol_names(ep, dim_names or {}))
     specs = {s.arg.name: s for s in ep.graph_signature.input_specs}
     state = dict(ep.state_dict)
     state.update(ep.constants)
@@ -319,8 +328,8 @@ def _to_numpy(tensor: torch.Tensor) -> np.ndarray:
     return tensor.contiguous().numpy().copy()
 
 
-def _symbol_names(ep: torch.export.ExportedProgram) -> dict[str, str]:
-    """Readable names for torch's size symbols: dim 0 of an input is 'batch'."""
+def _symbol_names(ep: torch.export.ExportedProgram, dim_names: dict[tuple[int, int], str]) -> dict[str, str]:
+    """Readable names for torch's size symbols: the user's, else dim 0 of an input is 'batch'."""
     names: dict[str, str] = {}
     used: set[str] = set()
     user_inputs = [s.arg.name for s in ep.graph_signature.input_specs if s.kind.name == "USER_INPUT"]
@@ -328,11 +337,12 @@ def _symbol_names(ep: torch.export.ExportedProgram) -> dict[str, str]:
         if node.op != "placeholder" or node.name not in user_inputs:
             continue
         val = node.meta.get("val")
+        position = user_inputs.index(node.name)
         for axis, size in enumerate(getattr(val, "shape", ())):
             if isinstance(size, torch.SymInt) and isinstance(size.node.expr, sympy.Symbol):
                 sym = str(size.node.expr)
                 if sym not in names:
-                    base = "batch" if axis == 0 else f"{node.name}_dim{axis}"
+                    base = dim_names.get((position, axis)) or ("batch" if axis == 0 else f"{node.name}_dim{axis}")
                     name = base if base not in used else f"{base}_{sym}"
                     names[sym] = name
                     used.add(name)

@@ -58,7 +58,8 @@ def compile(model: Any, example_inputs: Sequence[Any] | None = None, *,  # noqa:
             quantize: str | QuantizeOptions | None = None, prune: float | PruneOptions | None = None,
             passes: str | Sequence[str] | PassOptions | None = None,
             weights: str | None = None, trust_pickle: bool = False, input_shapes: Sequence[str] | None = None,
-            eval_data: Any = None, progress: bool | Progress = False, **moved: Any) -> CompiledArtifact:
+            dynamic_shapes: Any = None, eval_data: Any = None, progress: bool | Progress = False,
+            **moved: Any) -> CompiledArtifact:
     """Compile ``model`` for ``target`` into one artifact file.
 
     ``model`` is an ``nn.Module`` (then ``example_inputs`` is required unless the module has an
@@ -70,8 +71,10 @@ def compile(model: Any, example_inputs: Sequence[Any] | None = None, *,  # noqa:
     Settings come grouped (``compiler.driver.options``): ``target`` is a name or the target's
     options (``LlvmOptions(cpu=...)``); ``verify`` True/False or ``VerifyOptions``; ``quantize``
     a mode name or ``QuantizeOptions``; ``prune`` a fraction or ``PruneOptions``; ``passes``
-    pass names or ``PassOptions``. ``eval_data`` (inputs..., labels) measures accuracy, size and
-    latency before and after compression.
+    pass names or ``PassOptions``. ``dynamic_shapes`` makes input axes symbolic with a name and a
+    range (``{"input_ids": {1: ("seq", 1, 512)}}``, see ``compiler.driver.dynamic``);
+    ``dynamic_batch=True`` is the shorthand for dim 0 of every input. ``eval_data`` (inputs...,
+    labels) measures accuracy, size and latency before and after compression.
     """
     reject_moved_keywords(moved)
     from backends.registry import get_target
@@ -89,6 +92,8 @@ def compile(model: Any, example_inputs: Sequence[Any] | None = None, *,  # noqa:
     options = target_opts.to_dict()
     tgt.check_options(options)  # before any slow work
     source = _load_source(model, example_inputs, weights, trust_pickle, input_shapes, prog)
+    if dynamic_shapes is not None:
+        source.dynamic_dims = tuple(_dynamic_dims(dynamic_shapes, dynamic_batch, target, source))
     output_path = Path(output) if output is not None else Path(f"{source.name}.aot")
     _check_output_dir(output_path)
 
@@ -113,6 +118,7 @@ def compile(model: Any, example_inputs: Sequence[Any] | None = None, *,  # noqa:
     manifest = _manifest(graph, target, source, records, target_info, dynamic_batch)
     manifest["none_outputs"] = _none_outputs(exported)
     manifest["index_bounds"] = index_bounds(graph)
+    manifest["dynamic_dims"] = {d.name: [d.min, d.max] for d in source.dynamic_dims}
     evaluate = None
     if eval_data is not None:
         evaluate = functools.partial(_evaluate, eval_data=eval_data, graph=graph, baseline=baseline, target=tgt,
@@ -186,18 +192,51 @@ def _ep_sha256(ep) -> str:
     return hashlib.sha256(str(ep.graph).encode()).hexdigest()
 
 
+def _dynamic_dims(dynamic_shapes, dynamic_batch: bool, target: str, source) -> list:
+    from compiler.driver import dynamic
+
+    if dynamic_batch:
+        raise CompileError("give either dynamic_batch (--dynamic-batch) or dynamic_shapes (--dynamic), not both: "
+                           "add the batch to dynamic_shapes (e.g. input_ids:0=batch)")
+    if target == "hls":
+        raise CompileError("the hls target needs static shapes (an FPGA design has fixed sizes; --dynamic-batch "
+                           "is the one exception); compile for onnx, llvm or cuda, or drop dynamic_shapes")
+    module = source.module if source.module is not None else None
+    n = len(source.example_inputs)
+    names = (dynamic.input_names(module) if module is not None else [])[:n]
+    if len(names) != n:  # forward(*args), or an archive: inputs go by position
+        names = [f"args_{i}" for i in range(n)]
+    return dynamic.resolve(dynamic_shapes, names, [t.dim() for t in source.example_inputs])
+
+
 def _trace(source, dynamic_batch: bool, prog: Progress):
-    """(graph, exported program) for the source; re-exports a static .pt2 when asked for a dynamic batch."""
+    """(graph, exported program) for the source; re-exports a static .pt2 when asked for a
+    dynamic batch or dynamic dims."""
     from compiler.frontend import export_module, import_exported_program
 
+    dims = list(source.dynamic_dims)
     with prog.phase("export", "torch.export"):
         exported = source.exported_program
-        if exported is None or (dynamic_batch and not _has_symbolic_batch(exported)):
+        if exported is None or dims or (dynamic_batch and not _has_symbolic_batch(exported)):
             module = source.module if source.module is not None else exported.module()
-            exported = export_module(module, source.example_inputs, dynamic_batch=dynamic_batch)
+            exported = _export(module, source, dynamic_batch, dims)
     with prog.phase("import", "importing into the IR"):
-        graph = import_exported_program(exported, name=_graph_name(source.name))
+        graph = import_exported_program(exported, name=_graph_name(source.name),
+                                        dim_names={(d.input, d.axis): d.name for d in dims})
     return graph, exported
+
+
+def _export(module, source, dynamic_batch: bool, dims: list):
+    from compiler.driver import dynamic
+    from compiler.frontend import export_module
+
+    if not dims:
+        return export_module(module, source.example_inputs, dynamic_batch=dynamic_batch)
+    try:
+        return export_module(module, dynamic.traceable_examples(source.example_inputs, dims),
+                             dynamic_shapes=dynamic.torch_dynamic_shapes(dims, len(source.example_inputs)))
+    except CompileError as exc:
+        raise (dynamic.guard_error(exc.__cause__ or exc, dims) or exc) from None
 
 
 def _has_symbolic_batch(ep) -> bool:
@@ -368,13 +407,21 @@ def _verify(artifact_path: str, source, exported, rtol: float, atol: float, dyna
     loaded = load(artifact_path)
     cases = [("example inputs", tuple(source.example_inputs))]
     rng = np.random.default_rng(seed)
+    dims = list(source.dynamic_dims)
+    if dims:
+        from compiler.driver.dynamic import verification_sizes
+
+        sizes = verification_sizes(dims, source.example_inputs, RANDOM_VERIFY_CASES)
     for i in range(RANDOM_VERIFY_CASES):
-        batch = None
+        batch, axis_sizes, label = None, None, f"random inputs #{i + 1}"
         if dynamic_batch:
             first = source.example_inputs[0]
             batch = (first.shape[0] + 2 + i) if first.dim() else None
-        cases.append((f"random inputs #{i + 1}" + (f" (batch {batch})" if batch else ""),
-                      random_like(source.example_inputs, rng, batch)))
+            label += f" (batch {batch})" if batch else ""
+        if dims:
+            axis_sizes = {(d.input, d.axis): sizes[i][d.name] for d in dims}
+            label += " (" + ", ".join(f"{k} {v}" for k, v in sizes[i].items()) + ")"
+        cases.append((label, random_like(source.example_inputs, rng, batch, axis_sizes)))
     worst_abs, worst_rel, worst_case, passed, drift = 0.0, 0.0, "", True, 0.0
     for label, inputs in cases:
         arrays = [t.detach().cpu().numpy() for t in inputs]
@@ -505,16 +552,21 @@ def compare(want: np.ndarray, have: np.ndarray, rtol: float, atol: float) -> tup
     return abs_err, rel_err, ok
 
 
-def random_like(examples: Iterable[Any], rng: np.random.Generator, batch: int | None = None) -> tuple:
-    """Fresh random tensors with the examples' dtypes and shapes (dim 0 set to ``batch``).
-    Integer inputs are drawn from the examples' own value range (token ids, class indices)."""
+def random_like(examples: Iterable[Any], rng: np.random.Generator, batch: int | None = None,
+                axis_sizes: dict[tuple[int, int], int] | None = None) -> tuple:
+    """Fresh random tensors with the examples' dtypes and shapes (dim 0 set to ``batch``, the
+    (input, axis) of ``axis_sizes`` to their sizes). Integer inputs are drawn from the examples'
+    own value range (token ids, class indices)."""
     import torch
 
     result = []
-    for t in examples:
+    for position, t in enumerate(examples):
         shape = list(t.shape)
         if batch is not None and shape:
             shape[0] = batch
+        for (which, axis), size in (axis_sizes or {}).items():
+            if which == position:
+                shape[axis] = size
         if t.dtype == torch.bool:
             arr = rng.random(shape) < 0.5
         elif t.dtype.is_floating_point:

@@ -32,6 +32,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-o", "--output", help="artifact path (default: <model name>.aot)")
     p.add_argument("-t", "--target", default="onnx", help="compile target: onnx (default), llvm, cuda or hls")
     p.add_argument("--dynamic-batch", action="store_true", help="keep dim 0 of every input symbolic")
+    p.add_argument("--dynamic", action="append", metavar="INPUT:AXIS=NAME[:MIN..MAX]",
+                   help="keep an input axis symbolic with a name and a range, e.g. input_ids:1=seq:1..512 "
+                        "(repeat per axis; INPUT is forward's parameter name or the input's position)")
     p.add_argument("--input-shape", action="append", metavar="SHAPE",
                    help="example input shape such as 1x3x224x224 or 2x32:int64 (repeat per input)")
     p.add_argument("--weights", metavar="STATE_DICT", help="state dict for a factory model (loaded weights_only)")
@@ -84,6 +87,7 @@ def _run(args: argparse.Namespace) -> int:
                      passes=replace(opts.from_args(args, opts.PassOptions), after_pass=_ir_printer(args)),
                      quantize=quantize if quantize.mode else None, prune=prune if prune.active else None,
                      weights=args.weights, trust_pickle=args.trust_pickle, input_shapes=args.input_shape,
+                     dynamic_shapes=args.dynamic,
                      eval_data=args.eval_data, progress=Progress(enabled=not args.quiet))
     if not args.quiet:
         print(result.report.format())

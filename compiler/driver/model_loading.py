@@ -115,6 +115,7 @@ class ModelSource:
     exported_program: "ExportedProgram | None"
     example_inputs: tuple[torch.Tensor, ...] | None
     sha256: str
+    dynamic_dims: tuple = ()  # DynamicDim (compiler.driver.dynamic): the axes the user made symbolic
 
 
 # --------------------------------------------------------------------------------------------

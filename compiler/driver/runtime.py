@@ -144,6 +144,17 @@ def _index_bounds(p: str, manifest: dict[str, Any], names: tuple[str, ...]) -> t
     return tuple((names.index(k), v[0], v[1]) for k, v in bounds.items())
 
 
+def _dim_ranges(p: str, manifest: dict[str, Any]) -> dict[str, tuple[int, int]]:
+    """Symbol -> (lowest, highest) size the artifact was compiled for (manifest dynamic_dims)."""
+    ranges = manifest.get("dynamic_dims", {})
+    ok = isinstance(ranges, dict) and all(
+        isinstance(v, list) and len(v) == 2 and all(type(b) is int for b in v) and 0 <= v[0] <= v[1]
+        for v in ranges.values())
+    if not ok:
+        raise ArtifactError(f"{p} has a malformed manifest: 'dynamic_dims' is not name -> [min, max]; recompile it")
+    return {k: (v[0], v[1]) for k, v in ranges.items()}
+
+
 def _numpy_dtype(name: str) -> np.dtype | None:
     try:
         return np.dtype(name)
@@ -179,6 +190,7 @@ class LoadedModel:
         self._n_outputs = len(outputs)
         self.none_outputs = _none_positions(path, manifest, len(outputs))
         self._index_bounds = _index_bounds(path, manifest, self.input_names)
+        self._dim_ranges = _dim_ranges(path, manifest)
 
     # -- running ---------------------------------------------------------------------------------
     def __call__(self, *inputs: Any) -> np.ndarray | tuple[np.ndarray | None, ...]:
@@ -275,6 +287,12 @@ class LoadedModel:
                     has_expressions = True
             arrays.append(arr if arr.flags.c_contiguous else np.ascontiguousarray(arr))
 
+        for symbol, (size, source) in bound.items():
+            lo, hi = self._dim_ranges.get(symbol, (0, None))
+            if size < lo or (hi is not None and size > hi):
+                axis = next(i for s in specs if s.name == source for i, d in enumerate(s.shape) if d == symbol)
+                raise InputError(f"input '{source}' dim {axis} ('{symbol}') is {size}, outside the compiled range "
+                                 f"[{lo}, {hi}]; recompile with a wider --dynamic range")
         if has_expressions:  # dims such as "seq*2": checked once every plain symbol is bound
             sizes = {k: v[0] for k, v in bound.items()}
             for spec, arr in zip(specs, arrays):
