@@ -94,6 +94,17 @@ def compile_ours(model, inputs, target: str, path: str) -> float:
     return time.perf_counter() - t0
 
 
+def output_errors(model, inputs, feeds, loaded: dict) -> dict[str, float]:
+    """max |ours - eager| / max |eager| per loaded artifact: the compiles are unverified, so the
+    bench checks what it times."""
+    import torch
+
+    with torch.no_grad():
+        want = model(*inputs).numpy()
+    scale = float(np.abs(want).max()) or 1.0
+    return {t: float(np.abs(m.run(feeds)[0] - want).max()) / scale for t, m in loaded.items()}
+
+
 def bench_model(name: str, batch: int, thread_counts: list[int], quick: bool) -> list[dict]:
     """One row per thread count for ``name`` at ``batch``; a target that fails to compile is left
     out of the rows with its error recorded."""
@@ -126,6 +137,8 @@ def bench_model(name: str, batch: int, thread_counts: list[int], quick: bool) ->
             print(f"[bench_real] {name} batch {batch}: measuring at {n} thread(s) ...", file=sys.stderr, flush=True)
             # Loaded per thread count: the TVM runtime sets its thread pool when it loads.
             loaded = {t: compiler.load(p, threads=n) for t, p in paths.items()}
+            if "max_error" not in base:
+                base["max_error"] = output_errors(model, inputs, feeds, loaded)
             candidates = {t: (lambda m=m: m.run(feeds)) for t, m in loaded.items()}
             candidates["ort"] = ort_call(anchor, n, feeds)
             candidates["eager"] = lambda: model(*inputs)
@@ -162,6 +175,9 @@ def format_table(host: dict, rows: list[dict]) -> str:
             if ratios:
                 parts.append(f"{key} {geomean(ratios):.2f}x ({len(ratios)} rows)")
         lines.append(f"geometric mean vs onnxruntime at {threads} thread(s): " + ", ".join(parts))
+    checked = {(r["model"], r["batch"]): r.get("max_error") for r in rows}
+    lines += [f"{m} batch {b}: max |ours - eager| / max |eager|: "
+              + ", ".join(f"{t} {e:.1e}" for t, e in err.items()) for (m, b), err in checked.items() if err]
     errors = [f"{r['model']} batch {r['batch']}: {target} failed to compile: {error}"
               for r in rows for target, error in r["errors"].items()]
     return "\n".join(lines + list(dict.fromkeys(errors)))  # each row of a model repeats its errors
