@@ -13,6 +13,19 @@ resnet         ``SmallResNet``     conv + BatchNorm (non-trivial stats), residua
 mobilenet      ``MobileNetLike``   depthwise conv, hardswish, squeeze-excite, inverted residual
 transformer    ``TinyTransformer`` embedding, layer_norm, SDPA attention, gelu, mean
 =============  ==================  ===============================================================
+
+``REAL`` lists real architectures at their real sizes, with random weights, for benchmarks (too
+big for the default test suite, so the zoo tests do not pick them up). Each class also has a
+``small()`` constructor, the same structure at a fraction of the size, for fast tests.
+
+=============  ==================  ===============================================================
+name           class               model
+=============  ==================  ===============================================================
+resnet18       ``ResNet18``        ResNet-18, 3x224x224, 1000 classes
+mobilenet_v2   ``MobileNetV2``     MobileNetV2 width 1.0, 3x224x224, 1000 classes
+bert           ``BertEncoder``     BERT-base encoder: 12 layers, hidden 768, 12 heads, 128 tokens
+gpt2           ``GPT2Decoder``     GPT-2 small + tied LM head (vocab 50257), causal, 128 tokens
+=============  ==================  ===============================================================
 """
 
 from __future__ import annotations
@@ -21,21 +34,31 @@ from dataclasses import dataclass
 
 import torch
 
+from .bert import BertEncoder
+from .gpt2 import GPT2Decoder
 from .lenet import LeNet
 from .mlp import SeedMLP
 from .mobilenet import MobileNetLike
+from .mobilenet_v2 import MobileNetV2
 from .resnet import SmallResNet
+from .resnet18 import ResNet18
 from .transformer import TinyTransformer
 
 __all__ = [
     "ZOO",
+    "REAL",
     "ModelSpec",
     "get_model",
+    "get_real_model",
     "SeedMLP",
     "LeNet",
     "SmallResNet",
     "MobileNetLike",
     "TinyTransformer",
+    "ResNet18",
+    "MobileNetV2",
+    "BertEncoder",
+    "GPT2Decoder",
 ]
 
 
@@ -66,9 +89,30 @@ ZOO: dict[str, ModelSpec] = {
 }
 
 
+REAL: dict[str, ModelSpec] = {
+    spec.name: spec
+    for spec in (
+        ModelSpec("resnet18", ResNet18, "ResNet-18 on 3x224x224, 1000 classes"),
+        ModelSpec("mobilenet_v2", MobileNetV2, "MobileNetV2 (width 1.0) on 3x224x224, 1000 classes"),
+        ModelSpec("bert", BertEncoder, "BERT-base encoder: 12 layers, hidden 768, 12 heads, FFN 3072, 128 tokens"),
+        ModelSpec("gpt2", GPT2Decoder,
+                  "GPT-2 small decoder: 12 layers, hidden 768, 12 heads, causal, 128 tokens, tied LM head over "
+                  "50257 words"),
+    )
+}
+
+
 def get_model(name: str) -> ModelSpec:
     """The zoo entry called ``name``; ``KeyError`` naming the known models if there is none."""
     try:
         return ZOO[name]
     except KeyError:
         raise KeyError(f"unknown zoo model {name!r}; known models: {', '.join(sorted(ZOO))}") from None
+
+
+def get_real_model(name: str) -> ModelSpec:
+    """The real-size entry called ``name``; ``KeyError`` naming the known ones if there is none."""
+    try:
+        return REAL[name]
+    except KeyError:
+        raise KeyError(f"unknown real model {name!r}; known models: {', '.join(sorted(REAL))}") from None

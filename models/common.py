@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import torch
 from torch import nn
 
@@ -18,3 +20,35 @@ def randomize_batch_norms(module: nn.Module, seed: int) -> None:
                 m.running_var.copy_(torch.rand(n, generator=g) * 1.5 + 0.5)
                 m.weight.copy_(torch.rand(n, generator=g) + 0.5)
                 m.bias.copy_(torch.randn(n, generator=g) * 0.2)
+
+
+def init_transformer_weights(module: nn.Module, std: float = 0.02) -> None:
+    """BERT/GPT-2 initialisation (normal(0, std) weights, zero biases) with random LayerNorm affine
+    parameters, so a fused layer norm that drops its scale or shift shows in the numbers."""
+    with torch.no_grad():
+        for m in module.modules():
+            if isinstance(m, (nn.Linear, nn.Embedding)):
+                m.weight.normal_(0.0, std)
+                if getattr(m, "bias", None) is not None:
+                    m.bias.zero_()
+            elif isinstance(m, nn.LayerNorm):
+                m.weight.copy_(torch.rand(m.weight.shape) + 0.5)
+                m.bias.copy_(torch.randn(m.bias.shape) * 0.1)
+
+
+def multi_head_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, n_heads: int,
+                         keep: torch.Tensor | None = None) -> torch.Tensor:
+    """softmax(q k^T / sqrt(d) [masked]) v over ``n_heads`` heads, written out as Hugging Face's
+    eager attention does (matmul, scale, mask, softmax, matmul). ``q``, ``k``, ``v``: (B, S, D);
+    ``keep``: an optional (S, S) bool mask, False where a query must not see a key."""
+    b, s, d = q.shape
+    head_dim = d // n_heads
+
+    def split(t: torch.Tensor) -> torch.Tensor:
+        return t.reshape(b, s, n_heads, head_dim).transpose(1, 2)                 # (B, H, S, Dh)
+
+    scores = torch.matmul(split(q), split(k).transpose(-1, -2)) / math.sqrt(head_dim)
+    if keep is not None:
+        scores = torch.where(keep, scores, torch.finfo(scores.dtype).min)
+    context = torch.matmul(torch.softmax(scores, dim=-1), split(v))              # (B, H, S, Dh)
+    return context.transpose(1, 2).reshape(b, s, d)
