@@ -38,29 +38,11 @@ OURS = ("llvm", "onnx")
 
 
 def host_cpu() -> dict:
-    """The CPU model and its x86-64 feature level from /proc/cpuinfo (a tiny local reader; a shared
-    helper for this is being written elsewhere)."""
-    info = {"model": "unknown", "level": "unknown", "vnni": False, "cores": len(os.sched_getaffinity(0))}
-    try:
-        text = Path("/proc/cpuinfo").read_text()
-    except OSError:
-        return info
-    fields = dict(line.split(":", 1) for line in text.splitlines() if ":" in line)
-    fields = {k.strip(): v.strip() for k, v in fields.items()}
-    flags = set(fields.get("flags", "").split())
-    info["model"] = fields.get("model name", "unknown")
-    levels = (
-        ("x86-64-v4", {"avx512f", "avx512bw", "avx512cd", "avx512dq", "avx512vl"}),
-        ("x86-64-v3", {"avx", "avx2", "bmi1", "bmi2", "f16c", "fma", "abm", "movbe", "xsave"}),
-        ("x86-64-v2", {"cx16", "lahf_lm", "popcnt", "sse4_1", "sse4_2", "ssse3"}),
-    )
-    info["level"] = "x86-64" if "sse2" in flags else "unknown"
-    for name, need in reversed(levels):  # each level needs the ones below it too
-        if not need <= flags:
-            break
-        info["level"] = name
-    info["vnni"] = bool({"avx512_vnni", "avx_vnni"} & flags)
-    return info
+    """The CPU line (model, x86-64 level, VNNI: ``backends.tvm.cpu`` owns that logic) and the
+    cores this process may use."""
+    from backends.tvm.cpu import host_summary
+
+    return {"summary": host_summary(), "cores": len(os.sched_getaffinity(0))}
 
 
 def interleaved_medians(candidates: dict, *, min_rounds: int, budget_s: float, max_rounds: int = 200) -> dict[str, float]:
@@ -151,7 +133,7 @@ def bench_model(name: str, batch: int, thread_counts: list[int], quick: bool) ->
 
 
 def format_table(host: dict, rows: list[dict]) -> str:
-    lines = [f"host: {host['model']}, {host['level']}, VNNI {'yes' if host['vnni'] else 'no'}, {host['cores']} usable cores",
+    lines = [f"host: {host['summary']}, {host['cores']} usable cores",
              "", "| model | batch | threads | llvm ms | onnx ms | ORT ms | eager ms | llvm / ORT | onnx / ORT "
              "| eager / ORT | compile s (llvm, onnx, torch.onnx) |", "|" + "---|" * 11]
 
@@ -210,7 +192,7 @@ def main(argv=None) -> int:
         cache = tempfile.TemporaryDirectory(prefix="bench-real-cache-")
         os.environ["AOT_COMPILER_CACHE"] = cache.name
     host = host_cpu()
-    print(f"host: {host['model']}, {host['level']}, VNNI {'yes' if host['vnni'] else 'no'}", file=sys.stderr)
+    print(f"host: {host['summary']}", file=sys.stderr)
     with _quiet():
         warm_up()
     results = ROOT / "bench" / "results"
