@@ -78,7 +78,7 @@ def _f32(rng, *shape):
 
 def test_micro_kernel_shapes():
     """Tiles fit the register files: AVX2 at most 12 accumulators, AVX-512 at most 24; the panel
-    is a vector multiple dividing n, the rows divide m when a preferred count does."""
+    is a vector multiple dividing n, the tile's vectors divide the panel's."""
     for lanes, limit in ((8, 12), (16, 24)):
         for m in (1, 5, 7, 49, 56, 128, 1024):
             for n in (8, 16, 24, 48, 96, 512, 768, 3072):
@@ -87,9 +87,11 @@ def test_micro_kernel_shapes():
                     assert panel == 0
                     continue
                 assert panel % lanes == 0 and n % panel == 0
-                assert 1 <= rows <= m and rows * panel // lanes <= limit
+                rows, vectors = gemm.tile_shape(m, panel, lanes)
+                assert 1 <= rows <= m and rows * vectors <= limit and (panel // lanes) % vectors == 0
     assert gemm.micro_kernel(128, 768, 8) == (4, 24)
-    assert gemm.micro_kernel(49, 512, 8) == (6, 16)
+    assert gemm.micro_kernel(49, 512, 8) == (7, 16) and gemm.tile_shape(49, 16, 8) == (7, 1)
+    assert gemm.tile_shape(13, 16, 8) == (6, 2)
     assert gemm.micro_kernel(128, 768, 16) == (8, 32)
     assert gemm.micro_kernel(100, 20, 8) == (0, 0)
 
@@ -183,6 +185,8 @@ def _conv_nhwc(x, w, stride, padding, dilation):
     ((2, 9, 11, 5), 3, 2, 1, 1),      # stride 2, batch 2, odd sizes
     ((1, 6, 8, 16), 1, 1, 0, 1),      # 1x1 conv: a plain GEMM
     ((1, 10, 9, 3), 3, 1, 2, 2),      # dilation 2
+    ((1, 5, 5, 8), 3, 1, 1, 1),       # 5 rows: AVX2 tiles the 25 rows of the map at once
+    ((2, 3, 13, 4), 1, 1, 0, 1),      # 13 rows: leftover rows in a partitioned block
 ])
 def test_conv2d_nhwc(rng, target, shape, kernel, stride, padding, dilation):
     n_out = 32

@@ -60,18 +60,27 @@ def micro_kernel(m: int, n: int, lanes: int) -> tuple[int, int]:
 
 
 def tile_rows(m: int, panel: int, lanes: int) -> int:
-    """Rows of the register tile for a ``panel``-column tile: the first preferred count that
-    divides m (no leftover rows), else the first preferred (leftovers get a block of their own),
-    at most m."""
+    """Rows of the register tile for a ``panel``-column panel (see ``tile_shape``)."""
+    return tile_shape(m, panel, lanes)[0]
+
+
+def tile_shape(m: int, panel: int, lanes: int) -> tuple[int, int]:
+    """(rows, vectors) of the register tile in a ``panel``-column panel: the first preferred
+    shape whose rows divide m (no leftover rows), else the first preferred (leftover rows get a
+    block of their own), rows at most m. A tile of fewer vectors than the panel walks the panel
+    in several passes: AVX2 7 x 8 (7 accumulators) beats 6 x 16 plus a leftover row on 7x7 maps."""
     vectors = max(panel // lanes, 1)
     if lanes >= 16:
-        prefs = {1: [14, 12, 16, 8, 7], 2: [8, 7, 12, 6, 14, 4], 3: [6, 4, 8, 5]}.get(vectors, [max(1, 16 // vectors)])
+        prefs = {1: [(14, 1), (12, 1), (16, 1), (8, 1), (7, 1)],
+                 2: [(8, 2), (7, 2), (12, 2), (6, 2), (14, 1), (4, 2)],
+                 3: [(6, 3), (4, 3), (8, 3), (5, 3)]}.get(vectors, [(max(1, 16 // vectors), vectors)])
     else:
-        prefs = {1: [12, 8, 6, 7], 2: [6, 4, 5], 3: [4]}.get(vectors, [max(1, 12 // vectors)])
-    for rows in prefs:
+        prefs = {1: [(12, 1), (8, 1), (6, 1), (7, 1)], 2: [(6, 2), (4, 2), (7, 1), (5, 2)],
+                 3: [(4, 3)]}.get(vectors, [(max(1, 12 // vectors), vectors)])
+    for rows, vn in prefs:
         if m % rows == 0:
-            return rows
-    return min(prefs[0], m)
+            return rows, vn
+    return min(prefs[0][0], m), prefs[0][1]
 
 
 def pack_weight(w: np.ndarray, panel: int) -> np.ndarray:
@@ -272,7 +281,7 @@ def _schedule_main(sch, main: str, epilogue: list[str], lanes: int) -> list[str]
     outer, m_loop, j_loop = spatial[:-2], spatial[-2], spatial[-1]
     m = _int(sch.get(m_loop).extent)
     n = _int(sch.get(j_loop).extent)
-    rows = tile_rows(m, panel, lanes)
+    rows, vectors = tile_shape(m, panel, lanes)
     parallel = _work(sch, block) >= PARALLEL_MIN_WORK
     panel_outer = k_extent * n * 4 > SMALL_WEIGHT_BYTES
     # Every epilogue block but the last is inlined into its consumer; the last is computed per
@@ -281,17 +290,32 @@ def _schedule_main(sch, main: str, epilogue: list[str], lanes: int) -> list[str]
     left = [name for name, done in zip(epilogue, inlined) if not done]
     tail = epilogue[-1] if epilogue else None
     if m % rows == 0:
-        tile = _tile(sch, block, outer, m_loop, j_loop, reduce_, rows, panel, lanes, panel_outer, parallel)
+        tile = _tile(sch, block, outer, m_loop, j_loop, reduce_, (rows, vectors), panel, lanes, panel_outer,
+                     parallel)
         if tail is not None and not left and _try(sch.reverse_compute_at, sch.get_sblock(tail), tile, False):
             _vectorize_tile(sch, sch.get_sblock(tail), lanes)
             return []
         return left + ([tail] if tail else [])
-    parts = sch.loop_partition(m_loop, [m - m % rows, None])
-    del parts
+    total = m * _extent_product(sch, outer)
+    fused_shape = tile_shape(total, panel, lanes)
+    if outer and total % fused_shape[0] == 0:
+        # Leftover rows in every row of the output but none over all of them: tile the rows of
+        # all the outer axes at once (the epilogue then stays a separate pass).
+        m_loop = sch.fuse(*outer, m_loop)
+        _tile(sch, block, [], m_loop, j_loop, reduce_, fused_shape, panel, lanes, panel_outer, parallel)
+        return left + ([tail] if tail else [])
+    sch.loop_partition(m_loop, [m - m % rows, None])
     blocks = _partition_blocks(sch, main)
-    _tile(sch, blocks[0], None, None, None, None, rows, panel, lanes, panel_outer, parallel)
+    _tile(sch, blocks[0], None, None, None, None, (rows, vectors), panel, lanes, panel_outer, parallel)
     _leftover_tile(sch, blocks[1], m % rows, panel, lanes, n, parallel)
     return left + ([tail] if tail else [])
+
+
+def _extent_product(sch, loops) -> int:
+    total = 1
+    for lp in loops:
+        total *= int(sch.get(lp).extent)
+    return total
 
 
 def _partition_blocks(sch, main: str):
@@ -326,15 +350,17 @@ def _loops_of(sch, block):
     return spatial[:-2], spatial[-2], spatial[-1], reduce_
 
 
-def _tile(sch, block, outer, m_loop, j_loop, reduce_, rows, panel, lanes, panel_outer, parallel):
-    """rows x panel register tile over the whole reduction; returns the fused outer loop."""
+def _tile(sch, block, outer, m_loop, j_loop, reduce_, shape, panel, lanes, panel_outer, parallel):
+    """A (rows x vectors) register tile over the whole reduction, the panel walked in
+    panel / (vectors * lanes) passes; returns the fused outer loop."""
     if m_loop is None:
         outer, m_loop, j_loop, reduce_ = _loops_of(sch, block)
         outer = []  # loop_partition's shared loops stay serial above the partition
-    jo, jv, jl = sch.split(j_loop, [None, panel // lanes, lanes])
+    rows, vectors = shape
+    jo, jq, jv, jl = sch.split(j_loop, [None, panel // (vectors * lanes), vectors, lanes])
     mo, mi = sch.split(m_loop, [None, rows])
     tiles = [jo, *outer, mo] if panel_outer else [*outer, mo, jo]
-    sch.reorder(*tiles, *reduce_, mi, jv, jl)
+    sch.reorder(*tiles, jq, *reduce_, mi, jv, jl)
     fused = sch.fuse(*tiles) if len(tiles) > 1 else tiles[0]
     if parallel:
         _try_parallel(sch, fused)
