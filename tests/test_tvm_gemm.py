@@ -103,7 +103,7 @@ def test_pack_weight_layout(rng):
     np.testing.assert_array_equal(packed[2, 4], w[4, 32:48])
 
 
-@pytest.mark.parametrize("m,k,n", [(5, 37, 48), (16, 64, 96), (1, 100, 32), (13, 40, 512), (49, 72, 64)])
+@pytest.mark.parametrize("m,k,n", [(5, 37, 48), (16, 64, 96), (1, 100, 32), (2, 64, 768), (13, 40, 512), (49, 72, 64)])
 def test_dense_bias_relu(rng, target, m, k, n):
     w, b = _f32(rng, k, n), _f32(rng, n)
     mod = _module([("x", (m, k))], lambda bb, x: relax.op.nn.relu(

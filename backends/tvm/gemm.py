@@ -289,6 +289,11 @@ def _schedule_main(sch, main: str, epilogue: list[str], lanes: int) -> list[str]
     inlined = [_try(sch.compute_inline, sch.get_sblock(name)) for name in epilogue[:-1]]
     left = [name for name, done in zip(epilogue, inlined) if not done]
     tail = epilogue[-1] if epilogue else None
+    if rows * vectors * 2 < _accumulators(lanes):
+        # Few rows (batch-1 linear layers): one tile spans several panels to keep the FMA units
+        # busy; the epilogue, over m x n elements only, stays a separate pass.
+        _leftover_tile(sch, block, m, panel, lanes, n, parallel)
+        return left + ([tail] if tail else [])
     if m % rows == 0:
         tile = _tile(sch, block, outer, m_loop, j_loop, reduce_, (rows, vectors), panel, lanes, panel_outer,
                      parallel)
@@ -309,6 +314,12 @@ def _schedule_main(sch, main: str, epilogue: list[str], lanes: int) -> list[str]
     _tile(sch, blocks[0], None, None, None, None, (rows, vectors), panel, lanes, panel_outer, parallel)
     _leftover_tile(sch, blocks[1], m % rows, panel, lanes, n, parallel)
     return left + ([tail] if tail else [])
+
+
+def _accumulators(lanes: int) -> int:
+    from .schedules import MAX_ACCUMULATORS
+
+    return MAX_ACCUMULATORS.get(lanes * 32, 12)
 
 
 def _extent_product(sch, loops) -> int:
@@ -374,11 +385,11 @@ def _tile(sch, block, outer, m_loop, j_loop, reduce_, shape, panel, lanes, panel
 def _leftover_tile(sch, block, rows, panel, lanes, n, parallel):
     """The leftover rows (fewer than a tile) over several panels at once, to keep about as many
     accumulators as the main tile."""
-    from .schedules import MAX_ACCUMULATORS, _largest_divisor
+    from .schedules import _largest_divisor
 
     _, m_loop, j_loop, reduce_ = _loops_of(sch, block)
     vectors = panel // lanes
-    target_acc = MAX_ACCUMULATORS.get(lanes * 32, 12) * 2 // 3
+    target_acc = _accumulators(lanes) * 2 // 3
     width = _largest_divisor(n // panel, max(1, target_acc // (rows * vectors)))
     jo, jw, jv, jl = sch.split(j_loop, [None, width, vectors, lanes])
     sch.reorder(jo, *reduce_, m_loop, jw, jv, jl)
