@@ -140,6 +140,15 @@ def test_no_epilogue_parallel_size(rng, target):
     np.testing.assert_allclose(_run(pipeline.build(mod, target, {}), x), x @ w, rtol=1e-4, atol=1e-4)
 
 
+def test_wide_width_not_a_vector_multiple(rng, target):
+    """A 1000-wide head: zero weight columns up to a vector multiple, the result sliced back."""
+    w, b = _f32(rng, 40, 1000), _f32(rng, 1000)
+    mod = _module([("x", (3, 40))], lambda bb, x: relax.op.add(relax.op.matmul(x, relax.const(w)), relax.const(b)))
+    assert _hot_rule(_rules(mod, target), "packed_matmul") == "PackedGemm"
+    x = _f32(rng, 3, 40)
+    np.testing.assert_allclose(_run(pipeline.build(mod, target, {}), x), x @ w + b, rtol=1e-4, atol=1e-4)
+
+
 def test_fallbacks(rng):
     """Not packed: a weight that is an input, a width that is no vector multiple, symbolic rows.
     The generic rule schedules them and the results stay right."""

@@ -14,7 +14,8 @@ into panels of ``P`` output columns (``P`` = two vector registers on AVX-512, tw
 AVX2, see ``micro_kernel``), so the kernel reads each panel contiguously along K. Both calls are
 out-elementwise-fusable: FuseOps puts the bias, activation and residual add after them into the
 same PrimFunc. N must be a multiple of the vector width, else the op is left alone (the generic
-``TiledContraction`` rule takes it).
+``TiledContraction`` rule takes it), except a matmul at least ``PAD_MIN_WIDTH`` wide: its weight
+gets zero columns up to a vector multiple and the result is sliced back to N.
 
 ``PackedGemm`` (the first of ``schedules.cpu_rules()``) schedules a fused PrimFunc holding such a
 block: a ``rows`` x ``P`` register tile of C (rows x P/lanes accumulators, rows and vectors
@@ -41,6 +42,8 @@ CONV = "packed_conv2d"
 PAD = "packed_pad"
 # Weights up to this many bytes are kept whole in cache and walked row-tile-outermost.
 SMALL_WEIGHT_BYTES = 256 << 10
+# Matmuls at least this wide whose width is no vector multiple are padded to one (``padded_width``).
+PAD_MIN_WIDTH = 256
 
 
 def micro_kernel(m: int, n: int, lanes: int) -> tuple[int, int]:
@@ -57,6 +60,15 @@ def micro_kernel(m: int, n: int, lanes: int) -> tuple[int, int]:
         return 4, 3 * lanes
     panel = 2 * lanes if n % (2 * lanes) == 0 else lanes
     return tile_rows(m, panel, lanes), panel
+
+
+def padded_width(n: int, lanes: int) -> int:
+    """n, or for a wide matmul whose width is no vector multiple (a 1000-class head, GPT-2's
+    50257-word LM head) n rounded up to two vectors: the weight gets zero columns and the result
+    is sliced back (at most 2 * lanes / n extra work)."""
+    if n % lanes == 0 or n < PAD_MIN_WIDTH:
+        return n
+    return -(-n // (2 * lanes)) * (2 * lanes)
 
 
 def tile_rows(m: int, panel: int, lanes: int) -> int:
@@ -158,12 +170,19 @@ def rewrite_pass(target=None):
             wn = w.value.numpy()
             if wn.ndim != 2:
                 return None
-            _, panel = micro_kernel(xs[-2], wn.shape[1], lanes)
+            width = wn.shape[1]
+            padded = padded_width(width, lanes)
+            if padded != width:
+                wn = np.concatenate([wn, np.zeros((wn.shape[0], padded - width), wn.dtype)], axis=1)
+            _, panel = micro_kernel(xs[-2], padded, lanes)
             if not panel:
                 return None
             wp = relax.const(pack_weight(wn, panel))
-            return self.builder_.call_te(packed_matmul, x, wp, primfunc_name_hint=MATMUL,
-                                         primfunc_attrs={"op_pattern": 4})
+            y = self.builder_.call_te(packed_matmul, x, wp, primfunc_name_hint=MATMUL,
+                                      primfunc_attrs={"op_pattern": 4})
+            if padded == width:
+                return y
+            return relax.op.strided_slice(self.builder_.emit(y), axes=[len(xs) - 1], begin=[0], end=[width])
 
         def _conv(self, call):
             x, w = call.args
