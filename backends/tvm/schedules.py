@@ -294,8 +294,8 @@ def cpu_rules() -> list[ScheduleRule]:
 
     from .gemm import PackedGemm
 
-    return [Guarded(PackedGemm()), Guarded(TiledContraction()), Guarded(dlight.cpu.Reduction()), Guarded(dlight.cpu.GEMV()),
-            Guarded(Injective())]
+    return [Guarded(PackedGemm()), Guarded(TiledContraction()), Guarded(dlight.cpu.Reduction()),
+            Guarded(dlight.cpu.GEMV()), Guarded(Injective())]
 
 
 # The PrimFunc attribute saying a function is scheduled (by the tuning database or the pipeline):
