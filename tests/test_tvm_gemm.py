@@ -90,7 +90,8 @@ def test_micro_kernel_shapes():
                 rows, vectors = gemm.tile_shape(m, panel, lanes)
                 assert 1 <= rows <= m and rows * vectors <= limit and (panel // lanes) % vectors == 0
     assert gemm.micro_kernel(128, 768, 8) == (4, 24)
-    assert gemm.micro_kernel(49, 512, 8) == (7, 16) and gemm.tile_shape(49, 16, 8) == (7, 1)
+    assert gemm.micro_kernel(49, 512, 8) == (6, 16) and gemm.tile_shape(49, 32, 16) == (7, 2)
+    assert gemm.tile_shape(14, 32, 16) == (7, 2) and gemm.tile_shape(12, 16, 16) == (12, 1)
     assert gemm.tile_shape(13, 16, 8) == (6, 2)
     assert gemm.micro_kernel(128, 768, 16) == (8, 32)
     assert gemm.micro_kernel(100, 20, 8) == (0, 0)
@@ -194,7 +195,8 @@ def _conv_nhwc(x, w, stride, padding, dilation):
     ((2, 9, 11, 5), 3, 2, 1, 1),      # stride 2, batch 2, odd sizes
     ((1, 6, 8, 16), 1, 1, 0, 1),      # 1x1 conv: a plain GEMM
     ((1, 10, 9, 3), 3, 1, 2, 2),      # dilation 2
-    ((1, 5, 5, 8), 3, 1, 1, 1),       # 5 rows: AVX2 tiles the 25 rows of the map at once
+    ((1, 4, 7, 8), 1, 1, 0, 1),       # AVX2: 7 rows leave leftovers, the map's 28 do not
+    ((1, 7, 7, 8), 3, 1, 1, 1),       # 7 rows: a leftover row in every row of the map on AVX2
     ((2, 3, 13, 4), 1, 1, 0, 1),      # 13 rows: leftover rows in a partitioned block
 ])
 def test_conv2d_nhwc(rng, target, shape, kernel, stride, padding, dilation):

@@ -80,14 +80,15 @@ def tile_shape(m: int, panel: int, lanes: int) -> tuple[int, int]:
     """(rows, vectors) of the register tile in a ``panel``-column panel: the first preferred
     shape whose rows divide m (no leftover rows), else the first preferred (leftover rows get a
     block of their own), rows at most m. A tile of fewer vectors than the panel walks the panel
-    in several passes: AVX2 7 x 8 (7 accumulators) beats 6 x 16 plus a leftover row on 7x7 maps."""
+    in several passes (AVX-512 14 x 16 in a 32-column panel). On AVX2, 6 x 16 with a leftover row
+    beat 7 x 8 (7 accumulators) at 49 x 4608 x 512: 0.96-1.03x onnxruntime against 1.21-1.59x."""
     vectors = max(panel // lanes, 1)
     if lanes >= 16:
         prefs = {1: [(14, 1), (12, 1), (16, 1), (8, 1), (7, 1)],
                  2: [(8, 2), (7, 2), (12, 2), (6, 2), (14, 1), (4, 2)],
                  3: [(6, 3), (4, 3), (8, 3), (5, 3)]}.get(vectors, [(max(1, 16 // vectors), vectors)])
     else:
-        prefs = {1: [(12, 1), (8, 1), (6, 1), (7, 1)], 2: [(6, 2), (4, 2), (7, 1), (5, 2)],
+        prefs = {1: [(12, 1), (8, 1), (6, 1), (7, 1)], 2: [(6, 2), (4, 2), (5, 2)],
                  3: [(4, 3)]}.get(vectors, [(max(1, 12 // vectors), vectors)])
     for rows, vn in prefs:
         if m % rows == 0:
