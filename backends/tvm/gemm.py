@@ -23,14 +23,23 @@ unrolled, the lane loop vectorized) kept over the whole reduction, the reduction
 among the tile's, the panel loop and the row-tile loop fused and parallel. Rows come from the
 target and M: a divisor of M when a good one exists, so that the epilogue is computed per tile
 while C is still in cache; otherwise the leftover rows are a second block (``loop_partition``)
-tiled over several panels and the epilogue is a separate vectorized pass. Weights larger than
+tiled over several panels and the epilogue is a separate vectorized pass (so is a GEMM of
+too few rows for the tile: batch-1 linear layers, one tile over several panels). Weights larger than
 half of L2 are walked panel-outermost (each panel reused from L2 by every row tile), smaller ones
 row-tile-outermost (the whole weight stays in cache, each row tile of A in L1).
 
-Measured (standalone kernels, 1 thread, shared AMD EPYC Zen 4, interleaved with onnxruntime's
-MatMul + Add + Relu; see the report of issue 14 for the table): 0.84-1.04x onnxruntime on
-128x768x3072 and 49x4608x512 for AVX2 and AVX-512 builds; the previous generic rule ran these
-shapes at 22-33 GFLOP/s where onnxruntime reaches ~80 on a quiet core.
+Measured (the pipeline's kernel for x @ W + b then relu, 1 thread, interleaved with
+onnxruntime's MatMul + Add + Relu, medians; AMD EPYC Zen 4 shared with other jobs, onnxruntime
+itself at 11-30 GFLOP/s on the large shapes), time / onnxruntime, before -> after:
+
+  M x K x N           AVX2 build (x86-64-v3)   AVX-512 build (znver4)
+  128 x 768 x 3072    8.05 -> 1.13             5.84 -> 0.96
+  128 x 3072 x 768    5.84 -> 0.87             2.34 -> 0.74
+  128 x 768 x 2304    3.38 -> 1.10             1.73 -> 0.90
+  128 x 768 x 768     2.39 -> 0.97             2.16 -> 1.00
+  49 x 4608 x 512     7.44 -> 0.96-1.03        3.58 -> 1.00
+  1024 x 768 x 3072   6.83 -> 0.88             3.20 -> 1.04
+  8 x 768 x 768       13.6 -> 0.95             1.25 -> 0.85
 """
 
 from __future__ import annotations
