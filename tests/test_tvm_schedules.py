@@ -17,7 +17,7 @@ tvm = pytest.importorskip("tvm")
 
 from tvm import relax
 
-from backends.tvm import pipeline, schedules
+from backends.tvm import gemm, pipeline, schedules
 from compiler.errors import CompileError
 
 
@@ -50,7 +50,7 @@ def _unscheduled(mod, target, *arrays):
 
 
 def _rules(mod, target, convert_layout=True) -> dict[str, str | None]:
-    prepared = pipeline.prepare_module(mod, convert_layout=convert_layout)
+    prepared = pipeline.prepare_module(mod, convert_layout=convert_layout, target=target)
     return {gv.name_hint: schedules.rule_for(f, target) for gv, f in prepared.functions.items()
             if isinstance(f, tvm.tirx.PrimFunc)}
 
@@ -70,7 +70,9 @@ def test_dense_bias_relu(rng, target, m, k, n):
     w, b = _const(rng, k, n), _const(rng, n)
     mod = _module([("x", (m, k))], lambda bb, x: relax.op.nn.relu(
         relax.op.add(relax.op.matmul(x, relax.const(w)), relax.const(b))))
-    _assert_rule(_rules(mod, target), "matmul", "TiledContraction")
+    # A constant weight whose width is a vector multiple is packed (tests/test_tvm_gemm.py).
+    packed = gemm.micro_kernel(m, n, schedules.vector_lanes(target))[1]
+    _assert_rule(_rules(mod, target), "matmul", "PackedGemm" if packed else "TiledContraction")
     x = _const(rng, m, k)
     got = _run(pipeline.build(mod, target, {}), x)
     np.testing.assert_allclose(got, np.maximum(x @ w + b, 0), rtol=1e-4, atol=1e-4)
@@ -84,7 +86,8 @@ def test_dense_with_gelu_epilogue(rng, target):
     w, b = _const(rng, 24, 48), _const(rng, 48)
     mod = _module([("x", (2, 5, 24))], lambda bb, x: relax.op.nn.gelu(
         relax.op.add(relax.op.matmul(x, relax.const(w)), relax.const(b))))
-    _assert_rule(_rules(mod, target), "matmul", "TiledContraction")
+    packed = gemm.micro_kernel(5, 48, schedules.vector_lanes(target))[1]
+    _assert_rule(_rules(mod, target), "matmul", "PackedGemm" if packed else "TiledContraction")
     x = _const(rng, 2, 5, 24)
     z = (x @ w + b).astype("float64")
     want = 0.5 * z * (1 + np.vectorize(math.erf)(z / math.sqrt(2)))
@@ -96,7 +99,7 @@ def test_dense_avx2_target(rng):
     avx2 = tvm.target.Target({"kind": "llvm", "mcpu": "haswell"})
     w = _const(rng, 70, 40)
     mod = _module([("x", (9, 70))], lambda bb, x: relax.op.matmul(x, relax.const(w)))
-    _assert_rule(_rules(mod, avx2), "matmul", "TiledContraction")
+    _assert_rule(_rules(mod, avx2), "matmul", "PackedGemm" if gemm.micro_kernel(9, 40, 8)[1] else "TiledContraction")
     x = _const(rng, 9, 70)
     np.testing.assert_allclose(_run(pipeline.build(mod, avx2, {}), x), x @ w, rtol=1e-4, atol=1e-4)
 
@@ -303,7 +306,7 @@ def test_conv_bias_of_lower_rank_fuses_into_the_kernel(rng, target):
         relax.op.reshape(relax.const(bias), [16, 1, 1]))))
     rules = _rules(mod, target)
     fused = [name for name in rules if "conv2d" in name and "add" in name]
-    assert fused and rules[fused[0]] == "TiledContraction", rules
+    assert fused and rules[fused[0]] in ("TiledContraction", "PackedGemm"), rules
     x = _const(rng, 1, 3, 10, 10)
     np.testing.assert_allclose(_run(pipeline.build(mod, target, {}), x), _unscheduled(mod, target, x),
                                rtol=1e-4, atol=1e-4)

@@ -11,7 +11,8 @@ ConvertLayout crashes on some Transformer graphs), legalize, annotate op pattern
 constants, FuseOps, FuseTIR; then, with ``options["tune"]``, a MetaSchedule search
 (``backends/tvm/tune.py``), or with only ``options["tuning_db"]`` the saved database's schedules;
 then the search-free rules of ``backends/tvm/schedules.py`` for every function still
-unscheduled. CUDA: TVM's zero pipeline and dlight's GPU rules.
+unscheduled. Constant-weight matmuls and convolutions become packed-weight GEMM calls before
+legalization (``backends/tvm/gemm.py``). CUDA: TVM's zero pipeline and dlight's GPU rules.
 """
 
 from __future__ import annotations
@@ -85,7 +86,7 @@ def prepare_portable(mod, convert_layout: bool = True):
     import tvm
     from tvm import relax
 
-    from . import winograd
+    from . import gemm, winograd
 
     passes = [fast_math_pass()]
     if convert_layout and _has_conv2d(mod):
@@ -93,6 +94,8 @@ def prepare_portable(mod, convert_layout: bool = True):
                    relax.transform.ConvertLayout(NHWC_LAYOUTS)]
         # NHWC 3x3 stride-1 convolutions -> Winograd transforms + batched GEMM (winograd.py).
         passes += [relax.transform.FoldConstant(), winograd.rewrite_pass()]
+    # Constant-weight matmuls and the remaining NHWC convolutions -> packed-weight GEMM calls.
+    passes += [relax.transform.FoldConstant(), gemm.rewrite_pass(target)]
     passes += [
         relax.transform.LegalizeOps(),
         relax.transform.AnnotateTIROpPattern(),

@@ -5,6 +5,8 @@ schedule, or ``None`` when the function is not of the rule's class) and are trie
 ``cpu_rules()``; the first rule that returns a schedule wins, and a function no rule takes stays
 unscheduled (correct, only slow).
 
+- ``PackedGemm`` (``backends/tvm/gemm.py``): the packed-weight GEMM / implicit-GEMM convolution
+  the pipeline made of constant-weight matmuls and convolutions, with its epilogue.
 - ``TiledContraction``: one reduction block (dense, matmul, batch-matmul, convolution, pooling,
   mean) with its injective producers and epilogue: a register-tiled micro-kernel that vectorizes
   the innermost output axis with the target's vector width, keeps the accumulators in a local
@@ -290,8 +292,10 @@ def cpu_rules() -> list[ScheduleRule]:
     """The CPU rules in the order they are tried."""
     from tvm.s_tir import dlight
 
-    return [Guarded(TiledContraction()), Guarded(dlight.cpu.Reduction()), Guarded(dlight.cpu.GEMV()),
-            Guarded(Injective())]
+    from .gemm import PackedGemm
+
+    return [Guarded(PackedGemm()), Guarded(TiledContraction()), Guarded(dlight.cpu.Reduction()),
+            Guarded(dlight.cpu.GEMV()), Guarded(Injective())]
 
 
 # The PrimFunc attribute saying a function is scheduled (by the tuning database or the pipeline):
