@@ -73,29 +73,16 @@ def prepare_module(mod, convert_layout: bool = True, target=None):
 
 
 def schedule_target_kernels(mod, target):
-    """The target-dependent end of ``prepare_module``: the pipeline's own kernels (Winograd)
-    scheduled for ``target``'s vector width."""
-    from . import winograd
-
-    return winograd.schedule_pass(target)(mod)
-
-
-def prepare_portable(mod, convert_layout: bool = True):
-    """``prepare_module`` up to its first target-dependent step: built once and shared by the
-    CPU variants of one artifact."""
+    """The target-dependent end of ``prepare_module``: weights packed into panels of
+    ``target``'s vector width (gemm.py), legalization and fusion, the pipeline's own kernels
+    (Winograd) scheduled for that width."""
     import tvm
     from tvm import relax
 
     from . import gemm, winograd
 
-    passes = [fast_math_pass()]
-    if convert_layout and _has_conv2d(mod):
-        passes += [broadcast_rank_pass(), relax.transform.FoldConstant(),
-                   relax.transform.ConvertLayout(NHWC_LAYOUTS)]
-        # NHWC 3x3 stride-1 convolutions -> Winograd transforms + batched GEMM (winograd.py).
-        passes += [relax.transform.FoldConstant(), winograd.rewrite_pass()]
     # Constant-weight matmuls and the remaining NHWC convolutions -> packed-weight GEMM calls.
-    passes += [relax.transform.FoldConstant(), gemm.rewrite_pass(target)]
+    passes = [relax.transform.FoldConstant(), gemm.rewrite_pass(target)]
     passes += [
         relax.transform.LegalizeOps(),
         relax.transform.AnnotateTIROpPattern(),
@@ -104,6 +91,23 @@ def prepare_portable(mod, convert_layout: bool = True):
         relax.transform.FuseTIR(),
         relax.transform.DeadCodeElimination(),
     ]
+    return winograd.schedule_pass(target)(tvm.transform.Sequential(passes)(mod))
+
+
+def prepare_portable(mod, convert_layout: bool = True):
+    """``prepare_module`` up to its first target-dependent step (layout, the Winograd rewrite):
+    built once and shared by the CPU variants of one artifact."""
+    import tvm
+    from tvm import relax
+
+    from . import winograd
+
+    passes = [fast_math_pass()]
+    if convert_layout and _has_conv2d(mod):
+        passes += [broadcast_rank_pass(), relax.transform.FoldConstant(),
+                   relax.transform.ConvertLayout(NHWC_LAYOUTS)]
+        # NHWC 3x3 stride-1 convolutions -> Winograd transforms + batched GEMM (winograd.py).
+        passes += [relax.transform.FoldConstant(), winograd.rewrite_pass()]
     return tvm.transform.Sequential(passes)(mod)
 
 
