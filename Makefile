@@ -6,7 +6,7 @@ STAMP  := $(VENV)/.installed
 # Pytest workers: the suite is CPU-bound; one per core.
 JOBS   ?= $(shell $(PYTHON) -c "import os; print(min(4, os.cpu_count() or 1))")
 
-.PHONY: venv demo compress-demo test test-all bench coverage clean
+.PHONY: venv demo compress-demo test test-all bench bench-real coverage clean
 
 venv: $(STAMP)
 
@@ -34,6 +34,9 @@ test-all: venv
 
 bench: venv
 	$(PY) bench/bench.py
+
+bench-real: venv
+	$(PY) bench/bench_real.py
 
 coverage: venv
 	$(PY) scripts/op_coverage.py --update-readme
