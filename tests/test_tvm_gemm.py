@@ -19,7 +19,8 @@ tvm = pytest.importorskip("tvm")
 
 from tvm import relax
 
-from backends.tvm import gemm, pipeline, schedules
+from backends.tvm import gemm, pipeline  # noqa: E402
+from test_tvm_schedules import _module, _rules, _run  # noqa: E402  (the one-function module helpers)
 
 AVX2 = {"kind": "llvm", "mcpu": "x86-64-v3"}
 AVX512 = {"kind": "llvm", "mcpu": "skylake-avx512"}
@@ -43,27 +44,6 @@ TARGETS = [pytest.param(AVX2, id="avx2"),
 @pytest.fixture(params=TARGETS)
 def target(request):
     return tvm.target.Target(request.param)
-
-
-def _module(params, body):
-    bb = relax.BlockBuilder()
-    args = [relax.Var(name, relax.TensorType(shape, "float32")) for name, shape in params]
-    with bb.function("main", args):
-        with bb.dataflow():
-            out = bb.emit_output(body(bb, *args))
-        bb.emit_func_output(out)
-    return bb.get()
-
-
-def _run(executable, *arrays):
-    vm = relax.VirtualMachine(executable, tvm.cpu())
-    return vm["main"](*[tvm.runtime.tensor(a) for a in arrays]).numpy()
-
-
-def _rules(mod, target) -> dict[str, str | None]:
-    prepared = pipeline.prepare_module(mod, target=target)
-    return {gv.name_hint: schedules.rule_for(f, target) for gv, f in prepared.functions.items()
-            if isinstance(f, tvm.tirx.PrimFunc)}
 
 
 def _hot_rule(rules: dict, fragment: str) -> str:
