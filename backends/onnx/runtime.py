@@ -56,6 +56,7 @@ def load_runner(manifest: dict, payload: dict[str, bytes],
         config = (manifest.get("target_info") or {}).get("session_config") or {}
         weights = external_weights(payload)
         session = session_from_model(payload[MODEL_FILE], threads, config, weights)
+        _release_mapped_pages(weights)
     except ImportError as exc:
         raise ArtifactError("running an ONNX artifact needs onnxruntime (pip install onnxruntime)") from exc
     except Exception as exc:  # onnxruntime raises its own Fail/InvalidGraph types
@@ -98,6 +99,20 @@ def external_weights(payload: dict) -> dict[str, np.ndarray]:
         raise ArtifactError(f"the ONNX artifact has {WEIGHTS_TABLE} but no {WEIGHTS_FILE}; recompile it")
     blob = _blob_array(payload[WEIGHTS_FILE])
     return {name: _tensor_view(blob, name, entry) for name, entry in tensors.items()}
+
+
+def _release_mapped_pages(weights: dict[str, np.ndarray]) -> None:
+    """onnxruntime 1.32 copies every external initializer into its own buffers while the session
+    is made (measured: the process grows by the weights' size even for arrays it could use in
+    place), so the mapped pages it read are dropped again: the process then holds the weights once,
+    not twice. Safe either way: a read-only file mapping refaults a dropped page from the file."""
+    import mmap
+
+    bases = {id(a.base): a.base for a in weights.values() if isinstance(a.base, np.memmap)}
+    for base in bases.values():
+        handle = getattr(base, "_mmap", None)
+        if handle is not None and hasattr(handle, "madvise") and hasattr(mmap, "MADV_DONTNEED"):
+            handle.madvise(mmap.MADV_DONTNEED)
 
 
 def _blob_array(entry) -> np.ndarray:
