@@ -189,8 +189,7 @@ def main() -> None:
                         help="parameter MB per model (mlp, transformer)")
     parser.add_argument("--no-torch", action="store_true", help="skip the torch.onnx.export anchor")
     parser.add_argument("--rounds", type=int, default=2,
-                        help="compile rounds per model, ours and torch's alternating; the minimum counts "
-                             "(one round above 1 GB)")
+                        help="compile rounds per model, ours and torch's alternating; the minimum counts")
     parser.add_argument("--child", help=argparse.SUPPRESS)
     parser.add_argument("--kind", help=argparse.SUPPRESS)
     parser.add_argument("--size", type=float, help=argparse.SUPPRESS)
@@ -209,8 +208,7 @@ def main() -> None:
             label = kind if kind in FIXED else f"{kind}-{size:g}MB"
             with tempfile.TemporaryDirectory() as tmp:
                 path = os.path.join(tmp, "model.aot")
-                rounds = 1 if size > 1000 else args.rounds
-                c = _run_child("compile", kind, size, path, args.no_torch, rounds)
+                c = _run_child("compile", kind, size, path, args.no_torch, args.rounds)
                 if "error" in c:
                     print(f"{label:<20}{c['error']}")
                     continue
