@@ -176,6 +176,16 @@ def test_weight_offsets_outside_the_entry_are_refused(tmp_path, change, message)
         compiler.load(tmp_path / "bad.aot")
 
 
+def test_weight_missing_from_the_table_is_never_read_from_the_working_directory(tmp_path, monkeypatch):
+    path = tmp_path / "mlp.aot"
+    compiler.compile(_mlp(), (torch.randn(2, 64),), target="onnx", output=path, verify=False)
+    _rewrite_table(path, tmp_path / "bad.aot", lambda t: t.pop("0_weight"))
+    (tmp_path / "weights.bin").write_bytes(bytes(1 << 20))  # what onnxruntime would read by default
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(ArtifactError, match="onnxruntime cannot load"):
+        compiler.load(tmp_path / "bad.aot")
+
+
 def test_external_weights_are_read_only_views_of_the_file(tmp_path):
     path = tmp_path / "mlp.aot"
     compiler.compile(_mlp(), (torch.randn(2, 64),), target="onnx", output=path, verify=False)

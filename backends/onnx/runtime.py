@@ -14,6 +14,7 @@ from __future__ import annotations
 from typing import Callable
 
 import json
+import tempfile
 
 import numpy as np
 
@@ -43,7 +44,11 @@ def session_from_model(model_bytes: bytes, threads: int | None = None, config: d
     options.intra_op_num_threads = int(threads or 0)
     options.inter_op_num_threads = 1
     options.log_severity_level = 3  # errors only: no warnings about merged value_info shapes
-    return ort.InferenceSession(model_bytes, sess_options=options, providers=["CPUExecutionProvider"])
+    # External data not supplied above is looked up in this empty folder, never in the working
+    # directory (onnxruntime's default for a model given as bytes): such a model fails to load.
+    with tempfile.TemporaryDirectory(prefix="aot-no-external-data-") as empty:
+        options.add_session_config_entry("session.model_external_initializers_file_folder_path", empty)
+        return ort.InferenceSession(model_bytes, sess_options=options, providers=["CPUExecutionProvider"])
 
 
 def load_runner(manifest: dict, payload: dict[str, bytes],
