@@ -325,7 +325,12 @@ def _to_numpy(tensor: torch.Tensor) -> np.ndarray:
     tensor = tensor.detach().cpu()
     if tensor.dtype == torch.bfloat16:
         raise CompileError("bfloat16 weights are not supported yet; call model.float() before compiling")
-    return tensor.contiguous().numpy().copy()
+    # A read-only view of the weight's own memory, not a copy: a big model's constants then exist
+    # once in the process (in the user's module), and a pass that tried to change one in place
+    # (instead of adding a new constant) fails loudly instead of editing the user's weights.
+    array = tensor.contiguous().numpy()
+    array.flags.writeable = False
+    return array
 
 
 def _symbol_names(ep: torch.export.ExportedProgram, dim_names: dict[tuple[int, int], str]) -> dict[str, str]:

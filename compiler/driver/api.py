@@ -363,22 +363,23 @@ def _write_verify_and_move(output_path: Path, manifest, payload, report: Compile
                                     prefix=f".{output_path.name}.", suffix=".verify")
     os.close(fd)
     try:
-        with prog.phase("write", "writing the artifact"):
-            report.artifact_bytes = write_artifact(tmp_name, {**manifest, "report": None}, payload)
         runnable = report.target_info.get("runnable_here", True)
         if verify and not runnable:
             prog.say(f"verification skipped: {report.target_info.get('not_runnable_reason', 'cannot run here')}")
-        elif verify:
-            with prog.phase("verify", "running the artifact against PyTorch"):
-                report.verification = _verify(tmp_name, source, exported, rtol, atol, dynamic_batch, seed,
-                                              spec_graph, report.compression)
-        if evaluate is not None and runnable:
-            with prog.phase("evaluate", "measuring accuracy, size and latency before/after"):
-                report.evaluation = evaluate(tmp_name)
+        if runnable and (verify or evaluate is not None):
+            _write_and_check(tmp_name, manifest, payload, report, source, exported, verify, rtol, atol,
+                             dynamic_batch, seed, prog, spec_graph, evaluate)
+            write_final = lambda: write_artifact(tmp_name, manifest, payload)  # noqa: E731
+        else:
+            # Nothing runs the artifact before it is final: written once, not twice (a big model's
+            # weights cost seconds per write). The embedded report gives the payload's size.
+            report.artifact_bytes = _payload_bytes(payload)
+            write_final = lambda: _timed_write(prog, tmp_name, manifest, payload)  # noqa: E731
         report.phases = dict(prog.times)
         # The final artifact carries the finished report; rewriting it is cheap next to verification.
         manifest["report"] = json_safe(report.to_dict())
-        report.artifact_bytes = write_artifact(tmp_name, manifest, payload)
+        report.artifact_bytes = write_final()
+        report.phases = dict(prog.times)
         if report.verification is not None and not report.verification.passed:
             raise VerificationError(f"verification failed for {source.name} on target {report.target}: "
                                     f"{report.verification.summary()}; no artifact was written "
@@ -387,6 +388,34 @@ def _write_verify_and_move(output_path: Path, manifest, payload, report: Compile
     finally:
         if os.path.exists(tmp_name):
             os.unlink(tmp_name)
+
+
+def _write_and_check(tmp_name: str, manifest, payload, report: CompileReport, source, exported, verify: bool,
+                     rtol: float, atol: float, dynamic_batch: bool, seed: int, prog: Progress,
+                     spec_graph: Graph | None, evaluate) -> None:
+    """Write the artifact without its report, then verify and evaluate that very file."""
+    from compiler.driver.artifact import write_artifact
+
+    with prog.phase("write", "writing the artifact"):
+        report.artifact_bytes = write_artifact(tmp_name, {**manifest, "report": None}, payload)
+    if verify:
+        with prog.phase("verify", "running the artifact against PyTorch"):
+            report.verification = _verify(tmp_name, source, exported, rtol, atol, dynamic_batch, seed,
+                                          spec_graph, report.compression)
+    if evaluate is not None:
+        with prog.phase("evaluate", "measuring accuracy, size and latency before/after"):
+            report.evaluation = evaluate(tmp_name)
+
+
+def _timed_write(prog: Progress, tmp_name: str, manifest, payload) -> int:
+    from compiler.driver.artifact import write_artifact
+
+    with prog.phase("write", "writing the artifact"):
+        return write_artifact(tmp_name, manifest, payload)
+
+
+def _payload_bytes(payload: dict) -> int:
+    return sum(data.size if hasattr(data, "parts") else len(data) for data in payload.values())
 
 
 # -- verification ----------------------------------------------------------------------------------

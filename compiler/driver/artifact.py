@@ -10,6 +10,13 @@ tampered or unknown-format file with an ``ArtifactError`` whose one-line message
 The entries are written with a fixed timestamp, so the same manifest and payload give the same
 bytes.
 
+Payload files that do not compress (float weights) are stored, not deflated: deflating hundreds of
+MB of weights costs seconds and saves a few percent. A ``StoredBlob`` payload (the weights of a
+big model, assembled from arrays without a joined copy) is written stored with its data aligned to
+``BLOB_ALIGN`` bytes in the file and is marked ``"mapped"`` in the manifest; ``read_artifact``
+hands it back as a ``MappedEntry`` (file, offset, size: the bytes are hashed streaming, never
+read into memory) that a runtime can memory-map.
+
 Standard library only (the runtime that reads artifacts must not need torch).
 """
 
@@ -25,6 +32,7 @@ import zlib
 from typing import Any
 
 from compiler.errors import ArtifactError
+from compiler.payload import StoredBlob
 
 FORMAT_NAME = "aot-artifact"
 FORMAT_VERSION = 1
@@ -32,6 +40,10 @@ MANIFEST_NAME = "manifest.json"
 
 _ZIP_DATE = (1980, 1, 1, 0, 0, 0)  # fixed entry timestamps: reproducible artifacts
 _CHUNK = 1 << 20
+BLOB_ALIGN = 4096  # a mapped entry's data starts on a page: mmap-able, and every aligned tensor in it too
+_PAD_EXTRA_ID = 0xD935  # a private zip extra field (the id zipalign uses) that only pads the header
+_LOCAL_HEADER = 30  # bytes of a zip local file header before its name and extra field
+_SAMPLE = 1 << 16  # bytes deflated to decide whether a payload file compresses
 _MAX_MANIFEST_BYTES = 256 << 20
 _SHA256_HEX = re.compile(r"[0-9a-f]{64}")
 # What zipfile/zlib raise on a damaged archive.
@@ -51,6 +63,22 @@ def sha256_file(path: str | os.PathLike) -> str:
     return h.hexdigest()
 
 
+class MappedEntry:
+    """A stored payload file inside the artifact at ``path``: ``size`` bytes from ``offset``,
+    checked to lie inside the file and against the manifest's sha256."""
+
+    def __init__(self, path: str, offset: int, size: int):
+        self.path, self.offset, self.size = path, offset, size
+
+    def read(self) -> bytes:
+        with open(self.path, "rb") as f:
+            f.seek(self.offset)
+            return f.read(self.size)
+
+    def __repr__(self) -> str:
+        return f"MappedEntry({self.path!r}, offset={self.offset}, size={self.size})"
+
+
 # -- writing ---------------------------------------------------------------------------------------
 def write_artifact(path: str | os.PathLike, manifest: dict[str, Any], payload: dict[str, bytes]) -> int:
     """Write ``manifest`` and ``payload`` as one artifact file at ``path``; return its size in bytes.
@@ -61,15 +89,20 @@ def write_artifact(path: str | os.PathLike, manifest: dict[str, Any], payload: d
     """
     path = os.fspath(path)
     full = dict(manifest)
-    entries: dict[str, bytes] = {}
+    entries: dict[str, bytes | StoredBlob] = {}
+    table: dict[str, dict[str, Any]] = {}
     for name, data in payload.items():
         if not isinstance(name, str) or not name or name == MANIFEST_NAME or name.endswith("/"):
             raise ValueError(f"invalid payload file name {name!r}")
-        data = bytes(data)
+        if isinstance(data, StoredBlob):
+            table[name] = {"sha256": data.sha256(), "size": data.size, "mapped": True}
+        else:
+            data = data if isinstance(data, bytes) else bytes(data)
+            table[name] = {"sha256": sha256_bytes(data), "size": len(data)}
         entries[name] = data
     full["format"] = FORMAT_NAME
     full["format_version"] = FORMAT_VERSION
-    full["payload"] = {name: {"sha256": sha256_bytes(data), "size": len(data)} for name, data in entries.items()}
+    full["payload"] = table
     try:
         manifest_bytes = json.dumps(full, sort_keys=True, indent=2, allow_nan=False).encode("utf-8")
     except (TypeError, ValueError) as e:
@@ -92,7 +125,10 @@ def write_artifact(path: str | os.PathLike, manifest: dict[str, Any], payload: d
                 zf.comment = sha256_bytes(manifest_bytes).encode("ascii")
                 zf.writestr(_zip_info(MANIFEST_NAME), manifest_bytes)
                 for name, data in entries.items():
-                    zf.writestr(_zip_info(name), data)
+                    if isinstance(data, StoredBlob):
+                        _write_blob(zf, name, data)
+                    else:
+                        zf.writestr(_zip_info(name, _compresses(data)), data)
             tmp.flush()
             os.fsync(tmp.fileno())
         os.chmod(tmp_name, 0o666 & ~_umask())
@@ -111,11 +147,35 @@ def write_artifact(path: str | os.PathLike, manifest: dict[str, Any], payload: d
                 pass
 
 
-def _zip_info(name: str) -> zipfile.ZipInfo:
+def _zip_info(name: str, deflate: bool = True) -> zipfile.ZipInfo:
     info = zipfile.ZipInfo(name, date_time=_ZIP_DATE)
-    info.compress_type = zipfile.ZIP_DEFLATED
+    info.compress_type = zipfile.ZIP_DEFLATED if deflate else zipfile.ZIP_STORED
     info.external_attr = 0o644 << 16
     return info
+
+
+def _compresses(data: bytes) -> bool:
+    """Whether deflating ``data`` is worth it: a sample of it shrinks by a tenth or more (text and
+    code do; float weights shrink by a few percent at the cost of seconds per 100 MB)."""
+    if len(data) <= _SAMPLE:
+        return True
+    mid = len(data) // 2
+    sample = data[:_SAMPLE // 2] + data[mid:mid + _SAMPLE // 2]
+    return len(zlib.compress(sample, 1)) < 0.9 * len(sample)
+
+
+def _write_blob(zf: zipfile.ZipFile, name: str, blob: StoredBlob) -> None:
+    """Write ``blob`` stored, its data starting at a multiple of BLOB_ALIGN in the file: the local
+    header's extra field is padded (zip readers skip unknown extra fields)."""
+    info = _zip_info(name, deflate=False)
+    info.file_size = blob.size
+    zip64 = blob.size * 1.05 > zipfile.ZIP64_LIMIT  # zipfile's own rule for an entry of known size
+    header_end = zf.start_dir + _LOCAL_HEADER + len(name.encode("utf-8")) + (20 if zip64 else 0)
+    pad = -(header_end + 4) % BLOB_ALIGN  # + 4: the padding field's own id and length
+    info.extra = _PAD_EXTRA_ID.to_bytes(2, "little") + pad.to_bytes(2, "little") + bytes(pad)
+    with zf.open(info, "w", force_zip64=zip64) as out:
+        for chunk in blob.chunks():
+            out.write(chunk)
 
 
 def _umask() -> int:
@@ -221,7 +281,7 @@ def _read_zip(p: str, zf: zipfile.ZipFile, load_payload: bool) -> tuple[dict[str
     if extra:
         raise _integrity(p, f"it holds {', '.join(extra)}, which the manifest does not list")
 
-    payload: dict[str, bytes] = {}
+    payload: dict[str, bytes | MappedEntry] = {}
     for name in sorted(table):
         want_sha, want_size = table[name]["sha256"], table[name]["size"]
         info = present.get(name)
@@ -231,12 +291,43 @@ def _read_zip(p: str, zf: zipfile.ZipFile, load_payload: bool) -> tuple[dict[str
             raise _integrity(p, f"payload file {name} has {info.file_size} bytes, manifest says {want_size}")
         if not load_payload:
             continue
+        if table[name].get("mapped"):
+            payload[name] = _mapped_entry(p, zf, info, want_sha)
+            continue
         data = zf.read(name)
         got_sha = sha256_bytes(data)
         if len(data) != want_size or got_sha != want_sha:
             raise _integrity(p, f"payload file {name} has sha256 {got_sha}, manifest says {want_sha}")
         payload[name] = data
     return manifest, payload
+
+
+def _mapped_entry(p: str, zf: zipfile.ZipFile, info: zipfile.ZipInfo, want_sha: str) -> MappedEntry:
+    """The stored entry ``info`` as a MappedEntry, after checking that its data lies inside the
+    file before the central directory and hashing it streaming."""
+    name = info.filename
+    if info.compress_type != zipfile.ZIP_STORED or info.compress_size != info.file_size:
+        raise _integrity(p, f"payload file {name} is marked mapped but is compressed")
+    zf.fp.seek(info.header_offset)
+    header = zf.fp.read(_LOCAL_HEADER)
+    if len(header) != _LOCAL_HEADER or header[:4] != b"PK\x03\x04":
+        raise _integrity(p, f"payload file {name} has no valid local header")
+    offset = (info.header_offset + _LOCAL_HEADER + int.from_bytes(header[26:28], "little")
+              + int.from_bytes(header[28:30], "little"))
+    if offset + info.file_size > zf.start_dir:  # the central directory follows all entry data
+        raise _integrity(p, f"payload file {name} runs past the end of the archive's data")
+    zf.fp.seek(offset)
+    h = hashlib.sha256()
+    left = info.file_size
+    while left:
+        chunk = zf.fp.read(min(left, _CHUNK * 16))
+        if not chunk:
+            raise _integrity(p, f"payload file {name} is cut off")
+        h.update(chunk)
+        left -= len(chunk)
+    if h.hexdigest() != want_sha:
+        raise _integrity(p, f"payload file {name} has sha256 {h.hexdigest()}, manifest says {want_sha}")
+    return MappedEntry(p, offset, info.file_size)
 
 
 def _ends_with_comment(p: str, comment: bytes) -> bool:

@@ -1,0 +1,261 @@
+"""Big models: weights stored (not deflated) as ONNX external data in one page-aligned, memory-mapped
+``weights.bin`` entry; checks on the model without its weight bytes; bad offsets and a full disk
+refused with one-line errors. Every numeric check is differential (artifact vs the reference
+interpreter or PyTorch eager)."""
+
+from __future__ import annotations
+
+import errno
+import json
+import os
+import zipfile
+
+import numpy as np
+import pytest
+import torch
+
+import compiler
+from backends.onnx import emit as onnx_emit
+from backends.onnx.emit import EXTERNAL_MIN_BYTES, TENSOR_ALIGN, emit_onnx, emit_target
+from backends.onnx.runtime import external_weights, load_runner, session_from_model
+from compiler.driver import artifact
+from compiler.driver.artifact import BLOB_ALIGN, MappedEntry, read_artifact, write_artifact
+from compiler.errors import ArtifactError
+from compiler.interpreter import run_graph
+from compiler.ir import DType, Graph, TensorType
+from compiler.payload import StoredBlob
+
+
+@pytest.fixture(autouse=True)
+def external_always(monkeypatch):
+    """Small models here, so external data for any size (real ones switch at 1 MiB)."""
+    monkeypatch.setattr(onnx_emit, "EXTERNAL_DATA_MIN_TOTAL", 0)
+
+
+def _mlp(seed: int = 0) -> torch.nn.Module:
+    torch.manual_seed(seed)
+    return torch.nn.Sequential(torch.nn.Linear(64, 128), torch.nn.ReLU(), torch.nn.Linear(128, 10)).eval()
+
+
+def _graph(rng) -> Graph:
+    g = Graph("ext")
+    x = g.add_input("x", TensorType(DType.float32, ("batch", 64)))
+    w1 = g.add_constant(rng.standard_normal((64, 96), dtype=np.float32), "w1")
+    w2 = g.add_constant(rng.standard_normal((96, 8), dtype=np.float32), "w2")
+    shift = g.add_constant(np.arange(8, dtype=np.float32), "shift")  # small: stays in the model
+    h = g.op("relu", g.op("matmul", x, w1))
+    g.set_outputs([g.op("add", g.op("matmul", h, w2), shift)])
+    return g
+
+
+def _data_offset(path, name: str) -> int:
+    """Where entry ``name``'s bytes start in the zip file, read from its local header."""
+    with zipfile.ZipFile(path) as zf, open(path, "rb") as f:
+        info = zf.getinfo(name)
+        f.seek(info.header_offset)
+        header = f.read(30)
+    return info.header_offset + 30 + int.from_bytes(header[26:28], "little") + int.from_bytes(header[28:30], "little")
+
+
+# -- writing: stored, aligned ----------------------------------------------------------------------
+def test_incompressible_payload_is_stored_text_is_deflated(tmp_path):
+    rng = np.random.default_rng(0)
+    weights = rng.standard_normal(50_000).astype(np.float32).tobytes()
+    text = b"layer " * 40_000
+    write_artifact(tmp_path / "a.aot", {"target": "x"}, {"w": weights, "t": text})
+    with zipfile.ZipFile(tmp_path / "a.aot") as zf:
+        kinds = {i.filename: i.compress_type for i in zf.infolist()}
+    assert kinds == {"manifest.json": zipfile.ZIP_DEFLATED, "w": zipfile.ZIP_STORED, "t": zipfile.ZIP_DEFLATED}
+    _, payload = read_artifact(tmp_path / "a.aot")
+    assert payload == {"w": weights, "t": text}
+
+
+def test_stored_blob_is_page_aligned_mapped_and_hashed(tmp_path):
+    a = np.arange(1000, dtype=np.float32)
+    b = np.arange(7, dtype=np.int64)
+    blob = StoredBlob([(0, a), (4096, b)], 4096 + b.nbytes)
+    for prefix in ("", "a" * 13):  # header lengths differ: the padding must still align the data
+        path = tmp_path / f"{prefix}m.aot"
+        write_artifact(path, {"target": "x"}, {prefix + "weights.bin": blob, "note": b"hi"})
+        manifest, payload = read_artifact(path)
+        entry = payload[prefix + "weights.bin"]
+        assert isinstance(entry, MappedEntry) and manifest["payload"][prefix + "weights.bin"]["mapped"]
+        assert entry.offset % BLOB_ALIGN == 0 and entry.offset == _data_offset(path, prefix + "weights.bin")
+        data = entry.read()
+        assert data[:a.nbytes] == a.tobytes() and data[4096:] == b.tobytes() and data[a.nbytes:4096] == bytes(4096 - a.nbytes)
+        with zipfile.ZipFile(path) as zf:
+            assert zf.testzip() is None  # a standard zip: CRCs right, padding extra field accepted
+
+
+def test_stored_blob_tampered_or_moved_is_refused(tmp_path):
+    blob = StoredBlob([(0, np.ones(2048, np.float32))], 8192)
+    path = tmp_path / "m.aot"
+    write_artifact(path, {"target": "x"}, {"weights.bin": blob})
+    good = path.read_bytes()
+    offset = _data_offset(path, "weights.bin")
+    flipped = bytearray(good)
+    flipped[offset + 100] ^= 1
+    path.write_bytes(bytes(flipped))
+    with pytest.raises(ArtifactError, match="weights.bin has sha256"):
+        read_artifact(path)
+    # a local header whose extra field claims 64 KiB: the data would run into the central directory
+    header_at = good.rindex(b"PK\x03\x04", 0, offset)  # weights.bin's local header
+    moved = bytearray(good)
+    moved[header_at + 28:header_at + 30] = (0xFFFF).to_bytes(2, "little")
+    path.write_bytes(bytes(moved))
+    with pytest.raises(ArtifactError, match="runs past the end|sha256"):
+        read_artifact(path)
+
+
+# -- the ONNX backend ------------------------------------------------------------------------------
+def test_small_models_keep_weights_in_the_model(monkeypatch):
+    monkeypatch.setattr(onnx_emit, "EXTERNAL_DATA_MIN_TOTAL", 1 << 20)
+    payload, _ = emit_target(_graph(np.random.default_rng(2)), {})
+    assert set(payload) == {"model.onnx"}
+
+
+def test_emit_target_puts_big_constants_in_weights_bin(tmp_path):
+    rng = np.random.default_rng(1)
+    g = _graph(rng)
+    payload, _info = emit_target(g, {})
+    table = json.loads(payload["weights.json"])["tensors"]
+    assert set(table) == {"w1", "w2"}  # shift is below EXTERNAL_MIN_BYTES
+    assert all(t["offset"] % TENSOR_ALIGN == 0 for t in table.values())
+    assert len(payload["model.onnx"]) < min(t["length"] for t in table.values())  # no weight bytes inside
+    x = rng.standard_normal((3, 64), dtype=np.float32)
+    want = run_graph(g, [x])
+    # the external-data artifact, the embedded model and the interpreter agree
+    write_artifact(tmp_path / "e.aot", {"target": "onnx"}, payload)
+    manifest, read = read_artifact(tmp_path / "e.aot")
+    run = load_runner(manifest, read, threads=1)
+    embedded = session_from_model(emit_onnx(g).SerializeToString(), threads=1)
+    np.testing.assert_allclose(run([x])[0], want[0], rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(embedded.run(None, {"x": x})[0], want[0], rtol=1e-5, atol=1e-5)
+    assert EXTERNAL_MIN_BYTES > np.arange(8, dtype=np.float32).nbytes
+
+
+def test_compile_stores_aligned_weights_and_loads_them_mapped(tmp_path):
+    model = _mlp()
+    x = torch.randn(4, 64)
+    path = tmp_path / "mlp.aot"
+    compiler.compile(model, (x,), target="onnx", output=path)  # verification on: artifact vs PyTorch
+    with zipfile.ZipFile(path) as zf:
+        assert zf.getinfo("weights.bin").compress_type == zipfile.ZIP_STORED
+    assert _data_offset(path, "weights.bin") % BLOB_ALIGN == 0
+    loaded = compiler.load(path)
+    with torch.no_grad():
+        np.testing.assert_allclose(loaded(x.numpy()), model(x).numpy(), rtol=1e-5, atol=1e-5)
+
+
+def _rewrite_table(src, dst, change) -> None:
+    """Copy artifact ``src`` to ``dst`` with ``change`` applied to its weights table, hashes redone
+    (an artifact that passes the integrity check but lies about its offsets)."""
+    manifest, payload = read_artifact(src)
+    table = json.loads(payload["weights.json"])
+    change(table["tensors"])
+    payload["weights.json"] = json.dumps(table).encode()
+    entry = payload["weights.bin"]
+    payload["weights.bin"] = StoredBlob([(0, entry.read())], entry.size)
+    keep = {k: v for k, v in manifest.items() if k not in ("format", "format_version", "payload")}
+    write_artifact(dst, keep, payload)
+
+
+@pytest.mark.parametrize("change, message", [
+    (lambda t: t["0_weight"].update(offset=1 << 40), "does not fit"),
+    (lambda t: t["0_weight"].update(offset=-64), "does not fit"),
+    (lambda t: t["0_weight"].update(length=t["0_weight"]["length"] * 2), "does not fit"),
+    (lambda t: t["0_weight"].update(shape=[1 << 30, 1 << 30]), "does not fit"),
+    (lambda t: t["0_weight"].update(dtype="object"), "malformed entry"),
+    (lambda t: t["0_weight"].update(offset="0"), "malformed entry"),
+])
+def test_weight_offsets_outside_the_entry_are_refused(tmp_path, change, message):
+    path = tmp_path / "mlp.aot"
+    compiler.compile(_mlp(), (torch.randn(2, 64),), target="onnx", output=path, verify=False)
+    _rewrite_table(path, tmp_path / "bad.aot", change)
+    with pytest.raises(ArtifactError, match=message):
+        compiler.load(tmp_path / "bad.aot")
+
+
+def test_weight_missing_from_the_table_is_never_read_from_the_working_directory(tmp_path, monkeypatch):
+    path = tmp_path / "mlp.aot"
+    compiler.compile(_mlp(), (torch.randn(2, 64),), target="onnx", output=path, verify=False)
+    _rewrite_table(path, tmp_path / "bad.aot", lambda t: t.pop("0_weight"))
+    (tmp_path / "weights.bin").write_bytes(bytes(1 << 20))  # what onnxruntime would read by default
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(ArtifactError, match="onnxruntime cannot load"):
+        compiler.load(tmp_path / "bad.aot")
+
+
+def test_external_weights_are_read_only_views_of_the_file(tmp_path):
+    path = tmp_path / "mlp.aot"
+    compiler.compile(_mlp(), (torch.randn(2, 64),), target="onnx", output=path, verify=False)
+    _, payload = read_artifact(path)
+    weights = external_weights(payload)
+    assert weights and all(not w.flags.writeable for w in weights.values())
+    assert all(isinstance(w.base, np.memmap) for w in weights.values())
+
+
+# -- a full disk -----------------------------------------------------------------------------------
+class _FullDisk:
+    """A temp file whose writes fail with ENOSPC after ``room`` bytes."""
+
+    def __init__(self, real, room: int):
+        self._real, self._room = real, room
+
+    def write(self, data) -> int:
+        self._room -= len(data)
+        if self._room < 0:
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        return self._real.write(data)
+
+    def __getattr__(self, name):
+        return getattr(self._real, name)
+
+    def __enter__(self):
+        self._real.__enter__()
+        return self
+
+    def __exit__(self, *exc):
+        return self._real.__exit__(*exc)
+
+
+def test_disk_full_while_writing_weights_keeps_the_old_artifact(tmp_path, monkeypatch):
+    path = tmp_path / "mlp.aot"
+    model, x = _mlp(), torch.randn(2, 64)
+    compiler.compile(model, (x,), target="onnx", output=path, verify=False)
+    before = path.read_bytes()
+    real = artifact.tempfile.NamedTemporaryFile
+    monkeypatch.setattr(artifact.tempfile, "NamedTemporaryFile",
+                        lambda *a, **k: _FullDisk(real(*a, **k), room=20_000))  # runs out inside weights.bin
+    with pytest.raises(ArtifactError) as info:
+        compiler.compile(_mlp(seed=1), (x,), target="onnx", output=path, verify=False)
+    message = str(info.value)
+    assert "No space left on device" in message and "\n" not in message and "mlp.aot" in message
+    assert path.read_bytes() == before
+    assert os.listdir(tmp_path) == ["mlp.aot"]  # no temp file left behind
+
+
+# -- beyond protobuf's 2 GB ------------------------------------------------------------------------
+def _available_bytes() -> int:
+    with open("/proc/meminfo") as f:
+        for line in f:
+            if line.startswith("MemAvailable:"):
+                return int(line.split()[1]) * 1024
+    return 0
+
+
+@pytest.mark.slow
+def test_model_over_2gb_compiles_and_loads(tmp_path):
+    if _available_bytes() < 9 << 30:
+        pytest.skip("needs about 9 GB of free memory (model, onnxruntime's copy of the weights, mapped pages)")
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(16384, 16384), torch.nn.ReLU(),
+                                torch.nn.Linear(16384, 16384)).eval()  # 2.15 GB of float32
+    x = torch.randn(1, 16384)
+    path = tmp_path / "big.aot"
+    with torch.no_grad():
+        compiler.compile(model, (x,), target="onnx", output=path, verify=False)
+        want = model(x).numpy()
+    del model
+    assert os.path.getsize(path) > 2 << 30
+    np.testing.assert_allclose(compiler.load(path)(x.numpy()), want, rtol=1e-4, atol=1e-4)
