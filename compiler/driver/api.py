@@ -212,7 +212,7 @@ def _dynamic_dims(dynamic_shapes, dynamic_batch: bool, target: str, source) -> l
 def _trace(source, dynamic_batch: bool, prog: Progress):
     """(graph, exported program) for the source; re-exports a static .pt2 when asked for a
     dynamic batch or dynamic dims."""
-    from compiler.frontend import export_module, import_exported_program
+    from compiler.frontend import import_exported_program
 
     dims = list(source.dynamic_dims)
     with prog.phase("export", "torch.export"):
