@@ -132,27 +132,23 @@ def _none_positions(p: str, manifest: dict[str, Any], n_outputs: int) -> tuple[i
     return tuple(positions)
 
 
+def _ranges(p: str, manifest: dict[str, Any], key: str, what: str, *, names: tuple[str, ...] | None = None,
+            lowest: int | None = None) -> dict[str, tuple[int, int]]:
+    """``manifest[key]`` checked as name -> [low, high] (integers, low <= high; names among
+    ``names`` and lows >= ``lowest`` when given)."""
+    ranges = manifest.get(key, {})
+    ok = isinstance(ranges, dict) and all(
+        (names is None or k in names) and isinstance(v, list) and len(v) == 2 and all(type(b) is int for b in v)
+        and v[0] <= v[1] and (lowest is None or v[0] >= lowest) for k, v in ranges.items())
+    if not ok:
+        raise ArtifactError(f"{p} has a malformed manifest: '{key}' is not {what}; recompile it")
+    return {k: (v[0], v[1]) for k, v in ranges.items()}
+
+
 def _index_bounds(p: str, manifest: dict[str, Any], names: tuple[str, ...]) -> tuple[tuple[int, int, int], ...]:
     """(input position, lowest, highest) for the inputs used as indices (manifest index_bounds)."""
-    bounds = manifest.get("index_bounds", {})
-    ok = isinstance(bounds, dict) and all(
-        k in names and isinstance(v, list) and len(v) == 2 and all(type(b) is int for b in v) and v[0] <= v[1]
-        for k, v in bounds.items())
-    if not ok:
-        raise ArtifactError(f"{p} has a malformed manifest: 'index_bounds' is not input name -> [low, high]; "
-                            "recompile it")
-    return tuple((names.index(k), v[0], v[1]) for k, v in bounds.items())
-
-
-def _dim_ranges(p: str, manifest: dict[str, Any]) -> dict[str, tuple[int, int]]:
-    """Symbol -> (lowest, highest) size the artifact was compiled for (manifest dynamic_dims)."""
-    ranges = manifest.get("dynamic_dims", {})
-    ok = isinstance(ranges, dict) and all(
-        isinstance(v, list) and len(v) == 2 and all(type(b) is int for b in v) and 0 <= v[0] <= v[1]
-        for v in ranges.values())
-    if not ok:
-        raise ArtifactError(f"{p} has a malformed manifest: 'dynamic_dims' is not name -> [min, max]; recompile it")
-    return {k: (v[0], v[1]) for k, v in ranges.items()}
+    bounds = _ranges(p, manifest, "index_bounds", "input name -> [low, high]", names=names)
+    return tuple((names.index(k), lo, hi) for k, (lo, hi) in bounds.items())
 
 
 def _numpy_dtype(name: str) -> np.dtype | None:
@@ -190,7 +186,8 @@ class LoadedModel:
         self._n_outputs = len(outputs)
         self.none_outputs = _none_positions(path, manifest, len(outputs))
         self._index_bounds = _index_bounds(path, manifest, self.input_names)
-        self._dim_ranges = _dim_ranges(path, manifest)
+        # symbol -> (lowest, highest) size the artifact was compiled for
+        self._dim_ranges = _ranges(path, manifest, "dynamic_dims", "name -> [min, max]", lowest=0)
 
     # -- running ---------------------------------------------------------------------------------
     def __call__(self, *inputs: Any) -> np.ndarray | tuple[np.ndarray | None, ...]:
