@@ -61,8 +61,7 @@ REAL_CASES = (("resnet18", "real", "int8"), ("mlp", "zoo", "int8"), ("bert", "re
 
 
 def median_latency(fn, *, min_runs: int = 30, budget_s: float = 0.4) -> float:
-    # at least 3 runs even when one takes seconds (BERT-base at batch 64)
-    return bench.median_latency(fn, min_runs=3 if budget_s > 1 else min_runs, budget_s=budget_s, max_runs=None)
+    return bench.median_latency(fn, min_runs=min_runs, budget_s=budget_s, max_runs=None)
 
 
 def build(kind: str, mode: str, out_dir: Path) -> Path:
@@ -171,7 +170,8 @@ def random_calibration(example: tuple, batches: int, seed: int = 0) -> list[tupl
     return out
 
 
-def bench_zoo_model(name: str, rounds: int, budget: float, source: str = "zoo", mode: str = "int8") -> dict:
+def bench_zoo_model(name: str, rounds: int, budget: float, source: str = "zoo", mode: str = "int8",
+                    min_runs: int = 30) -> dict:
     import compiler
     from models import get_real_model
 
@@ -189,7 +189,7 @@ def bench_zoo_model(name: str, rounds: int, budget: float, source: str = "zoo", 
     per_round = {mode: [] for mode in runners}
     for _ in range(rounds):
         for mode, run in runners.items():
-            per_round[mode].append(median_latency(lambda run=run: run(*xs), budget_s=budget))
+            per_round[mode].append(median_latency(lambda run=run: run(*xs), min_runs=min_runs, budget_s=budget))
     ratios = [q / f for q, f in zip(per_round["int8"], per_round["float32"])]
     return {"model": name, "mode": mode, "float_ms": 1e3 * float(np.median(per_round["float32"])),
             "int8_ms": 1e3 * float(np.median(per_round["int8"])), "ratio": float(np.median(ratios)),
@@ -231,8 +231,9 @@ def main(argv: list[str] | None = None) -> int:
     print(f"host CPU: {host_summary()}")
     if args.real:
         chosen = args.real.split(",")
-        rows = [bench_zoo_model(name, args.rounds, args.budget, source, mode) for name, source, mode in REAL_CASES
-                if name in chosen]
+        # 3 timed runs per measurement: one BERT-base run at batch 64 takes seconds
+        rows = [bench_zoo_model(name, args.rounds, args.budget, source, mode, min_runs=3)
+                for name, source, mode in REAL_CASES if name in chosen]
         print(f"threads: 1, batch {BATCH}, interleaved rounds: {args.rounds}; static int8 calibrated on "
               f"{ZOO_CALIBRATION_BATCHES} random batches (latency only: random weights)\n")
         print(format_zoo_table(rows))
