@@ -14,7 +14,7 @@ $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
 	# torch==2.13.0 is pinned: pip takes the CPU build from the machine's local index.
-	$(PY) -m pip install --quiet -e ".[compile,tvm,test]"
+	$(PY) -m pip install --quiet -e ".[compile,tvm,rpc,sign,test]"
 	# The HLS target needs only the Xilinx ap_types headers that ship inside the hls4ml wheel;
 	# --no-deps keeps its heavy ML dependencies out.
 	$(PY) -m pip install --quiet --no-deps hls4ml==1.3.0
