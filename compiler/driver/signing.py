@@ -136,7 +136,7 @@ def check_private_key(path: str | os.PathLike) -> TrustedKey:
         raise ArtifactError(f"{role} {p} is encrypted; signing takes an unencrypted key file: decrypt a copy "
                             f"with `openssl ec -in {p} -out plain.pem` and keep it private") from None
     except (ValueError, exceptions.UnsupportedAlgorithm) as e:
-        raise ArtifactError(f"{role} {p} is a malformed private key ({one_line(e, 160)}); make an EC key pair "
+        raise ArtifactError(f"{role} {p} is a malformed private key ({_first_sentence(e)}); make an EC key pair "
                             f"with: {MAKE_KEY_PAIR}") from None
     _check_ec(p, role, key.public_key())
     return TrustedKey(p, _public_pem(key.public_key()))
@@ -159,10 +159,15 @@ def load_trusted_key(path: str | os.PathLike) -> TrustedKey:
         else:
             key = serialization.load_pem_public_key(data)
     except (ValueError, exceptions.UnsupportedAlgorithm) as e:
-        raise ArtifactError(f"{role} {p} is a malformed public key ({one_line(e, 160)}); give the PEM public key "
+        raise ArtifactError(f"{role} {p} is a malformed public key ({_first_sentence(e)}); give the PEM public key "
                             "written by `openssl ec -in key.pem -pubout -out pub.pem`") from None
     _check_ec(p, role, key)
     return TrustedKey(p, _public_pem(key))
+
+
+def _first_sentence(e: Exception) -> str:
+    """cryptography's errors run on with guesses; their first sentence says what failed."""
+    return one_line(e, 160).split(". ")[0].rstrip(".")
 
 
 def _check_validity(p: str, role: str, certificate: Any) -> None:
@@ -259,7 +264,7 @@ def check_signature(p: str, manifest_bytes: bytes, signature: bytes | None, poli
                             f"signed by a trusted key; sign it with `compiler sign {p} --key KEY.pem`")
     hint = _key_hint(signature)
     if hint is None:
-        raise _malformed(p, "it names no signing key")
+        raise _malformed(p, "not a signature bundle naming its key")
     key = next((k for k in policy.keys if k.fingerprint == hint), None)
     if key is None:
         trusted = ", ".join(str(k) for k in policy.keys)
