@@ -35,6 +35,7 @@ import numpy as np
 
 from compiler import dims
 from compiler.driver.artifact import read_artifact
+from compiler.driver.signing import TRUSTED_KEYS_ENV  # signing imports model-signing only when it signs or verifies
 from compiler.errors import ArtifactError, InputError
 
 Runner = Callable[[list[np.ndarray]], list[np.ndarray]]
@@ -48,7 +49,6 @@ _RUNNERS: dict[str, str] = {
 }
 # targets whose artifacts carry native code that loading runs (a shared library, dlopen-ed)
 _NATIVE_CODE_TARGETS: set[str] = {"llvm", "cuda", "hls"}
-_TRUSTED_KEYS_ENV = "AOT_COMPILER_TRUSTED_KEYS"  # read by compiler.driver.signing.trust_policy
 _native_code_warned = False
 
 
@@ -98,7 +98,7 @@ def load(path: str | os.PathLike, threads: int | None = None,
         raise InputError(f"threads must be a positive integer or None, got {threads!r}")
     threads = None if threads is None else int(threads)
     p = os.fspath(path)
-    if trusted_keys is not None or _TRUSTED_KEYS_ENV in os.environ:
+    if trusted_keys is not None or TRUSTED_KEYS_ENV in os.environ:
         from compiler.driver import signing
 
         policy = signing.trust_policy(trusted_keys)
@@ -126,7 +126,7 @@ def _warn_if_native_code(p: str, target: Any) -> None:
     _native_code_warned = True
     warnings.warn(f"loading {p}, a '{target}' artifact, runs the native code inside it with this process's "
                   "rights, and no trust policy is set: load only artifacts from a source you trust, or require "
-                  f"signed ones with load(path, trusted_keys=[...]) or ${_TRUSTED_KEYS_ENV} (shown once)",
+                  f"signed ones with load(path, trusted_keys=[...]) or ${TRUSTED_KEYS_ENV} (shown once)",
                   NativeCodeWarning, stacklevel=3)
 
 
