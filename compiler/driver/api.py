@@ -43,10 +43,10 @@ class CompiledArtifact:
     manifest: dict[str, Any]
     graph: Graph
 
-    def load(self, threads: int | None = None):
+    def load(self, threads: int | None = None, trusted_keys=None):
         from compiler.driver.runtime import load
 
-        return load(self.path, threads=threads)
+        return load(self.path, threads=threads, trusted_keys=trusted_keys)
 
     def __repr__(self) -> str:
         return f"CompiledArtifact(path={self.path!r}, target={self.report.target!r})"
@@ -59,7 +59,7 @@ def compile(model: Any, example_inputs: Sequence[Any] | None = None, *,  # noqa:
             passes: str | Sequence[str] | PassOptions | None = None,
             weights: str | None = None, trust_pickle: bool = False, input_shapes: Sequence[str] | None = None,
             dynamic_shapes: Any = None, eval_data: Any = None, progress: bool | Progress = False,
-            **moved: Any) -> CompiledArtifact:
+            sign_key: str | os.PathLike | None = None, **moved: Any) -> CompiledArtifact:
     """Compile ``model`` for ``target`` into one artifact file.
 
     ``model`` is an ``nn.Module`` (then ``example_inputs`` is required unless the module has an
@@ -74,9 +74,15 @@ def compile(model: Any, example_inputs: Sequence[Any] | None = None, *,  # noqa:
     pass names or ``PassOptions``. ``dynamic_shapes`` makes input axes symbolic with a name and a
     range (``{"input_ids": {1: ("seq", 1, 512)}}``, see ``compiler.driver.dynamic``);
     ``dynamic_batch=True`` is the shorthand for dim 0 of every input. ``eval_data`` (inputs...,
-    labels) measures accuracy, size and latency before and after compression.
+    labels) measures accuracy, size and latency before and after compression. ``sign_key`` (a PEM
+    EC private key file; needs the ``sign`` extra) signs the finished artifact, for
+    ``load(path, trusted_keys=[...])`` to check.
     """
     reject_moved_keywords(moved)
+    if sign_key is not None:  # a bad key is found before the slow work, not after
+        from compiler.driver.signing import check_private_key
+
+        check_private_key(sign_key)
     from backends.registry import get_target
 
     from compiler.driver.compression import CompressionOptions
@@ -124,7 +130,8 @@ def compile(model: Any, example_inputs: Sequence[Any] | None = None, *,  # noqa:
         evaluate = functools.partial(_evaluate, eval_data=eval_data, graph=graph, baseline=baseline, target=tgt,
                                      options=options, source=source, exported=exported, prog=prog)
     _write_verify_and_move(output_path, manifest, payload, report, source, exported, checks.enabled, rtol, atol,
-                           dynamic_batch, checks.seed, prog, graph if compression.active else None, evaluate)
+                           dynamic_batch, checks.seed, prog, graph if compression.active else None, evaluate,
+                           sign_key)
     return CompiledArtifact(str(output_path), report, manifest, graph)
 
 
@@ -356,7 +363,8 @@ def _check_output_dir(path: Path) -> None:
 
 def _write_verify_and_move(output_path: Path, manifest, payload, report: CompileReport, source, exported,
                            verify: bool, rtol: float, atol: float, dynamic_batch: bool, seed: int,
-                           prog: Progress, spec_graph: Graph | None = None, evaluate=None) -> None:
+                           prog: Progress, spec_graph: Graph | None = None, evaluate=None,
+                           sign_key: str | os.PathLike | None = None) -> None:
     from compiler.driver.artifact import write_artifact
 
     fd, tmp_name = tempfile.mkstemp(dir=output_path.parent if str(output_path.parent) else ".",
@@ -384,6 +392,13 @@ def _write_verify_and_move(output_path: Path, manifest, payload, report: Compile
             raise VerificationError(f"verification failed for {source.name} on target {report.target}: "
                                     f"{report.verification.summary()}; no artifact was written "
                                     "(loosen --rtol/--atol if this error is acceptable, or --no-verify)")
+        if sign_key is not None:
+            from compiler.driver.signing import sign_artifact
+
+            with prog.phase("sign", "signing the artifact"):
+                sign_artifact(tmp_name, sign_key, check_hashes=False)  # just written from memory
+            report.artifact_bytes = os.path.getsize(tmp_name)
+            report.phases = dict(prog.times)
         os.replace(tmp_name, output_path)
     finally:
         if os.path.exists(tmp_name):

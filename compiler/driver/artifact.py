@@ -17,6 +17,11 @@ big model, assembled from arrays without a joined copy) is written stored with i
 hands it back as a ``MappedEntry`` (file, offset, size: the bytes are hashed streaming, never
 read into memory) that a runtime can memory-map.
 
+A signed artifact holds one more entry, ``SIGNATURE_NAME`` (``compiler.driver.signing``): a
+signature over the manifest bytes, which list every payload file's sha256. It is not in the
+manifest (it signs it), so the reader accepts it unlisted; ``add_entry`` appends it to an existing
+artifact and ``read_signed_parts`` reads it back.
+
 Standard library only (the runtime that reads artifacts must not need torch).
 """
 
@@ -26,6 +31,7 @@ import hashlib
 import json
 import os
 import re
+import shutil
 import tempfile
 import zipfile
 import zlib
@@ -37,6 +43,7 @@ from compiler.payload import StoredBlob
 FORMAT_NAME = "aot-artifact"
 FORMAT_VERSION = 1
 MANIFEST_NAME = "manifest.json"
+SIGNATURE_NAME = "signature.sigstore.json"  # the one entry the manifest does not list: it signs the manifest
 
 _ZIP_DATE = (1980, 1, 1, 0, 0, 0)  # fixed entry timestamps: reproducible artifacts
 _CHUNK = 1 << 20
@@ -92,7 +99,7 @@ def write_artifact(path: str | os.PathLike, manifest: dict[str, Any], payload: d
     entries: dict[str, bytes | StoredBlob] = {}
     table: dict[str, dict[str, Any]] = {}
     for name, data in payload.items():
-        if not isinstance(name, str) or not name or name == MANIFEST_NAME or name.endswith("/"):
+        if not isinstance(name, str) or not name or name in (MANIFEST_NAME, SIGNATURE_NAME) or name.endswith("/"):
             raise ValueError(f"invalid payload file name {name!r}")
         if isinstance(data, StoredBlob):
             table[name] = {"sha256": data.sha256(), "size": data.size, "mapped": True}
@@ -276,7 +283,7 @@ def _read_zip(p: str, zf: zipfile.ZipFile, load_payload: bool) -> tuple[dict[str
             isinstance(e, dict) and isinstance(e.get("sha256"), str) and isinstance(e.get("size"), int)
             for e in table.values()):
         raise ArtifactError(f"{p} is not a valid artifact: its manifest has no valid payload table")
-    present = {i.filename: i for i in infos if i.filename != MANIFEST_NAME}
+    present = {i.filename: i for i in infos if i.filename not in (MANIFEST_NAME, SIGNATURE_NAME)}
     extra = sorted(set(present) - set(table))
     if extra:
         raise _integrity(p, f"it holds {', '.join(extra)}, which the manifest does not list")
@@ -349,3 +356,86 @@ def _integrity(p: str, what: str) -> ArtifactError:
 def _corrupt(p: str, e: BaseException) -> ArtifactError:
     detail = str(e) or type(e).__name__
     return ArtifactError(f"{p} is not a valid artifact: file is truncated or corrupt ({detail})")
+
+
+# -- one more entry (the signature) ----------------------------------------------------------------
+def add_entry(path: str | os.PathLike, name: str, data: bytes, output: str | os.PathLike | None = None) -> int:
+    """Write the artifact at ``path`` plus the entry ``name`` to ``output`` (default: ``path``
+    itself); return the new file's size. An earlier ``name`` is replaced: it must be the last
+    entry, as this function leaves it. The other entries keep their bytes and offsets (mapped blobs
+    stay aligned) and the zip comment its manifest hash: the archive is copied and appended to,
+    never rebuilt. The copy is a temporary file in the destination directory, fsynced and renamed
+    into place, so a failure leaves ``output`` as it was."""
+    src, dest = os.fspath(path), os.fspath(output if output is not None else path)
+    directory = os.path.dirname(dest) or "."
+    tmp_name = None
+    try:
+        with tempfile.NamedTemporaryFile(dir=directory, delete=False, prefix="." + os.path.basename(dest) + ".",
+                                         suffix=".tmp") as tmp:
+            tmp_name = tmp.name
+            with open(src, "rb") as f:
+                shutil.copyfileobj(f, tmp, _CHUNK * 16)
+            tmp.seek(0)
+            try:
+                with zipfile.ZipFile(tmp, "a", allowZip64=True) as zf:
+                    _drop_last_entry(src, zf, name)
+                    zf.writestr(_zip_info(name), data)
+            except _CORRUPT as e:
+                raise _corrupt(src, e) from e
+            tmp.flush()
+            os.fsync(tmp.fileno())
+        os.chmod(tmp_name, 0o666 & ~_umask())
+        os.replace(tmp_name, dest)
+        tmp_name = None
+        _fsync_dir(directory)
+        return os.path.getsize(dest)
+    except OSError as e:
+        raise ArtifactError(f"cannot write artifact {dest}: {e.strerror or e}") from e
+    finally:
+        if tmp_name is not None:
+            try:
+                os.unlink(tmp_name)
+            except OSError:
+                pass
+
+
+def _drop_last_entry(p: str, zf: zipfile.ZipFile, name: str) -> None:
+    """Forget the entry ``name`` (the archive's last one) so that the next write lands on it."""
+    info = zf.NameToInfo.get(name)
+    if info is None:
+        return
+    if any(i.header_offset > info.header_offset for i in zf.infolist()) or \
+            sum(i.filename == name for i in zf.infolist()) > 1:
+        raise _integrity(p, f"{name} is not the archive's last entry, as this compiler writes it")
+    zf.filelist.remove(info)
+    del zf.NameToInfo[name]
+    zf.start_dir = info.header_offset  # the new entry and the central directory overwrite it
+
+
+def read_signed_parts(path: str | os.PathLike) -> tuple[bytes, bytes | None]:
+    """(the manifest's bytes as stored, the signature entry or None when there is none), without
+    checking any hash: ``read_artifact`` does that."""
+    p = os.fspath(path)
+    if not os.path.isfile(p):
+        raise ArtifactError(f"artifact not found: {p}" if not os.path.exists(p) else
+                            f"{p} is a directory, not an artifact file")
+    try:
+        with zipfile.ZipFile(p) as zf:
+            names = zf.namelist()
+            if MANIFEST_NAME not in names:
+                raise ArtifactError(f"{p} is not a valid artifact: it has no {MANIFEST_NAME} "
+                                    "(not written by this compiler, or damaged; recompile it)")
+            if names.count(SIGNATURE_NAME) > 1:
+                raise _integrity(p, f"the archive holds {SIGNATURE_NAME} more than once")
+            for entry in (MANIFEST_NAME, SIGNATURE_NAME):
+                if entry in names and zf.getinfo(entry).file_size > _MAX_MANIFEST_BYTES:
+                    raise _integrity(p, f"{entry} is {zf.getinfo(entry).file_size} bytes, more than this "
+                                        "compiler writes")
+            signature = zf.read(SIGNATURE_NAME) if SIGNATURE_NAME in names else None
+            return zf.read(MANIFEST_NAME), signature
+    except PermissionError as e:
+        raise ArtifactError(f"cannot read artifact {p}: {e.strerror or e}") from e
+    except ArtifactError:
+        raise
+    except _CORRUPT as e:
+        raise _corrupt(p, e) from e

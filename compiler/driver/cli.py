@@ -53,6 +53,9 @@ def build_parser() -> argparse.ArgumentParser:
     opts.add_flags(compression, opts.PruneOptions)
     compression.add_argument("--eval", metavar="DATA", dest="eval_data",
                              help="labelled .npz (inputs + 'labels'): report accuracy, size and latency before/after")
+    p.add_argument("--sign-key", metavar="KEY.pem",
+                   help="sign the artifact with this EC private key (PEM; needs pip install 'aot-compiler[sign]'): "
+                        "load(path, trusted_keys=[PUB.pem]) and `compiler verify` check it")
     p.add_argument("--report-json", metavar="PATH", help="also write the compile report as JSON")
     p.add_argument("-q", "--quiet", action="store_true", help="print only errors")
     p.add_argument("--debug", action="store_true", help="show tracebacks of internal errors")
@@ -88,9 +91,11 @@ def _run(args: argparse.Namespace) -> int:
                      quantize=quantize if quantize.mode else None, prune=prune if prune.active else None,
                      weights=args.weights, trust_pickle=args.trust_pickle, input_shapes=args.input_shape,
                      dynamic_shapes=args.dynamic,
-                     eval_data=args.eval_data, progress=Progress(enabled=not args.quiet))
+                     eval_data=args.eval_data, progress=Progress(enabled=not args.quiet), sign_key=args.sign_key)
     if not args.quiet:
         print(result.report.format())
+        if args.sign_key:
+            print(f"signed with {args.sign_key}: check it with `compiler verify {result.path} --key PUB.pem`")
     if args.report_json:
         with open(args.report_json, "w") as f:
             json.dump(result.report.to_dict(), f, indent=2)

@@ -13,6 +13,12 @@ Before each run the loaded model checks the number, dtypes and shapes of its inp
 manifest (symbolic dims such as ``batch`` must take one size across all inputs of a call) and
 names the offending input; it never casts silently.
 
+Trust: ``load(path, trusted_keys=[pub.pem, ...])`` (or ``$AOT_COMPILER_TRUSTED_KEYS``) loads only
+an artifact signed by one of those keys (``compiler.driver.signing``, which imports model-signing
+only then). With no policy, an artifact whose target runs native code of its own (a shared
+library: llvm, cuda, hls) loads with a one-time ``NativeCodeWarning``; ONNX artifacts hold a graph
+and weights that onnxruntime runs, and load silently.
+
 numpy and the standard library only.
 """
 
@@ -20,6 +26,7 @@ from __future__ import annotations
 
 import importlib
 import os
+import warnings
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Callable
@@ -28,6 +35,7 @@ import numpy as np
 
 from compiler import dims
 from compiler.driver.artifact import read_artifact
+from compiler.driver.signing import TRUSTED_KEYS_ENV  # signing imports model-signing only when it signs or verifies
 from compiler.errors import ArtifactError, InputError
 
 Runner = Callable[[list[np.ndarray]], list[np.ndarray]]
@@ -39,16 +47,25 @@ _RUNNERS: dict[str, str] = {
     "cuda": "backends.tvm.runtime",
     "hls": "backends.hls.runtime",
 }
+# targets whose artifacts carry native code that loading runs (a shared library, dlopen-ed)
+_NATIVE_CODE_TARGETS: set[str] = {"llvm", "cuda", "hls"}
+_native_code_warned = False
 
 
-def register_runner(target: str, module_path: str) -> None:
+class NativeCodeWarning(UserWarning):
+    """An artifact that runs native code was loaded with no trust policy (shown once per process)."""
+
+
+def register_runner(target: str, module_path: str, native_code: bool = True) -> None:
     """Make ``load()`` run artifacts of ``target`` with the runner module ``module_path``
-    (a dotted module path exposing ``load_runner``; imported on first use)."""
+    (a dotted module path exposing ``load_runner``; imported on first use). ``native_code``: the
+    runner executes code that comes with the artifact (with no trust policy, loading warns once)."""
     if not isinstance(target, str) or not target:
         raise ValueError(f"target must be a non-empty string, got {target!r}")
     if not isinstance(module_path, str) or not module_path:
         raise ValueError(f"module_path must be a non-empty dotted module path, got {module_path!r}")
     _RUNNERS[target] = module_path
+    (_NATIVE_CODE_TARGETS.add if native_code else _NATIVE_CODE_TARGETS.discard)(target)
 
 
 def known_targets() -> list[str]:
@@ -67,15 +84,28 @@ class TensorSpec:
         return f"{self.name}: {self.dtype}[{', '.join(str(d) for d in self.shape)}]"
 
 
-def load(path: str | os.PathLike, threads: int | None = None) -> LoadedModel:
+def load(path: str | os.PathLike, threads: int | None = None,
+         trusted_keys: str | os.PathLike | Sequence[str | os.PathLike] | None = None) -> LoadedModel:
     """Load the artifact at ``path`` after checking its integrity; ``threads`` caps the runner's
-    intra-op threads (None: the backend's default, usually all cores)."""
+    intra-op threads (None: the backend's default, usually all cores).
+
+    ``trusted_keys`` (public key files; default ``$AOT_COMPILER_TRUSTED_KEYS``, paths separated by
+    ``os.pathsep``) sets a trust policy: an artifact not signed by one of those keys is refused
+    with ``ArtifactError`` before anything of it runs, and an empty list is refused (it trusts
+    nothing). With no policy, artifacts that run native code load with a one-time warning."""
     if threads is not None and (not isinstance(threads, (int, np.integer)) or isinstance(threads, bool)
                                 or threads < 1):
         raise InputError(f"threads must be a positive integer or None, got {threads!r}")
     threads = None if threads is None else int(threads)
     p = os.fspath(path)
-    manifest, payload = read_artifact(p)
+    if trusted_keys is not None or TRUSTED_KEYS_ENV in os.environ:
+        from compiler.driver import signing
+
+        policy = signing.trust_policy(trusted_keys)
+        _key, manifest, payload = signing.verify_artifact(p, policy)
+    else:
+        manifest, payload = read_artifact(p)
+        _warn_if_native_code(p, manifest.get("target"))
     target = manifest.get("target")
     inputs = _specs(p, manifest, "inputs")
     outputs = _specs(p, manifest, "outputs")
@@ -87,6 +117,17 @@ def load(path: str | os.PathLike, threads: int | None = None) -> LoadedModel:
         raise RuntimeError(f"runner module {_RUNNERS[target]} for target '{target}' has no load_runner()")
     runner = load_runner(manifest, payload, threads)
     return LoadedModel(p, manifest, runner, inputs, outputs, threads)
+
+
+def _warn_if_native_code(p: str, target: Any) -> None:
+    global _native_code_warned
+    if _native_code_warned or target not in _NATIVE_CODE_TARGETS:
+        return
+    _native_code_warned = True
+    warnings.warn(f"loading {p}, a '{target}' artifact, runs the native code inside it with this process's "
+                  "rights, and no trust policy is set: load only artifacts from a source you trust, or require "
+                  f"signed ones with load(path, trusted_keys=[...]) or ${TRUSTED_KEYS_ENV} (shown once)",
+                  NativeCodeWarning, stacklevel=3)
 
 
 def _runner_module(p: str, target: str):

@@ -3,6 +3,8 @@
     compiler info model.aot [--json]
     compiler run model.aot --input x=x.npy -o out.npz
     compiler bench model.aot --batch 8 --threads 4 --seconds 2
+    compiler sign model.aot --key key.pem
+    compiler verify model.aot --key pub.pem
 
 Each subcommand is one function taking the parsed arguments and returning the exit status, plus
 one entry in ``COMMANDS`` naming it and its arguments; ``main`` builds the parser from the table.
@@ -12,7 +14,8 @@ rerun with --debug for the traceback).
 
 numpy and the standard library only: ``info`` reads the manifest alone (no native code is
 loaded, so it works on any artifact on any machine); ``run`` and ``bench`` go through
-``compiler.load``, which imports only the artifact's own runtime, never torch.
+``compiler.load``, which imports only the artifact's own runtime, never torch. ``sign`` and
+``verify`` need the ``sign`` extra (model-signing); ``verify`` loads nothing either.
 """
 
 from __future__ import annotations
@@ -54,6 +57,8 @@ def info(args: argparse.Namespace) -> int:
 
 
 def _describe(path: str, manifest: dict[str, Any]) -> dict[str, Any]:
+    from compiler.driver.signing import describe
+
     target_info = manifest.get("target_info") or {}
     report = manifest.get("report") or {}
     return {
@@ -78,6 +83,7 @@ def _describe(path: str, manifest: dict[str, Any]) -> dict[str, Any]:
         "parameter_bytes": report.get("parameter_bytes"),
         "tool_versions": manifest.get("tool_versions", {}),
         "report": manifest.get("report"),
+        "signature": describe(path),
     }
 
 
@@ -99,9 +105,18 @@ def _format_info(s: dict[str, Any], report_text: str) -> str:
         lines.append(f"  parameters:  {s['parameters']:,} ({format_size(s['parameter_bytes'] or 0)})")
     lines.append("  payload:     " + ", ".join(f"{name} ({format_size(size or 0)})" for name, size in s["payload"].items()))
     lines.append("  tools:       " + ", ".join(f"{k} {v}" for k, v in s["tool_versions"].items()))
+    lines.append(f"  signature:   {_signature_text(s['artifact'], s['signature'])}")
     lines.append("compile report:")
     lines += ["  " + line for line in report_text.splitlines()]
     return "\n".join(lines)
+
+
+def _signature_text(path: str, signature: dict[str, Any]) -> str:
+    if not signature["signed"]:
+        return "none (unsigned)"
+    key = signature.get("key_sha256")
+    return (f"signed by key sha256 {key[:16] if key else '(unnamed)'}, not checked here "
+            f"(compiler verify {path} --key PUB.pem)")
 
 
 def _requirement_lines(s: dict[str, Any]) -> list[str]:
@@ -401,6 +416,29 @@ def _check_positive(flag: str, value: float | None) -> None:
         raise InputError(f"{flag} must be positive, got {value}")
 
 
+# -- sign and verify ------------------------------------------------------------------------------
+def sign(args: argparse.Namespace) -> int:
+    """Sign an existing artifact (in place, or into --output) with an EC private key."""
+    from compiler.driver.signing import sign_artifact
+
+    key = sign_artifact(args.artifact, args.key, args.output)
+    print(f"signed {args.output or args.artifact} with {args.key} (public key sha256 {key.fingerprint[:16]})")
+    return 0
+
+
+def verify(args: argparse.Namespace) -> int:
+    """Check an artifact's signature against trusted public keys and every hash, loading nothing."""
+    from compiler.driver.signing import TRUSTED_KEYS_ENV, trust_policy, verify_artifact
+
+    if args.key is None and TRUSTED_KEYS_ENV not in os.environ:
+        raise InputError(f"give the trusted public key with --key PUB.pem (or set ${TRUSTED_KEYS_ENV})")
+    policy = trust_policy(args.key, source="--key")
+    key, manifest, _ = verify_artifact(args.artifact, policy)
+    n = len(manifest["payload"])
+    print(f"verified {args.artifact}: signed by {key}; manifest and {n} payload file{'' if n == 1 else 's'} intact")
+    return 0
+
+
 # -- the command table -----------------------------------------------------------------------------
 Argument = tuple[tuple[str, ...], dict[str, Any]]
 
@@ -442,6 +480,15 @@ COMMANDS: tuple[Command, ...] = (
              arg("--runs", type=int, metavar="N", help="timed runs (default: as many as fit in 1 s)"),
              arg("--seconds", type=float, metavar="S", help="time runs for S seconds"),
              SEED, arg("--json", action="store_true", help="print the results as JSON"))),
+    Command("sign", "sign an artifact with an EC private key (model-signing; pip install 'aot-compiler[sign]')",
+            sign,
+            (ARTIFACT, arg("--key", required=True, metavar="KEY.pem", help="PEM EC private key (P-256, P-384, P-521)"),
+             arg("-o", "--output", metavar="OUT.aot", help="write the signed artifact here (default: in place)"))),
+    Command("verify", "check an artifact's signature against trusted public keys and all its hashes, "
+                      "loading nothing (exit 0 ok, 2 with the reason)", verify,
+            (ARTIFACT, arg("--key", action="append", metavar="PUB.pem",
+                           help="a trusted PEM public key (repeat for several; default "
+                                "$AOT_COMPILER_TRUSTED_KEYS)"))),
 )
 
 
