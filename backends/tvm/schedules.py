@@ -393,3 +393,14 @@ def unscheduled_functions(mod) -> list[str]:
     """Names of the PrimFuncs of ``mod`` that no rule scheduled."""
     return sorted(gv.name_hint for gv, f in mod.functions_items() if isinstance(f, tirx.PrimFunc)
                   and not is_scheduled(f))
+
+
+def first_gpu_schedule(func, target):
+    """(rule name, schedule) from the first GPU rule that schedules ``func``, or None; for tests
+    and diagnostics."""
+    for rule in gpu_rules():
+        sch = rule.apply(func, target, False)
+        if sch is not None:
+            inner = rule.rule.rule if isinstance(rule.rule, EpilogueInGemmDomain) else rule.rule
+            return type(inner).__name__, sch
+    return None
