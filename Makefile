@@ -6,7 +6,7 @@ STAMP  := $(VENV)/.installed
 # Pytest workers: the suite is CPU-bound; one per core.
 JOBS   ?= $(shell $(PYTHON) -c "import os; print(min(4, os.cpu_count() or 1))")
 
-.PHONY: venv demo compress-demo test test-all bench bench-real coverage clean
+.PHONY: venv demo compress-demo test test-all bench bench-real gpu-check-prepare coverage clean
 
 venv: $(STAMP)
 
@@ -37,6 +37,10 @@ bench: venv
 
 bench-real: venv
 	$(PY) bench/bench_real.py
+
+# The folder to copy to a GPU machine (sm_90): cuda artifacts, references, check.py (bench/gpu_check).
+gpu-check-prepare: venv
+	$(PY) bench/gpu_check/prepare.py --out build/gpu_check --arch sm_90
 
 coverage: venv
 	$(PY) scripts/op_coverage.py --update-readme

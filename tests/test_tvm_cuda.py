@@ -73,6 +73,105 @@ def test_loading_cuda_artifact_without_gpu_is_a_clear_error():
         tvm_runtime.load_runner(_manifest(graph, info), payload, threads=None)
 
 
+def test_cuda_target_carries_arch_limits():
+    for arch in ("sm_90", "sm_90a", "sm_80", "sm_120", "sm_52"):
+        tdict = tvm_emit.target_dict({"target": "cuda", "cuda_arch": arch})
+        target = tvm_emit.make_target(tdict)
+        for key in ("max_shared_memory_per_block", "max_threads_per_block", "thread_warp_size",
+                    "registers_per_block", "l2_cache_size_bytes"):
+            assert int(target.attrs[key]) == tdict[key] > 0, (arch, key)
+    l2 = lambda arch: tvm_emit.cuda_arch_attrs(arch)["l2_cache_size_bytes"]  # noqa: E731
+    assert l2("sm_90") == l2("sm_90a") == tvm_emit.CUDA_L2_BYTES[90]
+    assert l2("sm_120") == tvm_emit.CUDA_L2_BYTES[max(tvm_emit.CUDA_L2_BYTES)]  # newer: the newest known
+    assert l2("sm_52") == min(tvm_emit.CUDA_L2_BYTES.values())  # older than the table: the smallest
+
+
+def _cuda_prim_funcs(model, batch):
+    """The fused PrimFuncs of ``model`` at ``batch`` as the cuda build sees them, and the target."""
+    import compiler
+    from backends.tvm import pipeline
+    from tvm import relax
+
+    captured = {}
+
+    def capture(mod, target):
+        captured.update(mod=mod, target=target)
+        raise _Captured
+
+    original = pipeline._build_cuda
+    pipeline._build_cuda = capture
+    try:
+        with pytest.raises(_Captured):
+            compiler.compile(model, model.example_inputs(batch), target=compiler.CudaOptions(cuda_arch="sm_90"),
+                             output="unused.aot", verify=False)
+    finally:
+        pipeline._build_cuda = original
+    mod = relax.get_pipeline("zero")(captured["mod"])
+    return {gv.name_hint: f for gv, f in mod.functions_items() if isinstance(f, tvm.tirx.PrimFunc)}, captured["target"]
+
+
+class _Captured(Exception):
+    pass
+
+
+def test_matmul_rule_kept_off_gemm_with_widening_epilogue(tmp_path, monkeypatch):
+    """MobileNet at batch 64: the squeeze-excite 1x1 conv fused with the gate x feature-map
+    multiply made dlight's Matmul assert; it must go to a rule that schedules it, while plain
+    GEMMs with elementwise epilogues keep Matmul."""
+    from tvm.s_tir import dlight
+
+    from backends.tvm.schedules import _epilogue_widens, first_gpu_schedule
+    from models import ZOO
+
+    monkeypatch.chdir(tmp_path)
+    funcs, target = _cuda_prim_funcs(ZOO["mobilenet"].factory().eval(), 64)
+    widening = {n for n, f in funcs.items() if _epilogue_widens(f)}
+    assert widening and all("multiply" in n for n in widening)
+    with target:
+        for name in widening:
+            with pytest.raises(AssertionError, match="not properly inlined"):  # the failure this guards against
+                dlight.gpu.Matmul().apply(funcs[name], target, False)
+            assert first_gpu_schedule(funcs[name], target)[0] != "Matmul"
+        plain = [n for n, f in funcs.items() if n.startswith("fused_conv2d") and n not in widening]
+        assert plain and any(first_gpu_schedule(funcs[n], target)[0] == "Matmul" for n in plain)
+
+
+def _zoo_cases():
+    from models import ZOO
+
+    return [(name, mode) for name in sorted(ZOO) for mode in ("1", "64", "dynamic")]
+
+
+@pytest.mark.parametrize("name, mode", _zoo_cases())
+def test_zoo_model_compiles_for_cuda_without_warnings(name, mode, tmp_path, caplog, capfd):
+    import logging
+
+    import compiler
+    from models import ZOO
+
+    model = ZOO[name].factory().eval()
+    batch = 2 if mode == "dynamic" else int(mode)
+    with caplog.at_level(logging.WARNING):
+        art = compiler.compile(model, model.example_inputs(batch), target=compiler.CudaOptions(cuda_arch="sm_90"),
+                               output=tmp_path / f"{name}.aot", verify=False, dynamic_batch=mode == "dynamic")
+    assert art.manifest["target_info"]["tvm_target"]["arch"] == "sm_90"
+    out, err = capfd.readouterr()
+    logged = [r.getMessage() for r in caplog.records]
+    assert not any("missing" in m for m in logged + out.splitlines() + err.splitlines()), (logged, err)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", ["resnet18", "bert"])
+def test_real_model_compiles_for_cuda(name, tmp_path):
+    import compiler
+    from models import REAL
+
+    model = REAL[name].factory().eval()
+    art = compiler.compile(model, model.example_inputs(1), target=compiler.CudaOptions(cuda_arch="sm_90"),
+                           output=tmp_path / f"{name}.aot", verify=False)
+    assert art.manifest["target_info"]["tvm_target"]["kind"] == "cuda"
+
+
 # -- on a GPU -----------------------------------------------------------------------------------
 def run_cuda(graph: Graph, inputs: list[np.ndarray]) -> list[np.ndarray]:
     payload, info = tvm_emit.emit_target(graph, {"target": "cuda"})

@@ -48,11 +48,37 @@ def supported_ops() -> set[str]:
 
 
 def target_dict(options: dict[str, Any]) -> dict[str, Any]:
-    """The TVM target as a plain dict (recorded in the manifest): for llvm, the baseline variant's."""
+    """The TVM target as a plain dict (recorded in the manifest): for llvm, the baseline variant's;
+    for cuda, the arch with its limits (``cuda_arch_attrs``) and the llvm host."""
     if options.get("target") == "cuda":
         host = {"kind": "llvm", "mcpu": PORTABLE_BASELINE} if _builds_x86() else host_target(HOST_CPU)
-        return {"kind": "cuda", "arch": _cuda_arch(options.get("cuda_arch")), "host": host}
+        arch = _cuda_arch(options.get("cuda_arch"))
+        return {"kind": "cuda", "arch": arch, **cuda_arch_attrs(arch), "host": host}
     return cpu_variants(options.get("cpu"))[0][1]
+
+
+# What the GPU schedules (dlight) read from a cuda target, per compute capability. Limits common
+# to every arch from sm_70 up: 1024 threads and 64K 32-bit registers per block, warps of 32, and
+# 48 KiB of *static* shared memory per block. Larger shared memory (up to 227 KiB on sm_90) needs
+# the dynamic opt-in, which the kernels TVM generates here (static ``__shared__`` arrays) do not
+# use, so 48 KiB is the limit their tiles must fit, on every arch. The L2 size is that of the
+# arch's data-center card (sm_86: A10, sm_89: L4, sm_90: H100/H200).
+_CUDA_BLOCK_LIMITS = {"max_threads_per_block": 1024, "max_num_threads": 1024, "thread_warp_size": 32,
+                      "registers_per_block": 65536, "max_shared_memory_per_block": 48 * 1024}
+_MIB = 1 << 20
+CUDA_L2_BYTES = {70: 6 * _MIB, 75: 4 * _MIB, 80: 40 * _MIB, 86: 6 * _MIB, 87: 4 * _MIB, 89: 48 * _MIB,
+                 90: 50 * _MIB}
+# An arch newer than the table gets its newest entry's values, one older than all gets the smallest L2.
+_OLDEST_L2 = min(CUDA_L2_BYTES.values())
+
+
+def cuda_arch_attrs(arch: str) -> dict[str, int]:
+    """The cuda target attributes for ``arch`` (``sm_XX``, with an optional ``a``/``f`` suffix):
+    the per-block limits and the L2 size of the nearest known arch at or below it."""
+    digits = arch.removeprefix("sm_").rstrip("af")
+    version = int(digits) if digits.isdigit() else max(CUDA_L2_BYTES)
+    known = [v for v in CUDA_L2_BYTES if v <= version]
+    return {**_CUDA_BLOCK_LIMITS, "l2_cache_size_bytes": CUDA_L2_BYTES[max(known)] if known else _OLDEST_L2}
 
 
 def cpu_variants(cpu: str | None) -> list[tuple[str, dict[str, Any]]]:
@@ -263,5 +289,6 @@ def export_bytes(executable) -> bytes:
             return f.read()
 
 
-__all__ = ["DEFAULT_CUDA_ARCH", "HOST_CPU", "LIBRARY", "PORTABLE_VARIANTS", "check_cpu_name", "cpu_variants",
-           "emit_target", "host_target", "local_gpu_arch", "supported_ops", "target_dict", "target_features"]
+__all__ = ["CUDA_L2_BYTES", "DEFAULT_CUDA_ARCH", "HOST_CPU", "LIBRARY", "PORTABLE_VARIANTS", "check_cpu_name",
+           "cpu_variants", "cuda_arch_attrs", "emit_target", "host_target", "local_gpu_arch", "supported_ops",
+           "target_dict", "target_features"]

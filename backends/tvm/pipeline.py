@@ -12,7 +12,8 @@ constants, FuseOps, FuseTIR; then, with ``options["tune"]``, a MetaSchedule sear
 (``backends/tvm/tune.py``), or with only ``options["tuning_db"]`` the saved database's schedules;
 then the search-free rules of ``backends/tvm/schedules.py`` for every function still
 unscheduled. Constant-weight matmuls and convolutions become packed-weight GEMM calls before
-legalization (``backends/tvm/gemm.py``). CUDA: TVM's zero pipeline and dlight's GPU rules.
+legalization (``backends/tvm/gemm.py``). CUDA: TVM's zero pipeline and dlight's GPU rules
+(``schedules.gpu_rules``).
 """
 
 from __future__ import annotations
@@ -219,14 +220,25 @@ def _has_conv2d(mod) -> bool:
 
 
 def _build_cuda(mod, target):
+    """TVM's zero pipeline (legalize, fold, fuse), every fused function scheduled by the GPU rules
+    (``schedules.gpu_rules``: dlight's, each handing a function it cannot schedule to the next),
+    then TVM's lowering. ``target`` carries the arch's limits (``emit.cuda_arch_attrs``) that the
+    rules size their tiles by."""
     import tvm
     from tvm import relax
     from tvm.s_tir import dlight
 
+    from compiler.errors import CompileError
+
+    from .schedules import gpu_rules, unscheduled_functions
+
     mod = relax.get_pipeline("zero")(mod)
     with target:
-        mod = dlight.ApplyDefaultSchedule(dlight.gpu.Matmul(), dlight.gpu.GEMV(), dlight.gpu.Reduction(),
-                                          dlight.gpu.GeneralReduction(), dlight.gpu.Fallback())(mod)
+        mod = dlight.ApplyDefaultSchedule(*gpu_rules())(mod)
+    missing = unscheduled_functions(mod)
+    if missing:  # TVM's own lowering would apply its unguarded rules to them and fail obscurely
+        raise CompileError(f"no GPU schedule fits the fused kernel(s) {', '.join(missing[:3])}; "
+                           "compile this model for --target llvm or onnx")
     return tvm.compile(mod, target=target)
 
 

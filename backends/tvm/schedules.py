@@ -322,3 +322,85 @@ def rule_for(func, target) -> str | None:
     tests and diagnostics."""
     found = first_schedule(func, target)
     return found[0] if found else None
+
+
+# -- GPU ----------------------------------------------------------------------------------------
+class EpilogueInGemmDomain(ScheduleRule):
+    """dlight's ``gpu.Matmul`` only for a GEMM whose fused epilogue stays on the GEMM's output
+    elements. Matmul computes the epilogue in the write-back of each thread's tile, so it must
+    inline every later block there; a block that broadcasts the GEMM's result over more elements
+    (squeeze-excite: the [N, C, 1, 1] gate times the [N, C, H, W] feature map, fused into the 1x1
+    convolution) cannot be, and Matmul asserts. Such a function goes to the next rule (Fallback:
+    the GEMM and the broadcast as two thread-mapped loops)."""
+
+    def __init__(self, rule: ScheduleRule):
+        self.rule = rule
+
+    def apply(self, func, target, tunable):
+        if not isinstance(func, tirx.PrimFunc) or _epilogue_widens(func):
+            return None
+        return self.rule.apply(func, target, tunable)
+
+    def __repr__(self) -> str:
+        return f"EpilogueInGemmDomain({type(self.rule).__name__})"
+
+
+def _epilogue_widens(func) -> bool:
+    """True when a block after the function's single reduction block iterates over more points
+    than the reduction's spatial domain (proved with TVM's analyzer, so symbolic batches count)."""
+    from tvm.sym import Analyzer
+
+    sch = s_tir.Schedule(func)
+    blocks = [sch.get(b) for b in sch.get_child_blocks(sch.get_sblock("root"))] if _has_root(sch) else []
+    reductions = [i for i, b in enumerate(blocks) if any(iv.iter_type == tirx.IterVar.CommReduce
+                                                        for iv in b.iter_vars)]
+    if len(reductions) != 1:
+        return False
+    analyzer = Analyzer()
+    domain = _points(blocks[reductions[0]], tirx.IterVar.DataPar)
+    return any(not analyzer.can_prove_equal(_points(b, tirx.IterVar.DataPar), domain)
+               for b in blocks[reductions[0] + 1:])
+
+
+def _has_root(sch) -> bool:
+    try:
+        sch.get_sblock("root")
+        return True
+    except Exception:  # noqa: BLE001 - a function without a root block: not a fused kernel
+        return False
+
+
+def _points(block, iter_type):
+    """The product of ``block``'s iterator extents of ``iter_type``."""
+    total = tirx.IntImm("int64", 1)
+    for iv in block.iter_vars:
+        if iv.iter_type == iter_type:
+            total = total * tirx.Cast("int64", iv.dom.extent)
+    return total
+
+
+def gpu_rules() -> list[ScheduleRule]:
+    """The GPU rules in the order they are tried: TVM's default dlight list (Matmul, GEMV,
+    Reduction, GeneralReduction, Fallback) with Matmul kept to the functions it can schedule, and
+    every rule guarded, so that a rule that cannot schedule a function hands it to the next one."""
+    from tvm.s_tir import dlight
+
+    return [Guarded(EpilogueInGemmDomain(dlight.gpu.Matmul())), Guarded(dlight.gpu.GEMV()),
+            Guarded(dlight.gpu.Reduction()), Guarded(dlight.gpu.GeneralReduction()), Guarded(dlight.gpu.Fallback())]
+
+
+def unscheduled_functions(mod) -> list[str]:
+    """Names of the PrimFuncs of ``mod`` that no rule scheduled."""
+    return sorted(gv.name_hint for gv, f in mod.functions_items() if isinstance(f, tirx.PrimFunc)
+                  and not is_scheduled(f))
+
+
+def first_gpu_schedule(func, target):
+    """(rule name, schedule) from the first GPU rule that schedules ``func``, or None; for tests
+    and diagnostics."""
+    for rule in gpu_rules():
+        sch = rule.apply(func, target, False)
+        if sch is not None:
+            inner = rule.rule.rule if isinstance(rule.rule, EpilogueInGemmDomain) else rule.rule
+            return type(inner).__name__, sch
+    return None
