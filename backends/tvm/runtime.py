@@ -23,7 +23,9 @@ from __future__ import annotations
 
 import hashlib
 import importlib.util
+import json
 import os
+import platform
 import sys
 import tempfile
 import threading
@@ -99,6 +101,9 @@ def import_tvm():
         import tvm
 
         return tvm
+    problem = bundle_problem()
+    if problem is not None:
+        raise ArtifactError(problem)
     if not running_only():
         import tvm
 
@@ -131,6 +136,26 @@ def running_only() -> bool:
     if requested is not None:
         return requested == "1"
     return _missing(f"{__package__}.emit") or _missing("torch")
+
+
+def bundle_problem(bundle_json: Path | None = None) -> str | None:
+    """Why the runtime bundle this module sits in (``bundle.json`` at its root, written by
+    ``compiler bundle``) cannot run here, or None: its TVM libraries are built for one Python
+    version and platform."""
+    path = bundle_json or Path(__file__).resolve().parents[2] / "bundle.json"
+    try:
+        info = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+    here = f"{sys.version_info.major}.{sys.version_info.minor}"
+    tag = str(info.get("platform", ""))
+    if str(info.get("python")) != here:
+        return (f"this runtime bundle ({path.parent}) is for Python {info.get('python')}, not {here}; run it with "
+                f"python{info.get('python')} or make one with `compiler bundle OUTDIR --python {here}`")
+    if tag and (not sys.platform.startswith("linux") or not tag.endswith(platform.machine())):
+        return (f"this runtime bundle ({path.parent}) is for {tag}, not {sys.platform} {platform.machine()}; "
+                "make one for this machine with `compiler bundle OUTDIR --platform ...`")
+    return None
 
 
 def _missing(module: str) -> bool:
@@ -321,5 +346,5 @@ def _numpy_view(tensor) -> np.ndarray | None:
         return None
 
 
-__all__ = ["allow_all_cores", "cache_dir", "cached_library", "import_tvm", "load_runner", "running_only",
+__all__ = ["allow_all_cores", "bundle_problem", "cache_dir", "cached_library", "import_tvm", "load_runner", "running_only",
            "select_library", "set_threads", "usable_cores"]
