@@ -6,7 +6,7 @@ STAMP  := $(VENV)/.installed
 # Pytest workers: the suite is CPU-bound; one per core.
 JOBS   ?= $(shell $(PYTHON) -c "import os; print(min(4, os.cpu_count() or 1))")
 
-.PHONY: venv demo compress-demo test test-all bench bench-real gpu-check-prepare coverage clean
+.PHONY: venv demo compress-demo test test-all bench bench-real gpu-check-prepare coverage runtime-bundle clean
 
 venv: $(STAMP)
 
@@ -44,6 +44,14 @@ gpu-check-prepare: venv
 
 coverage: venv
 	$(PY) scripts/op_coverage.py --update-readme
+
+# A directory running artifacts where only Python and numpy are installed:
+# make runtime-bundle BUNDLE_PYTHON=3.12 BUNDLE_DIR=out/runtime-bundle
+BUNDLE_DIR    ?= out/runtime-bundle
+BUNDLE_PYTHON ?= $(shell $(PY) -c "import sys; print(f'{sys.version_info[0]}.{sys.version_info[1]}')")
+runtime-bundle: venv
+	rm -rf $(BUNDLE_DIR) $(BUNDLE_DIR).tar.gz
+	$(PY) -m compiler.driver.tool bundle $(BUNDLE_DIR) --python $(BUNDLE_PYTHON) --tarball
 
 clean:
 	rm -rf out build *.egg-info .pytest_cache

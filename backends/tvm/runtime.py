@@ -1,6 +1,6 @@
 """Run a TVM artifact (targets ``llvm`` and ``cuda``): the library is written once to a cache
 directory keyed by its sha256, loaded with ``tvm.runtime.load_module`` and run by
-``relax.VirtualMachine``; numpy in, numpy out.
+``tvm.runtime.vm.VirtualMachine``; numpy in, numpy out.
 
 Before any of the artifact's code is loaded, the host CPU is checked against the manifest
 (``select_library``): an llvm artifact holds one library per CPU variant (``target_info
@@ -12,12 +12,21 @@ from before variants were recorded carry only ``tvm_target``: its features are a
 Cache: ``$AOT_COMPILER_CACHE`` if set, else ``~/.cache/aot-compiler/tvm``; the file is written to a
 temporary name and renamed, so concurrent loads never see a half-written library, and a second
 load reuses it. tvm is imported only here, when a TVM artifact is loaded.
+
+Running never needs TVM's compiler library (``libtvm_compiler.so``, 250 MB): the VM is
+``tvm.runtime.vm.VirtualMachine``, which the runtime library alone provides. Where this process
+cannot compile for TVM anyway (the runtime bundle, no torch, or ``TVM_USE_RUNTIME_LIB=1``), tvm is
+imported runtime-only (``import_tvm``), and a tvm already imported, in either mode, is used as it is.
 """
 
 from __future__ import annotations
 
 import hashlib
+import importlib.util
+import json
 import os
+import platform
+import sys
 import tempfile
 import threading
 from collections.abc import Callable
@@ -82,11 +91,106 @@ def set_threads(threads: int | None) -> None:
     tvm_ffi.get_global_func("runtime.config_threadpool")(1, int(threads or usable_cores()))
 
 
+def import_tvm():
+    """The ``tvm`` module for running artifacts. Imported here for the first time in a process
+    that only runs (``running_only``), it loads only the runtime library: faster and 300 MB
+    lighter than with the compiler, and the compiler library need not exist. A process that may
+    still compile gets the full import, since tvm cannot add the compiler to a runtime-only import
+    later."""
+    if "tvm" in sys.modules:
+        import tvm
+
+        return tvm
+    problem = bundle_problem()
+    if problem is not None:
+        raise ArtifactError(problem)
+    if not running_only():
+        import tvm
+
+        return tvm
+    previous = os.environ.get("TVM_USE_RUNTIME_LIB")
+    os.environ["TVM_USE_RUNTIME_LIB"] = "1"  # read once, by tvm.base at import
+    # tvm_ffi imports torch if it can, only to speed up torch tensor exchange, which numpy in/out
+    # never uses: keep torch (seconds, and a dependency this runtime promises not to need) out.
+    hide_torch = "torch" not in sys.modules
+    if hide_torch:
+        sys.modules["torch"] = None  # type: ignore[assignment]  # `import torch` raises ImportError
+    try:
+        import tvm
+    finally:
+        if hide_torch and sys.modules.get("torch", 0) is None:
+            del sys.modules["torch"]
+        if previous is None:
+            del os.environ["TVM_USE_RUNTIME_LIB"]  # child processes may compile: do not pass it on
+        else:
+            os.environ["TVM_USE_RUNTIME_LIB"] = previous
+    _load_runtime_sidecar(tvm, "tvm_runtime_extra")
+    return tvm
+
+
+def running_only() -> bool:
+    """Whether this process cannot compile for TVM, so tvm may be imported without its compiler:
+    the user asked (``TVM_USE_RUNTIME_LIB=1``), the TVM compile side of this package is absent
+    (the runtime bundle), or torch, which every compile needs, is not installed."""
+    requested = os.environ.get("TVM_USE_RUNTIME_LIB")
+    if requested is not None:
+        return requested == "1"
+    return _missing(f"{__package__}.emit") or _missing("torch")
+
+
+def bundle_problem(bundle_json: Path | None = None) -> str | None:
+    """Why the runtime bundle this module sits in (``bundle.json`` at its root, written by
+    ``compiler bundle``) cannot run here, or None: its TVM libraries are built for one Python
+    version and platform."""
+    path = bundle_json or Path(__file__).resolve().parents[2] / "bundle.json"
+    try:
+        info = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+    here = f"{sys.version_info.major}.{sys.version_info.minor}"
+    tag = str(info.get("platform", ""))
+    if str(info.get("python")) != here:
+        return (f"this runtime bundle ({path.parent}) is for Python {info.get('python')}, not {here}; run it with "
+                f"python{info.get('python')} or make one with `compiler bundle OUTDIR --python {here}`")
+    if tag and (not sys.platform.startswith("linux") or not tag.endswith(platform.machine())):
+        return (f"this runtime bundle ({path.parent}) is for {tag}, not {sys.platform} {platform.machine()}; "
+                "make one for this machine with `compiler bundle OUTDIR --platform ...`")
+    return None
+
+
+def _missing(module: str) -> bool:
+    try:
+        return importlib.util.find_spec(module) is None
+    except (ImportError, ValueError):
+        return True
+
+
+def _load_runtime_sidecar(tvm, name: str) -> str | None:
+    """Load one of TVM's runtime side libraries (``libtvm_runtime_extra``, ``libtvm_runtime_cuda``)
+    for its registrations, as ``import tvm`` does only with the compiler loaded; None when loaded,
+    else why not (its first line)."""
+    if tvm.base._RUNTIME_ONLY is False or name in tvm.base._LOADED_LIBS:
+        return None
+    from tvm_ffi.libinfo import load_lib_ctypes
+
+    runtime_dir = Path(tvm.base._LOADED_LIBS["tvm_runtime"]._name).resolve().parent
+    try:
+        tvm.base._LOADED_LIBS[name] = load_lib_ctypes("tvm", name, "RTLD_LOCAL", extra_lib_paths=[runtime_dir])
+    except (OSError, RuntimeError) as exc:
+        return str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+    return None
+
+
 def _device(kind: str):
-    import tvm
+    tvm = import_tvm()
 
     if kind != "cuda":
         return tvm.cpu(0)
+    problem = _load_runtime_sidecar(tvm, "tvm_runtime_cuda")
+    if problem is not None:
+        raise ArtifactError(f"this artifact is for an NVIDIA GPU (target cuda) but TVM's CUDA runtime cannot load "
+                            f"here ({problem}); it needs the CUDA 13 runtime (libcudart.so.13, e.g. pip install "
+                            "nvidia-cuda-runtime, on LD_LIBRARY_PATH) and the driver's libcuda.so.1")
     try:
         dev = tvm.cuda(0)
         present = bool(dev.exist)
@@ -106,16 +210,17 @@ def load_runner(manifest: dict, payload: dict[str, bytes],
     library = select_library(manifest, payload)
     tinfo = (manifest.get("target_info") or {}).get("tvm_target") or {"kind": manifest.get("target", "llvm")}
     try:
-        import tvm
-        from tvm import relax
+        tvm = import_tvm()
+        from tvm.runtime.vm import VirtualMachine
     except ImportError as exc:
-        raise ArtifactError("running a TVM artifact needs apache-tvm (pip install apache-tvm)") from exc
+        raise ArtifactError("running a TVM artifact needs apache-tvm (pip install apache-tvm, or use the runtime "
+                            "bundle: compiler bundle)") from exc
     dev = _device(tinfo.get("kind", "llvm"))
     set_threads(threads)
     path = cached_library(payload[library])
     try:
         lib = tvm.runtime.load_module(str(path))
-        vm = relax.VirtualMachine(lib, dev)
+        vm = VirtualMachine(lib, dev)
     except Exception as exc:
         first = str(exc).strip().splitlines()[-1] if str(exc).strip() else type(exc).__name__
         if "cuda" in first.lower():
@@ -224,9 +329,9 @@ def _required_features(info: dict) -> list[str]:
     tdict = tdict.get("host", tdict) if tdict.get("kind") == "cuda" else tdict
     if tdict.get("kind") != "llvm" or not tdict.get("mcpu"):
         return []
-    from .emit import target_features
-
     try:
+        from .emit import target_features
+
         return target_features(tdict)
     except Exception:  # noqa: BLE001 - a target this LLVM cannot describe: no check possible
         return []
@@ -241,5 +346,5 @@ def _numpy_view(tensor) -> np.ndarray | None:
         return None
 
 
-__all__ = ["allow_all_cores", "cache_dir", "cached_library", "load_runner", "select_library", "set_threads",
-           "usable_cores"]
+__all__ = ["allow_all_cores", "bundle_problem", "cache_dir", "cached_library", "import_tvm", "load_runner", "running_only",
+           "select_library", "set_threads", "usable_cores"]

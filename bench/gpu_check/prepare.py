@@ -25,7 +25,7 @@ sys.path.insert(0, str(ROOT))
 
 MAX_PACK_BYTES = 60 << 20
 BUNDLE_COMMAND = ["-m", "compiler.driver.tool", "bundle"]
-BUNDLE_ARGS = ["--python", "3.12", "--platform", "manylinux2014_x86_64"]
+BUNDLE_ARGS = ["--python", "3.12"]  # the default platform, manylinux_2_28_x86_64, has the TVM wheels
 
 
 def cases(quick: bool = False) -> list[dict]:

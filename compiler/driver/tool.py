@@ -439,6 +439,19 @@ def verify(args: argparse.Namespace) -> int:
     return 0
 
 
+# -- bundle ----------------------------------------------------------------------------------------
+def bundle(args: argparse.Namespace) -> int:
+    """Write a runtime bundle: runs artifacts where only Python and numpy are installed."""
+    from compiler.driver.bundle import build
+
+    out = build(args.outdir, python=args.python, platform_tag=args.platform, artifacts=args.artifact,
+                tarball=args.tarball, with_onnxruntime=args.with_onnxruntime)
+    print(f"wrote runtime bundle {out} (python3 {out}/run.py ARTIFACT; see {out}/README.md)")
+    if args.tarball:
+        print(f"wrote {out}.tar.gz")
+    return 0
+
+
 # -- the command table -----------------------------------------------------------------------------
 Argument = tuple[tuple[str, ...], dict[str, Any]]
 
@@ -489,6 +502,16 @@ COMMANDS: tuple[Command, ...] = (
             (ARTIFACT, arg("--key", action="append", metavar="PUB.pem",
                            help="a trusted PEM public key (repeat for several; default "
                                 "$AOT_COMPILER_TRUSTED_KEYS)"))),
+    Command("bundle", "write a runtime bundle: a directory (and tarball) running artifacts on a machine with only "
+                      "Python and numpy (our runtime, TVM's runtime libraries, optionally artifacts)", bundle,
+            (arg("outdir", metavar="OUTDIR", help="new or empty directory to write"),
+             arg("--python", metavar="X.Y", help="Python version of the deploy machine (default: this one)"),
+             arg("--platform", metavar="TAG", help="wheel platform tag of the deploy machine "
+                                                   "(default manylinux_2_28_x86_64; e.g. manylinux2014_x86_64)"),
+             arg("--artifact", action="append", metavar="PATH", help="an artifact to include (repeatable)"),
+             arg("--tarball", action="store_true", help="also write OUTDIR.tar.gz"),
+             arg("--with-onnxruntime", action="store_true",
+                 help="add the onnxruntime wheel (wheels/) for onnx artifacts"))),
 )
 
 
