@@ -40,12 +40,11 @@ def _recurrent_type(gates: int, n_states: int):
     return infer
 
 
-def _flops(gates: int):
-    def flops(in_shapes, out_shapes, **_):
-        t, b, i = in_shapes[0]
-        d, gh, h = in_shapes[2]
-        return 2 * d * t * b * gh * (i + h) + 8 * d * t * b * gh
-    return flops
+def _flops(in_shapes, out_shapes, **_) -> int:
+    """Both matmuls of every step and direction, plus a few operations per gate element."""
+    t, b, i = in_shapes[0]
+    d, gh, h = in_shapes[2]
+    return 2 * d * t * b * gh * (i + h) + 8 * d * t * b * gh
 
 
 def _sigmoid(x):
@@ -53,8 +52,8 @@ def _sigmoid(x):
 
 
 def _directions(x, w_ih, w_hh, b_ih, b_hh, states, step):
-    """Runs ``step(gates_x, h_state_matmul_inputs...)`` over time in each direction and stacks
-    the outputs as PyTorch does."""
+    """Runs ``step(input projection, hidden projection, states) -> new states`` over time in each
+    direction (the backward one from the last step) and stacks the outputs as PyTorch does."""
     t_len, batch, _ = x.shape
     d, gh, h = w_hh.shape
     outputs, finals = [], []
@@ -89,7 +88,7 @@ def _gru_step(gx, gh, state):
 
 
 @defop("lstm", ["x", "w_ih", "w_hh", "b_ih?", "b_hh?", "h0?", "c0?"], infer=_recurrent_type(4, 2),
-       attrs=_ATTRS, tags=("recurrent",), flops=_flops(4))
+       attrs=_ATTRS, tags=("recurrent",), flops=_flops)
 def lstm(x, w_ih, w_hh, b_ih=None, b_hh=None, h0=None, c0=None, *, hidden_size, bidirectional):
     """One LSTM layer as ``torch.nn.LSTM`` (gates i, f, g, o): c' = σ(f)·c + σ(i)·tanh(g),
     h' = σ(o)·tanh(c'); returns (y [T, B, D*H], h_n, c_n)."""
@@ -97,7 +96,7 @@ def lstm(x, w_ih, w_hh, b_ih=None, b_hh=None, h0=None, c0=None, *, hidden_size, 
 
 
 @defop("gru", ["x", "w_ih", "w_hh", "b_ih?", "b_hh?", "h0?"], infer=_recurrent_type(3, 1),
-       attrs=_ATTRS, tags=("recurrent",), flops=_flops(3))
+       attrs=_ATTRS, tags=("recurrent",), flops=_flops)
 def gru(x, w_ih, w_hh, b_ih=None, b_hh=None, h0=None, *, hidden_size, bidirectional):
     """One GRU layer as ``torch.nn.GRU`` (gates r, z, n): n = tanh(W_in x + b_in + r·(W_hn h + b_hn)),
     h' = (1 - z)·n + z·h; returns (y [T, B, D*H], h_n)."""
