@@ -1551,3 +1551,70 @@ def _searchsorted(ctx: ImportContext, node: Node):
                        shape=list(sequence.shape[:-1]) + [1, sequence.shape[-1]])
     below = ctx.emit("ge" if right else "gt", rows, seq)
     return ctx.emit("reduce_sum", ctx.emit("cast", below, dtype=dtype), axes=[-1], keepdim=False)
+
+
+# -- recurrent layers (compiler/ops/recurrent.py) --------------------------------------------------
+def _stacked_weight(ctx: ImportContext, weights: list) -> Value:
+    """The per-direction weights of one layer stacked on a new leading axis: folded here when
+    they are constants (the usual case, module parameters), else reshaped and concatenated."""
+    values = [ctx.tensor(w) for w in weights]
+    if all(v.is_const for v in values):
+        return ctx.graph.add_constant(np.stack([v.const for v in values]), "rnn_weight")
+    rows = [ctx.emit("reshape", v, shape=[1] + list(v.shape)) for v in values]
+    return rows[0] if len(rows) == 1 else ctx.emit("concat", *rows, axis=0)
+
+
+def _recurrent_imported(x, hx, params, has_biases, num_layers, dropout, train, bidirectional, *_rest) -> bool:
+    """The forms of aten.lstm.input / aten.gru.input our ops express; the others (projections,
+    dropout in training, unbatched input) are left to PyTorch's decomposition."""
+    per_direction = 4 if has_biases else 2
+    return (len(params) == num_layers * (2 if bidirectional else 1) * per_direction
+            and not (train and dropout) and x.dim() == 3)
+
+
+def _recurrent(ctx: ImportContext, node: Node, op: str, states: list):
+    """aten.lstm.input / aten.gru.input: one IR op per layer (sequence-first), chained; the
+    flat weight list holds, per layer and direction, w_ih, w_hh[, b_ih, b_hh]."""
+    x_node, _, params, has_biases, num_layers, dropout, train, bidirectional, batch_first = node.args[:9]
+    directions = 2 if bidirectional else 1
+    per_direction = 4 if has_biases else 2
+    if not _recurrent_imported(node.args[0].meta["val"], *node.args[1:9]):
+        raise ctx.unsupported(f"{op} with projections, training dropout or an unbatched input")
+    x = ctx.tensor(x_node)
+    if batch_first:
+        x = ctx.emit("transpose", x, perm=[1, 0, 2])
+    hidden = ctx.value(params[1]).shape[1]
+    finals: list[list[Value]] = [[] for _ in states]
+    for layer in range(num_layers):
+        groups = [params[(layer * directions + d) * per_direction:][:per_direction] for d in range(directions)]
+        weights = [_stacked_weight(ctx, [g[j] for g in groups]) for j in range(per_direction)]
+        if not has_biases:
+            weights += [None, None]
+        layer_states = [None if s is None else ctx.emit("slice", s, axis=0, start=layer * directions,
+                                                        end=(layer + 1) * directions) for s in states]
+        x, *layer_finals = ctx.emit_multi(op, x, *weights, *layer_states, hidden_size=hidden,
+                                          bidirectional=bool(bidirectional))
+        for collected, final in zip(finals, layer_finals):
+            collected.append(final)
+    if batch_first:
+        x = ctx.emit("transpose", x, perm=[1, 0, 2])
+    return (x,) + tuple(f[0] if len(f) == 1 else ctx.emit("concat", *f, axis=0) for f in finals)
+
+
+def _state(ctx: ImportContext, state) -> Value | None:
+    return None if state is None else ctx.tensor(state)
+
+
+@handles("aten.lstm.input")
+def _lstm(ctx: ImportContext, node: Node):
+    hx = node.args[1]
+    return _recurrent(ctx, node, "lstm", [_state(ctx, hx[0]), _state(ctx, hx[1])] if hx else [None, None])
+
+
+@handles("aten.gru.input")
+def _gru(ctx: ImportContext, node: Node):
+    return _recurrent(ctx, node, "gru", [_state(ctx, node.args[1])])
+
+
+_lstm.imports_when = _recurrent_imported
+_gru.imports_when = _recurrent_imported

@@ -204,11 +204,25 @@ def _grouped_like_forward(module: torch.nn.Module, specs: list) -> tuple:
 def _decomposition_table() -> dict:
     """Torch's default table minus every op we import directly (those must survive)."""
     table = torch.export.default_decompositions()
-    for name in ATEN_HANDLERS:
+    for name, handler in ATEN_HANDLERS.items():
         overload = _resolve_overload(name)
         if overload is not None and overload in table:
-            del table[overload]
+            imports = getattr(handler, "imports_when", None)  # a handler for some of its forms
+            if imports is None:
+                del table[overload]
+            else:
+                table[overload] = _decompose_unless(imports, table[overload])
     return table
+
+
+def _decompose_unless(imports: Callable[..., bool], decomposition: Callable) -> Callable:
+    """``decomposition`` for the calls ``imports(*args, **kwargs)`` refuses; the others stay whole
+    (a decomposition returning NotImplemented keeps the op)."""
+
+    def maybe(*args, **kwargs):
+        return NotImplemented if imports(*args, **kwargs) else decomposition(*args, **kwargs)
+
+    return maybe
 
 
 def _resolve_overload(name: str):

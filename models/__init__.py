@@ -25,6 +25,8 @@ resnet18       ``ResNet18``        ResNet-18, 3x224x224, 1000 classes
 mobilenet_v2   ``MobileNetV2``     MobileNetV2 width 1.0, 3x224x224, 1000 classes
 bert           ``BertEncoder``     BERT-base encoder: 12 layers, hidden 768, 12 heads, 128 tokens
 gpt2           ``GPT2Decoder``     GPT-2 small + tied LM head (vocab 50257), causal, 128 tokens
+lstm_lm        ``LSTMLanguageModel`` 2-layer LSTM word LM (10k words, hidden 420), 35 tokens
+gru_tagger     ``GRUTagger``       embedding + bidirectional GRU (hidden 128) + linear, 32 tokens
 =============  ==================  ===============================================================
 """
 
@@ -40,6 +42,7 @@ from .lenet import LeNet
 from .mlp import SeedMLP
 from .mobilenet import MobileNetLike
 from .mobilenet_v2 import MobileNetV2
+from .recurrent import GRUTagger, LSTMLanguageModel
 from .resnet import SmallResNet
 from .resnet18 import ResNet18
 from .transformer import TinyTransformer
@@ -59,6 +62,8 @@ __all__ = [
     "MobileNetV2",
     "BertEncoder",
     "GPT2Decoder",
+    "LSTMLanguageModel",
+    "GRUTagger",
 ]
 
 
@@ -98,6 +103,11 @@ REAL: dict[str, ModelSpec] = {
         ModelSpec("gpt2", GPT2Decoder,
                   "GPT-2 small decoder: 12 layers, hidden 768, 12 heads, causal, 128 tokens, tied LM head over "
                   "50257 words"),
+        ModelSpec("lstm_lm", LSTMLanguageModel,
+                  "LSTM language model: embedding 10k x 420, 2-layer LSTM (hidden 420), decoder to 10k words, "
+                  "35 tokens"),
+        ModelSpec("gru_tagger", GRUTagger,
+                  "GRU tagger: embedding 5k x 100, bidirectional GRU (hidden 128), linear to 17 tags, 32 tokens"),
     )
 }
 

@@ -15,7 +15,8 @@ from models import REAL, ZOO, get_real_model
 
 NAMES = sorted(REAL)
 # Real sizes, as in the papers / reference implementations: parameter counts and output shapes.
-PARAMS_MILLIONS = {"resnet18": 11.69, "mobilenet_v2": 3.50, "bert": 108.89, "gpt2": 124.44}
+PARAMS_MILLIONS = {"resnet18": 11.69, "mobilenet_v2": 3.50, "bert": 108.89, "gpt2": 124.44, "lstm_lm": 11.24,
+                   "gru_tagger": 0.68}
 
 
 def test_registry_is_separate_from_the_zoo():

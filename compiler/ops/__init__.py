@@ -164,6 +164,6 @@ def all_ops() -> dict[str, OpDef]:
 
 
 # Importing the families registers their ops.
-from compiler.ops import elementwise, indexing, nn, quant, reduce, shape  # noqa: E402,F401
+from compiler.ops import elementwise, indexing, nn, quant, recurrent, reduce, shape  # noqa: E402,F401
 
 __all__ = ["Attr", "OpDef", "defop", "get_op", "all_ops"]

@@ -13,10 +13,10 @@ from __future__ import annotations
 
 from types import ModuleType
 
-from backends.onnx.ops import elementwise, indexing, nn, quant, reduce, shape
+from backends.onnx.ops import elementwise, indexing, nn, quant, recurrent, reduce, shape
 from backends.onnx.ops.common import Emitter
 
-FAMILIES: tuple[ModuleType, ...] = (elementwise, indexing, nn, quant, reduce, shape)
+FAMILIES: tuple[ModuleType, ...] = (elementwise, indexing, nn, quant, recurrent, reduce, shape)
 
 
 def _merged(families: tuple[ModuleType, ...]) -> dict[str, Emitter]:

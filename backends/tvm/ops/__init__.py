@@ -11,10 +11,10 @@ Imports tvm at module level: it is imported only by ``backends.tvm.lower``.
 
 from __future__ import annotations
 
-from . import elementwise, indexing, nn, quant, reduce, shape
+from . import elementwise, indexing, nn, quant, recurrent, reduce, shape
 from .common import Emitter
 
-FAMILIES = (elementwise, indexing, nn, quant, reduce, shape)
+FAMILIES = (elementwise, indexing, nn, quant, recurrent, reduce, shape)
 
 
 def _merged(families) -> dict[str, Emitter]:

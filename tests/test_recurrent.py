@@ -1,0 +1,104 @@
+"""The recurrent ops (compiler/ops/recurrent.py): nn.LSTM / nn.GRU imported as ``lstm`` / ``gru``
+and run by the reference interpreter against PyTorch eager over a grid of configurations, then
+the ONNX artifact (onnxruntime's LSTM/GRU kernels) and the llvm artifact against the interpreter.
+Forms our ops do not express (projections) must keep PyTorch's decomposition, not fail."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+
+from compiler.errors import UnsupportedOpError
+from tests.op_check import check_backend, check_frontend, randn, run_onnx, run_tvm
+
+# (cell, layers, bidirectional, batch_first, with initial state, bias, seq_len)
+CONFIGS = [
+    ("lstm", 1, False, False, False, True, 5),
+    ("lstm", 2, False, True, True, True, 4),
+    ("lstm", 2, True, True, False, True, 3),
+    ("lstm", 1, True, False, True, False, 1),
+    ("gru", 1, False, False, False, True, 5),
+    ("gru", 2, True, False, True, True, 4),
+    ("gru", 1, True, True, False, False, 3),
+    ("gru", 2, False, True, True, True, 1),
+]
+IDS = ["-".join(str(p) for p in c) for c in CONFIGS]
+INPUT, HIDDEN, BATCH = 6, 8, 2
+
+
+class Recurrent(nn.Module):
+    def __init__(self, cell, layers, bidirectional, batch_first, with_state, bias, seed=0):
+        super().__init__()
+        torch.manual_seed(seed)
+        kind = nn.LSTM if cell == "lstm" else nn.GRU
+        self.rnn = kind(INPUT, HIDDEN, layers, bias=bias, batch_first=batch_first, bidirectional=bidirectional)
+        self.cell, self.with_state = cell, with_state
+
+    def forward(self, x, *state):
+        if not self.with_state:
+            y, final = self.rnn(x)
+        else:
+            y, final = self.rnn(x, tuple(state) if self.cell == "lstm" else state[0])
+        return (y,) + (tuple(final) if self.cell == "lstm" else (final,))
+
+
+def _case(cell, layers, bidirectional, batch_first, with_state, bias, seq_len):
+    with torch.random.fork_rng():
+        module = Recurrent(cell, layers, bidirectional, batch_first, with_state, bias).eval()
+    x = randn(*((BATCH, seq_len) if batch_first else (seq_len, BATCH)), INPUT, seed=1)
+    states = layers * (2 if bidirectional else 1)
+    inputs = [x] + [randn(states, BATCH, HIDDEN, seed=2 + k) for k in range(2 if cell == "lstm" else 1)
+                    if with_state]
+    return module, inputs
+
+
+@pytest.fixture(scope="module", params=CONFIGS, ids=IDS)
+def imported(request):
+    """(graph, input arrays, interpreter outputs) of one configuration, checked against eager."""
+    module, inputs = _case(*request.param)
+    graph, arrays, reference = check_frontend(module, inputs, ops=(request.param[0],))
+    assert graph.op_counts()[request.param[0]] == request.param[1]  # one op per layer
+    return graph, arrays, reference
+
+
+def test_reference_matches_eager(imported):
+    graph, _, reference = imported
+    assert all(abs(r).max() > 0 for r in reference)
+
+
+def test_onnx_matches_interpreter(imported):
+    graph, arrays, reference = imported
+    check_backend(run_onnx, graph, arrays, reference, rtol=1e-5, atol=1e-6, name="onnx")
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("index", [1, 5])  # a batch-first LSTM with states, a bidirectional GRU
+def test_llvm_matches_interpreter(index):
+    module, inputs = _case(*CONFIGS[index])
+    graph, arrays, reference = check_frontend(module, inputs, ops=(CONFIGS[index][0],))
+    check_backend(run_tvm, graph, arrays, reference, rtol=1e-5, atol=1e-6, name="tvm-llvm")
+
+
+def test_projections_keep_pytorchs_decomposition():
+    torch.manual_seed(0)
+    module = nn.LSTM(INPUT, HIDDEN, 2, proj_size=3).eval()
+    graph, _, _ = check_frontend(lambda x: module(x)[0], [randn(4, BATCH, INPUT, seed=1)])
+    assert "lstm" not in graph.op_counts()
+
+
+def test_lstm_inside_a_model_matches_eager():
+    from models import LSTMLanguageModel
+
+    model = LSTMLanguageModel.small().eval()
+    check_frontend(model, list(model.example_inputs(2)), ops=("lstm", "linear"), rtol=1e-4, atol=1e-5)
+
+
+def test_hls_refuses_in_one_line(tmp_path):
+    import compiler
+
+    torch.manual_seed(0)
+    with pytest.raises(UnsupportedOpError, match="HLS backend does not support gru") as info:
+        compiler.compile(nn.GRU(4, 8).eval(), (randn(3, 1, 4),), target="hls", output=tmp_path / "g.aot")
+    assert "\n" not in str(info.value)
+    assert not (tmp_path / "g.aot").exists()
