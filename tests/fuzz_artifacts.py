@@ -22,13 +22,13 @@ TINY_INPUT = np.linspace(-1, 1, 4, dtype=np.float32).reshape(1, 4)
 CACHE_FILE = re.compile(r"[0-9a-f]{64}(\.rebuilt)?\.so")
 
 
-def compile_tiny_onnx(path: Path) -> bytes:
-    """Compile a 4-8-2 MLP for onnx at ``path``; return the artifact's bytes."""
+def compile_tiny_onnx(path: Path, seed: int = 0) -> bytes:
+    """Compile a 4-8-2 MLP (weights from ``seed``) for onnx at ``path``; return the artifact's bytes."""
     import torch
 
     import compiler
 
-    torch.manual_seed(0)
+    torch.manual_seed(seed)
     model = torch.nn.Sequential(torch.nn.Linear(4, 8), torch.nn.ReLU(), torch.nn.Linear(8, 2))
     compiler.compile(model, (torch.from_numpy(TINY_INPUT),), target="onnx", output=path, verify=False)
     return path.read_bytes()

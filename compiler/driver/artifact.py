@@ -269,7 +269,7 @@ def _read_zip(p: str, zf: zipfile.ZipFile, load_payload: bool) -> tuple[dict[str
         if present[name].file_size != table[name]["size"]:  # checked before reading: no decompressing of a huge entry
             raise _integrity(p, f"payload file {name} has {present[name].file_size} bytes, manifest says "
                                 f"{table[name]['size']}")
-    _check_expansion(p, [present[n] for n in table if not table[n].get("mapped")])
+    _check_expansion(p, os.fstat(zf.fp.fileno()).st_size, [present[n] for n in table if not table[n].get("mapped")])
     if not load_payload:
         return manifest, {}
 
@@ -337,7 +337,7 @@ def _parse_manifest(p: str, zf: zipfile.ZipFile) -> dict[str, Any]:
     if not _SHA256_HEX.fullmatch(recorded):  # a cut-off comment: the file's last bytes are missing
         raise ArtifactError(f"{p} is not a valid artifact: file is truncated or corrupt (its zip comment "
                             f"holds no manifest hash: {recorded[:70]!r}); {_RECOMPILE}")
-    if not _ends_with_comment(p, zf.comment):  # bytes appended after the archive
+    if not _ends_with_comment(zf.fp, zf.comment):  # bytes appended after the archive
         raise _integrity(p, "data follows the end of the archive")
     if sha256_bytes(manifest_bytes) != recorded:
         raise _integrity(p, f"{MANIFEST_NAME} has sha256 {sha256_bytes(manifest_bytes)}, the archive says "
@@ -378,11 +378,11 @@ def _check_format(p: str, manifest: dict[str, Any]) -> None:
                             f"up to {FORMAT_VERSION}; upgrade the compiler to load it")
 
 
-def _check_expansion(p: str, in_memory: list[zipfile.ZipInfo]) -> None:
+def _check_expansion(p: str, file_size: int, in_memory: list[zipfile.ZipInfo]) -> None:
     """Refuse, before decompressing anything, payload files whose declared sizes add up to more
     than the artifact could hold: a decompression bomb (or a damaged size field)."""
     total = sum(i.file_size for i in in_memory)
-    budget = max(_EXPANSION_FLOOR, _MAX_EXPANSION * os.path.getsize(p))
+    budget = max(_EXPANSION_FLOOR, _MAX_EXPANSION * file_size)
     if total > budget:
         raise _integrity(p, f"its payload files would expand to {total} bytes, more than {_MAX_EXPANSION}x the "
                             "file's size (a decompression bomb, or damaged size fields)")
@@ -475,16 +475,15 @@ def _mapped_entry(p: str, zf: zipfile.ZipFile, info: zipfile.ZipInfo, want_sha: 
     return MappedEntry(p, offset, info.file_size)
 
 
-def _ends_with_comment(p: str, comment: bytes) -> bool:
-    """The file ends exactly with the zip's end record comment (zipfile ignores trailing data)."""
+def _ends_with_comment(f, comment: bytes) -> bool:
+    """The open file ``f`` ends exactly with the zip's end record comment (zipfile ignores trailing
+    data). The open file, not the path: the path may name a newer version by now."""
     tail = len(comment) + 2
-    with open(p, "rb") as f:
-        f.seek(0, os.SEEK_END)
-        if f.tell() < tail:
-            return False
-        f.seek(-tail, os.SEEK_END)
-        data = f.read(tail)
-    return data == len(comment).to_bytes(2, "little") + comment
+    f.seek(0, os.SEEK_END)
+    if f.tell() < tail:
+        return False
+    f.seek(-tail, os.SEEK_END)
+    return f.read(tail) == len(comment).to_bytes(2, "little") + comment
 
 
 def _integrity(p: str, what: str) -> ArtifactError:
