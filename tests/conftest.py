@@ -17,6 +17,25 @@ if str(ROOT) not in sys.path:
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 
+def _register_hypothesis_profiles() -> None:
+    """Fuzz test profiles: "fuzz" (default: a modest number of examples per property, no
+    per-example deadline since a load imports a runtime the first time) and "deep" (many more,
+    for a slow run): HYPOTHESIS_PROFILE=deep or pytest --hypothesis-profile deep."""
+    try:
+        from hypothesis import HealthCheck, settings
+    except ImportError:  # the fuzz tests skip themselves without hypothesis
+        return
+    quiet = [HealthCheck.too_slow, HealthCheck.data_too_large]
+    settings.register_profile("fuzz", max_examples=100, deadline=None, suppress_health_check=quiet,
+                              print_blob=True)
+    settings.register_profile("deep", max_examples=2000, deadline=None, suppress_health_check=quiet,
+                              print_blob=True)
+    settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "fuzz"))
+
+
+_register_hypothesis_profiles()
+
+
 def pytest_report_header(config):
     from backends.tvm.cpu import host_summary
 

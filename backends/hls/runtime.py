@@ -13,6 +13,7 @@ import ctypes
 import io
 import json
 import os
+import re
 import tarfile
 import tempfile
 from collections.abc import Callable
@@ -60,8 +61,11 @@ def rebuild(payload: dict[str, bytes], proj: str) -> Path:
     if problem:
         raise ArtifactError(f"the HLS artifact's C simulation cannot run here and cannot be rebuilt: {problem}")
     with tempfile.TemporaryDirectory(prefix="aot-hls-") as tmp:
-        with tarfile.open(fileobj=io.BytesIO(payload[PROJECT_FILE]), mode="r:gz") as tar:
-            tar.extractall(tmp, filter="data")
+        try:
+            with tarfile.open(fileobj=io.BytesIO(payload[PROJECT_FILE]), mode="r:gz") as tar:
+                tar.extractall(tmp, filter="data")  # "data": no member lands outside tmp
+        except (tarfile.TarError, OSError, EOFError) as exc:
+            raise ArtifactError(f"the HLS artifact's {PROJECT_FILE} cannot be unpacked ({exc}); recompile it") from None
         root = Path(tmp) / proj
         build.build_library(root, proj, root / LIB_FILE)
         _atomic_write(path, (root / LIB_FILE).read_bytes())
@@ -86,6 +90,9 @@ def load_runner(manifest: dict, payload: dict[str, bytes],
     if RUNTIME_FILE not in payload:
         raise ArtifactError(f"the HLS artifact has no {RUNTIME_FILE}")
     meta = json.loads(payload[RUNTIME_FILE])
+    if not isinstance(meta.get("project"), str) or not re.fullmatch(r"[A-Za-z0-9_][A-Za-z0-9_.-]*", meta["project"]):
+        # the project is rebuilt in <temporary directory>/<project>: a path would leave it
+        raise ArtifactError(f"the HLS artifact's {RUNTIME_FILE} names no valid project directory; recompile it")
     lib = open_library(payload, meta["project"])
     in_perm = [np.asarray(t["perm"], dtype=np.int64) for t in meta["inputs"]]
     outs = meta["outputs"]

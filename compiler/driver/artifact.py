@@ -32,10 +32,12 @@ import json
 import os
 import re
 import shutil
+import struct
 import tempfile
 import zipfile
 import zlib
-from typing import Any
+from collections import Counter
+from typing import Any, Callable
 
 from compiler.errors import ArtifactError
 from compiler.payload import StoredBlob
@@ -51,11 +53,23 @@ BLOB_ALIGN = 4096  # a mapped entry's data starts on a page: mmap-able, and ever
 _PAD_EXTRA_ID = 0xD935  # a private zip extra field (the id zipalign uses) that only pads the header
 _LOCAL_HEADER = 30  # bytes of a zip local file header before its name and extra field
 _SAMPLE = 1 << 16  # bytes deflated to decide whether a payload file compresses
-_MAX_MANIFEST_BYTES = 256 << 20
 _SHA256_HEX = re.compile(r"[0-9a-f]{64}")
-# What zipfile/zlib raise on a damaged archive.
+# What zipfile/zlib raise on a damaged archive (struct.error: a cut-off zip64 extra field,
+# OverflowError: an offset too large to seek to, UnicodeDecodeError is a ValueError).
 _CORRUPT = (zipfile.BadZipFile, zipfile.LargeZipFile, EOFError, zlib.error, ValueError, KeyError,
-            NotImplementedError, RuntimeError, OSError)
+            NotImplementedError, RuntimeError, OSError, struct.error, OverflowError)
+_RECOMPILE = "recompile it or download it again"
+
+# Limits that a hostile file meets before it costs time or memory. The compiler writes a manifest
+# of a few hundred KB at most, a handful of entries and no nesting deeper than ~6 levels.
+_MAX_MANIFEST_BYTES = 16 << 20
+_MAX_ENTRIES = 4096
+_MAX_MANIFEST_DEPTH = 64
+# Payload files read into memory may expand to at most this many times the artifact's size (a
+# deflate bomb expands ~1000x; what the compiler deflates, code and JSON, 2-10x), with a floor
+# for small artifacts of compressible models. Mapped (stored) entries never expand.
+_MAX_EXPANSION = 200
+_EXPANSION_FLOOR = 256 << 20
 
 
 def sha256_bytes(b: bytes) -> str:
@@ -241,72 +255,203 @@ def _read(path: str | os.PathLike, load_payload: bool) -> tuple[dict[str, Any], 
 
 def _read_zip(p: str, zf: zipfile.ZipFile, load_payload: bool) -> tuple[dict[str, Any], dict[str, bytes]]:
     infos = zf.infolist()
+    _check_entries(p, infos)
+    manifest = _parse_manifest(p, zf)
+    _check_format(p, manifest)
+    check_manifest_fields(p, manifest)
+
+    table = manifest.get("payload")
+    if not isinstance(table, dict) or not all(
+            isinstance(e, dict) and isinstance(e.get("sha256"), str) and type(e.get("size")) is int
+            for e in table.values()):
+        raise ArtifactError(f"{p} is not a valid artifact: its manifest has no valid payload table; {_RECOMPILE}")
+    present = {i.filename: i for i in infos if i.filename not in (MANIFEST_NAME, SIGNATURE_NAME)}
+    extra = sorted(set(present) - set(table))
+    if extra:
+        raise _integrity(p, f"it holds {', '.join(extra)}, which the manifest does not list")
+    missing = sorted(set(table) - set(present))
+    if missing:
+        raise _integrity(p, f"payload file {missing[0]} listed in the manifest is missing")
+    for name in sorted(table):
+        if present[name].file_size != table[name]["size"]:  # checked before reading: no decompressing of a huge entry
+            raise _integrity(p, f"payload file {name} has {present[name].file_size} bytes, manifest says "
+                                f"{table[name]['size']}")
+    _check_expansion(p, os.fstat(zf.fp.fileno()).st_size, [present[n] for n in table if not table[n].get("mapped")])
+    if not load_payload:
+        return manifest, {}
+
+    payload: dict[str, bytes | MappedEntry] = {}
+    for name in sorted(table):
+        want_sha, info = table[name]["sha256"], present[name]
+        if table[name].get("mapped"):
+            payload[name] = _mapped_entry(p, zf, info, want_sha)
+            continue
+        data = _read_entry(zf, info)
+        got_sha = sha256_bytes(data)
+        if len(data) != info.file_size or got_sha != want_sha:
+            raise _integrity(p, f"payload file {name} has sha256 {got_sha}, manifest says {want_sha}")
+        payload[name] = data
+    return manifest, payload
+
+
+def _read_entry(zf: zipfile.ZipFile, info: zipfile.ZipInfo) -> bytes:
+    """The entry's bytes, never decompressing past its declared size: ``zf.read`` inflates all the
+    compressed data at once, ~1000x its size when the declared size lies (the hash then fails)."""
+    with zf.open(info) as f:
+        return f.read(info.file_size) if info.file_size else b""
+
+
+def _check_entries(p: str, infos: list[zipfile.ZipInfo]) -> None:
+    """The archive's entry list: not absurdly long, a manifest, no name twice, no unsafe name."""
+    if len(infos) > _MAX_ENTRIES:
+        raise _integrity(p, f"the archive holds {len(infos)} entries, more than any artifact this compiler writes")
     names = [i.filename for i in infos]
     if MANIFEST_NAME not in names:
         raise ArtifactError(f"{p} is not a valid artifact: it has no {MANIFEST_NAME} "
-                            "(not written by this compiler, or damaged; recompile it)")
-    duplicates = sorted({n for n in names if names.count(n) > 1})
+                            f"(not written by this compiler, or damaged; {_RECOMPILE})")
+    duplicates = sorted(n for n, count in Counter(names).items() if count > 1)
     if duplicates:
-        raise _integrity(p, f"the archive holds {', '.join(duplicates)} more than once")
+        raise _integrity(p, f"the archive holds {', '.join(map(repr, duplicates[:5]))} more than once")
+    for name in names:
+        problem = unsafe_name_problem(name)
+        if problem:
+            raise _integrity(p, f"the archive holds an entry named {name[:100]!r}, which {problem}")
 
-    if zf.getinfo(MANIFEST_NAME).file_size > _MAX_MANIFEST_BYTES:
-        raise _integrity(p, f"{MANIFEST_NAME} is {zf.getinfo(MANIFEST_NAME).file_size} bytes, more than any "
-                            "manifest this compiler writes")
-    manifest_bytes = zf.read(MANIFEST_NAME)
+
+def unsafe_name_problem(name: str) -> str | None:
+    """Why ``name`` may not be an entry of an artifact (it could land outside a directory it is
+    extracted to, or means different files on different systems), or None if it is safe."""
+    if not name or len(name) > 255:
+        return "is empty or longer than 255 characters"
+    if name.startswith("/") or "\\" in name or ":" in name:
+        return "is an absolute or Windows path"
+    if any(ord(c) < 0x20 or ord(c) == 0x7F for c in name):
+        return "holds control characters"
+    if any(part in ("", ".", "..") for part in name.split("/")):
+        return "has an empty, '.' or '..' path component"
+    return None
+
+
+def _parse_manifest(p: str, zf: zipfile.ZipFile) -> dict[str, Any]:
+    """The manifest entry as a dict, after checking its size (before reading it) and its sha256
+    against the zip comment."""
+    declared = zf.getinfo(MANIFEST_NAME).file_size
+    if declared > _MAX_MANIFEST_BYTES:
+        raise _integrity(p, f"{MANIFEST_NAME} is {declared} bytes, more than any manifest this compiler writes "
+                            f"({_MAX_MANIFEST_BYTES})")
+    manifest_bytes = _read_entry(zf, zf.getinfo(MANIFEST_NAME))
     recorded = zf.comment.decode("ascii", "replace")
     if not _SHA256_HEX.fullmatch(recorded):  # a cut-off comment: the file's last bytes are missing
         raise ArtifactError(f"{p} is not a valid artifact: file is truncated or corrupt (its zip comment "
-                            f"holds no manifest hash: {recorded[:70]!r})")
-    if not _ends_with_comment(p, zf.comment):  # bytes appended after the archive
+                            f"holds no manifest hash: {recorded[:70]!r}); {_RECOMPILE}")
+    if not _ends_with_comment(zf.fp, zf.comment):  # bytes appended after the archive
         raise _integrity(p, "data follows the end of the archive")
     if sha256_bytes(manifest_bytes) != recorded:
         raise _integrity(p, f"{MANIFEST_NAME} has sha256 {sha256_bytes(manifest_bytes)}, the archive says "
                             f"{recorded}: the manifest was modified after it was written")
     try:
         manifest = json.loads(manifest_bytes.decode("utf-8"))
-    except (UnicodeDecodeError, ValueError) as e:
-        raise ArtifactError(f"{p} is not a valid artifact: {MANIFEST_NAME} is not valid JSON ({e})") from e
+    except (ValueError, RecursionError) as e:  # UnicodeDecodeError is a ValueError
+        raise ArtifactError(f"{p} is not a valid artifact: {MANIFEST_NAME} is not valid JSON "
+                            f"({str(e)[:200]}); {_RECOMPILE}") from None
     if not isinstance(manifest, dict):
-        raise ArtifactError(f"{p} is not a valid artifact: {MANIFEST_NAME} is not a JSON object")
+        raise ArtifactError(f"{p} is not a valid artifact: {MANIFEST_NAME} is not a JSON object; {_RECOMPILE}")
+    if _nesting_depth(manifest) > _MAX_MANIFEST_DEPTH:
+        raise ArtifactError(f"{p} is not a valid artifact: {MANIFEST_NAME} nests more than {_MAX_MANIFEST_DEPTH} "
+                            f"levels deep; {_RECOMPILE}")
+    return manifest
 
+
+def _nesting_depth(value: Any) -> int:
+    """Levels of lists/dicts in a parsed JSON value (iterative: no recursion on hostile input);
+    stops counting past the limit."""
+    depth, level = 0, [value]
+    while level and depth <= _MAX_MANIFEST_DEPTH:
+        depth += 1
+        level = [child for v in level if isinstance(v, (dict, list))
+                 for child in (v.values() if isinstance(v, dict) else v)]
+    return depth
+
+
+def _check_format(p: str, manifest: dict[str, Any]) -> None:
     fmt, version = manifest.get("format"), manifest.get("format_version")
     if fmt != FORMAT_NAME:
-        raise ArtifactError(f"{p} is not an {FORMAT_NAME} file (its manifest says format {fmt!r})")
+        raise ArtifactError(f"{p} is not an {FORMAT_NAME} file (its manifest says format {str(fmt)[:80]!r})")
     if not isinstance(version, int) or isinstance(version, bool) or version < 1:
-        raise ArtifactError(f"{p} is not a valid artifact: unknown format_version {version!r}")
+        raise ArtifactError(f"{p} is not a valid artifact: unknown format_version {str(version)[:80]!r}; "
+                            f"{_RECOMPILE}")
     if version > FORMAT_VERSION:
         raise ArtifactError(f"{p} uses artifact format version {version}, but this compiler reads versions "
                             f"up to {FORMAT_VERSION}; upgrade the compiler to load it")
 
-    table = manifest.get("payload")
-    if not isinstance(table, dict) or not all(
-            isinstance(e, dict) and isinstance(e.get("sha256"), str) and isinstance(e.get("size"), int)
-            for e in table.values()):
-        raise ArtifactError(f"{p} is not a valid artifact: its manifest has no valid payload table")
-    present = {i.filename: i for i in infos if i.filename not in (MANIFEST_NAME, SIGNATURE_NAME)}
-    extra = sorted(set(present) - set(table))
-    if extra:
-        raise _integrity(p, f"it holds {', '.join(extra)}, which the manifest does not list")
 
-    payload: dict[str, bytes | MappedEntry] = {}
-    for name in sorted(table):
-        want_sha, want_size = table[name]["sha256"], table[name]["size"]
-        info = present.get(name)
-        if info is None:
-            raise _integrity(p, f"payload file {name} listed in the manifest is missing")
-        if info.file_size != want_size:  # checked before reading: no decompressing of a huge entry
-            raise _integrity(p, f"payload file {name} has {info.file_size} bytes, manifest says {want_size}")
-        if not load_payload:
-            continue
-        if table[name].get("mapped"):
-            payload[name] = _mapped_entry(p, zf, info, want_sha)
-            continue
-        data = zf.read(name)
-        got_sha = sha256_bytes(data)
-        if len(data) != want_size or got_sha != want_sha:
-            raise _integrity(p, f"payload file {name} has sha256 {got_sha}, manifest says {want_sha}")
-        payload[name] = data
-    return manifest, payload
+def _check_expansion(p: str, file_size: int, in_memory: list[zipfile.ZipInfo]) -> None:
+    """Refuse, before decompressing anything, payload files whose declared sizes add up to more
+    than the artifact could hold: a decompression bomb (or a damaged size field)."""
+    total = sum(i.file_size for i in in_memory)
+    budget = max(_EXPANSION_FLOOR, _MAX_EXPANSION * file_size)
+    if total > budget:
+        raise _integrity(p, f"its payload files would expand to {total} bytes, more than {_MAX_EXPANSION}x the "
+                            "file's size (a decompression bomb, or damaged size fields)")
+
+
+# Fields of the manifest that the driver and tools read, with the type each must have when present
+# (the runners check the fields only they read). Paths go into nested objects.
+def _is_str(v: Any) -> bool:
+    return isinstance(v, str)
+
+
+def _is_str_list(v: Any) -> bool:
+    return isinstance(v, list) and all(isinstance(x, str) for x in v)
+
+
+def _is_count(v: Any) -> bool:
+    return v is None or (type(v) is int and v >= 0)
+
+
+def _is_tensor_list(v: Any) -> bool:
+    """A list of objects whose shape, if any, is a list (compiler.load checks each entry in full)."""
+    return isinstance(v, list) and all(isinstance(e, dict) and isinstance(e.get("shape", []), list) for e in v)
+
+
+def _is_variant_list(v: Any) -> bool:
+    return v is None or (isinstance(v, list) and all(isinstance(e, dict) and _is_str_list(e.get("features", []))
+                                                     for e in v))
+
+
+_MANIFEST_FIELDS: dict[tuple[str, ...], tuple[Callable[[Any], bool], str]] = {
+    ("target",): (lambda v: isinstance(v, str) and bool(v), "a target name"),
+    ("model_name",): (_is_str, "a string"),
+    ("source_kind",): (_is_str, "a string"),
+    ("source_sha256",): (lambda v: v is None or isinstance(v, str), "a string"),
+    ("inputs",): (_is_tensor_list, "a list of {name, dtype, shape} objects"),
+    ("outputs",): (_is_tensor_list, "a list of {name, dtype, shape} objects"),
+    ("passes",): (_is_str_list, "a list of pass names"),
+    ("tool_versions",): (lambda v: isinstance(v, dict), "an object"),
+    ("dynamic_batch",): (lambda v: v is None or isinstance(v, bool), "true or false"),
+    ("target_info",): (lambda v: v is None or isinstance(v, dict), "an object"),
+    ("target_info", "requires"): (lambda v: v is None or isinstance(v, dict), "an object"),
+    ("target_info", "requires", "cpu_features"): (lambda v: v is None or _is_str_list(v), "a list of names"),
+    ("target_info", "variants"): (_is_variant_list, "a list of {name, features, library}"),
+    ("target_info", "tvm_target"): (lambda v: v is None or isinstance(v, dict), "an object"),
+    ("target_info", "session_config"): (lambda v: v is None or isinstance(v, dict), "an object"),
+    ("report",): (lambda v: v is None or isinstance(v, dict), "an object"),
+    ("report", "parameters"): (_is_count, "a count"),
+    ("report", "parameter_bytes"): (_is_count, "a count"),
+}
+
+
+def check_manifest_fields(p: str, manifest: dict[str, Any]) -> None:
+    """ArtifactError naming the first manifest field (of those the driver reads) of the wrong type."""
+    for path, (ok, what) in _MANIFEST_FIELDS.items():
+        value: Any = manifest
+        for key in path:
+            value = value.get(key, _ABSENT) if isinstance(value, dict) else _ABSENT
+        if value is not _ABSENT and not ok(value):
+            raise ArtifactError(f"{p} has a malformed manifest: '{'.'.join(path)}' is not {what}; {_RECOMPILE}")
+
+
+_ABSENT = object()
 
 
 def _mapped_entry(p: str, zf: zipfile.ZipFile, info: zipfile.ZipInfo, want_sha: str) -> MappedEntry:
@@ -337,25 +482,24 @@ def _mapped_entry(p: str, zf: zipfile.ZipFile, info: zipfile.ZipInfo, want_sha: 
     return MappedEntry(p, offset, info.file_size)
 
 
-def _ends_with_comment(p: str, comment: bytes) -> bool:
-    """The file ends exactly with the zip's end record comment (zipfile ignores trailing data)."""
+def _ends_with_comment(f, comment: bytes) -> bool:
+    """The open file ``f`` ends exactly with the zip's end record comment (zipfile ignores trailing
+    data). The open file, not the path: the path may name a newer version by now."""
     tail = len(comment) + 2
-    with open(p, "rb") as f:
-        f.seek(0, os.SEEK_END)
-        if f.tell() < tail:
-            return False
-        f.seek(-tail, os.SEEK_END)
-        data = f.read(tail)
-    return data == len(comment).to_bytes(2, "little") + comment
+    f.seek(0, os.SEEK_END)
+    if f.tell() < tail:
+        return False
+    f.seek(-tail, os.SEEK_END)
+    return f.read(tail) == len(comment).to_bytes(2, "little") + comment
 
 
 def _integrity(p: str, what: str) -> ArtifactError:
-    return ArtifactError(f"{p} failed its integrity check: {what} (the file was modified or damaged; recompile it)")
+    return ArtifactError(f"{p} failed its integrity check: {what} (the file was modified or damaged; {_RECOMPILE})")
 
 
 def _corrupt(p: str, e: BaseException) -> ArtifactError:
-    detail = str(e) or type(e).__name__
-    return ArtifactError(f"{p} is not a valid artifact: file is truncated or corrupt ({detail})")
+    detail = (str(e) or type(e).__name__)[:200]
+    return ArtifactError(f"{p} is not a valid artifact: file is truncated or corrupt ({detail}); {_RECOMPILE}")
 
 
 # -- one more entry (the signature) ----------------------------------------------------------------

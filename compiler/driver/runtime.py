@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import importlib
 import os
+import re
 import warnings
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -36,7 +37,7 @@ import numpy as np
 from compiler import dims
 from compiler.driver.artifact import read_artifact
 from compiler.driver.signing import TRUSTED_KEYS_ENV  # signing imports model-signing only when it signs or verifies
-from compiler.errors import ArtifactError, InputError
+from compiler.errors import ArtifactError, InputError, one_line
 
 Runner = Callable[[list[np.ndarray]], list[np.ndarray]]
 
@@ -115,7 +116,13 @@ def load(path: str | os.PathLike, threads: int | None = None,
     load_runner = getattr(module, "load_runner", None)
     if not callable(load_runner):
         raise RuntimeError(f"runner module {_RUNNERS[target]} for target '{target}' has no load_runner()")
-    runner = load_runner(manifest, payload, threads)
+    try:
+        runner = load_runner(manifest, payload, threads)
+    except (KeyError, TypeError, AttributeError, IndexError, ValueError, RecursionError, OSError) as exc:
+        # A runner reads the fields only it knows without checking every type: a manifest or
+        # payload of the wrong shape (hostile, or damaged before it was hashed) ends here.
+        raise ArtifactError(f"{p}: the '{target}' runtime cannot use what the artifact holds "
+                            f"({type(exc).__name__}: {one_line(exc, 200)}); recompile it or download it again") from exc
     return LoadedModel(p, manifest, runner, inputs, outputs, threads)
 
 
@@ -152,15 +159,27 @@ def _specs(p: str, manifest: dict[str, Any], key: str) -> tuple[TensorSpec, ...]
         raise ArtifactError(f"{p} has a malformed manifest: '{key}' is not a list; recompile it")
     specs = []
     for i, e in enumerate(entries):
-        ok = (isinstance(e, dict) and isinstance(e.get("name"), str) and isinstance(e.get("dtype"), str)
-              and isinstance(e.get("shape"), list)
-              and all((isinstance(d, int) and not isinstance(d, bool) and d >= 0) or (isinstance(d, str) and d)
-                      for d in e["shape"]))
+        ok = (isinstance(e, dict) and isinstance(e.get("name"), str)
+              and isinstance(e.get("dtype"), str) and _DTYPE_NAME.fullmatch(e["dtype"]) is not None
+              and isinstance(e.get("shape"), list) and all(_valid_dim(d) for d in e["shape"]))
         if not ok:
             raise ArtifactError(f"{p} has a malformed manifest: {key}[{i}] is not "
                                 "{name, dtype, shape}; recompile it")
         specs.append(TensorSpec(e["name"], e["dtype"], tuple(e["shape"])))
     return tuple(specs)
+
+
+# What a manifest dim may be: a size, or a symbol/expression short enough to evaluate without
+# deep recursion (compiled models write expressions of a few dozen characters).
+_MAX_DIM = (1 << 31) - 1
+_MAX_DIM_TEXT = 512
+_DTYPE_NAME = re.compile(r"[a-z][a-z0-9_]{0,31}")
+
+
+def _valid_dim(d: Any) -> bool:
+    if type(d) is int:
+        return 0 <= d <= _MAX_DIM
+    return isinstance(d, str) and 0 < len(d) <= _MAX_DIM_TEXT
 
 
 def _none_positions(p: str, manifest: dict[str, Any], n_outputs: int) -> tuple[int, ...]:
@@ -195,7 +214,7 @@ def _index_bounds(p: str, manifest: dict[str, Any], names: tuple[str, ...]) -> t
 def _numpy_dtype(name: str) -> np.dtype | None:
     try:
         return np.dtype(name)
-    except TypeError:
+    except (TypeError, ValueError, OverflowError):
         return None  # a dtype numpy lacks (e.g. bfloat16): compared by name
 
 
@@ -338,7 +357,7 @@ class LoadedModel:
                     if isinstance(want, str) and not dims.is_symbol(want):
                         try:
                             size = dims.evaluate(want, sizes)
-                        except (KeyError, ValueError, ZeroDivisionError, SyntaxError):
+                        except (KeyError, ValueError, ZeroDivisionError, SyntaxError, RecursionError, MemoryError):
                             continue  # a symbol no input binds on its own: the backend checks it
                         if got != size:
                             raise InputError(f"input '{spec.name}' dim {axis} is {got} but {want} is {size}")

@@ -169,7 +169,7 @@ def _compile_report_text(report: Any) -> str:
         kwargs["verification"] = Verification(**_known_fields(Verification, kwargs["verification"]))
     try:
         return CompileReport(**kwargs).format()
-    except (TypeError, KeyError, ValueError) as exc:
+    except (TypeError, KeyError, ValueError, AttributeError, IndexError) as exc:  # a report of another shape
         return f"recorded, but this version cannot format it ({type(exc).__name__}: {one_line(exc)})"
 
 
