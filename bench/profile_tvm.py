@@ -10,6 +10,7 @@ kernels (matmul, dense, conv, Winograd), GFLOP/s from TVM's FLOP estimate of the
 
     python bench/profile_tvm.py bert
     python bench/profile_tvm.py resnet18 --batch 8 --threads 0 --top 30
+    python bench/profile_tvm.py mobilenet_v2 --variant x86-64-v4-vnni     # build one variant only
     python bench/profile_tvm.py gpt2 --artifact gpt2.aot          # profile an existing artifact (no GFLOP/s)
 """
 
@@ -42,30 +43,38 @@ def model_and_inputs(name: str, batch: int):
     return model, model.example_inputs(batch)
 
 
-def compile_with_flops(model, inputs, path: str, options: dict) -> tuple[float, dict[str, float]]:
+def compile_with_flops(model, inputs, path: str, options: dict, variant: str | None = None) -> tuple[float, dict[str, float]]:
     """Compile to ``path``; returns (seconds, FLOPs per PrimFunc name). The FLOPs come from the
     scheduled module the backend builds, caught by wrapping ``pipeline.lower`` for this one compile
-    (the library keeps the PrimFuncs' names, so they match the VM's call symbols)."""
+    (the library keeps the PrimFuncs' names, so they match the VM's call symbols). ``variant``:
+    build only that one of the portable CPU variants (the one ``load`` would pick), to save time."""
     import compiler
-    from backends.tvm import pipeline
+    from backends.options import LlvmOptions
+    from backends.tvm import emit, pipeline
 
     flops: dict[str, float] = {}
     original = pipeline.lower
 
-    def lower_and_count(mod, target, opts=None):
-        scheduled = original(mod, target, opts)
+    def lower_and_count(mod, target, *args, **kwargs):
+        scheduled = original(mod, target, *args, **kwargs)
         flops.update(_primfunc_flops(scheduled))
         return scheduled
 
     pipeline.lower = lower_and_count
+    portable = emit.PORTABLE_VARIANTS
+    if variant is not None:
+        emit.PORTABLE_VARIANTS = tuple(v for v in portable if v[0] == variant)
+        if not emit.PORTABLE_VARIANTS:
+            raise SystemExit(f"error: unknown variant {variant!r}; known: {', '.join(v[0] for v in portable)}")
     try:
         t0 = time.perf_counter()
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            compiler.compile(model, inputs, target="llvm", output=path, verify=False, target_options=options)
+            compiler.compile(model, inputs, target=LlvmOptions(**options), output=path, verify=False)
         return time.perf_counter() - t0, flops
     finally:
         pipeline.lower = original
+        emit.PORTABLE_VARIANTS = portable
 
 
 def _primfunc_flops(mod) -> dict[str, float]:
@@ -160,6 +169,7 @@ def main(argv=None) -> int:
     parser.add_argument("--runs", type=int, default=5, help="instrumented runs to average")
     parser.add_argument("--top", type=int, default=20, help="kernels to list")
     parser.add_argument("--cpu", help="llvm mcpu (default: the host's)")
+    parser.add_argument("--variant", help="build only this portable CPU variant (x86-64-v3, x86-64-v4-vnni)")
     parser.add_argument("--tuning-db", help="apply this tuning database directory")
     parser.add_argument("--artifact", help="profile this existing llvm artifact instead of compiling MODEL")
     args = parser.parse_args(argv)
@@ -175,7 +185,7 @@ def main(argv=None) -> int:
             path = os.path.join(tmp, f"{args.model}.aot")
             options = {k: v for k, v in (("cpu", args.cpu), ("tuning_db", args.tuning_db)) if v}
             print(f"[profile_tvm] compiling {args.model} batch {args.batch} for llvm ...", file=sys.stderr, flush=True)
-            seconds, flops = compile_with_flops(model, inputs, path, options)
+            seconds, flops = compile_with_flops(model, inputs, path, options, args.variant)
             print(f"[profile_tvm] compiled in {seconds:.1f} s", file=sys.stderr, flush=True)
         loaded = compiler.load(path, threads=args.threads or None)
         if loaded.manifest.get("target") != "llvm":

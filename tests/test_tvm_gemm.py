@@ -63,18 +63,23 @@ def test_micro_kernel_shapes():
         for m in (1, 5, 7, 49, 56, 128, 1024):
             for n in (8, 16, 24, 48, 96, 512, 768, 3072):
                 rows, panel = gemm.micro_kernel(m, n, lanes)
+                vector = lanes
                 if n % lanes:
-                    assert panel == 0
-                    continue
-                assert panel % lanes == 0 and n % panel == 0
-                rows, vectors = gemm.tile_shape(m, panel, lanes)
-                assert 1 <= rows <= m and rows * vectors <= limit and (panel // lanes) % vectors == 0
+                    # AVX-512 packs widths of an odd number of 8-lane halves with half registers.
+                    vector = lanes // 2
+                    if lanes == 8 or n % vector:
+                        assert panel == 0
+                        continue
+                assert panel % vector == 0 and n % panel == 0
+                rows, vectors = gemm.tile_shape(m, panel, vector)
+                assert 1 <= rows <= m and rows * vectors <= limit and (panel // vector) % vectors == 0
     assert gemm.micro_kernel(128, 768, 8) == (4, 24)
     assert gemm.micro_kernel(49, 512, 8) == (6, 16) and gemm.tile_shape(49, 32, 16) == (7, 2)
     assert gemm.tile_shape(14, 32, 16) == (7, 2) and gemm.tile_shape(12, 16, 16) == (12, 1)
     assert gemm.tile_shape(13, 16, 8) == (6, 2)
     assert gemm.micro_kernel(128, 768, 16) == (8, 32)
-    assert gemm.micro_kernel(100, 20, 8) == (0, 0)
+    assert gemm.micro_kernel(100, 20, 8) == (0, 0) and gemm.micro_kernel(100, 20, 16) == (0, 0)
+    assert gemm.micro_kernel(3136, 24, 16) == (4, 24)
 
 
 def test_pack_weight_layout(rng):

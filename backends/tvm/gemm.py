@@ -13,7 +13,7 @@ where ``Wp = W.reshape(K, N // P, P).transpose(1, 0, 2)`` is the weight packed a
 into panels of ``P`` output columns (``P`` = two vector registers on AVX-512, two or three on
 AVX2, see ``micro_kernel``), so the kernel reads each panel contiguously along K. Both calls are
 out-elementwise-fusable: FuseOps puts the bias, activation and residual add after them into the
-same PrimFunc. N must be a multiple of the vector width, else the op is left alone (the generic
+same PrimFunc. N must be a multiple of the vector width (on AVX-512: of 8, half a register), else the op is left alone (the generic
 ``TiledContraction`` rule takes it), except a matmul at least ``PAD_MIN_WIDTH`` wide: its weight
 gets zero columns up to a vector multiple and the result is sliced back to N.
 
@@ -57,14 +57,21 @@ PAD_MIN_WIDTH = 256
 
 def micro_kernel(m: int, n: int, lanes: int) -> tuple[int, int]:
     """(rows, panel columns) of the register tile for C = [m, n] (m: the tiled row axis) with
-    ``lanes``-wide vectors; panel 0 when n is not a multiple of ``lanes`` (not packable).
+    ``lanes``-wide vectors; panel 0 when n is not a multiple of ``lanes`` (not packable), except
+    on AVX-512 for a multiple of 8: panels of 8-lane vectors.
 
     AVX-512 (16 lanes, 32 registers): 8 x 32 (16 accumulators), else 7/12/6 rows, whichever
     divides m (measured 0.84-0.94x onnxruntime). AVX2 (8 lanes, 16 registers): 4 x 24 or 6 x 16
     (12 accumulators; 7 x 16 spills, measured 2x slower).
     """
     if n % lanes:
-        return 0, 0
+        half = lanes // 2
+        if half < 8 or n % half:
+            return 0, 0
+        # A width of an odd number of half registers (MobileNetV2's 24-channel 1x1 convs on
+        # AVX-512): half-width (256-bit) vectors, three to a panel where they fit.
+        panel = 3 * half if n % (3 * half) == 0 else half
+        return tile_rows(m, panel, half), panel
     if lanes < 16 and n % (3 * lanes) == 0 and m % 4 == 0:
         return 4, 3 * lanes
     panel = 2 * lanes if n % (2 * lanes) == 0 else lanes

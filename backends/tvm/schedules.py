@@ -7,6 +7,8 @@ unscheduled (correct, only slow).
 
 - ``PackedGemm`` (``backends/tvm/gemm.py``): the packed-weight GEMM / implicit-GEMM convolution
   the pipeline made of constant-weight matmuls and convolutions, with its epilogue.
+- ``DepthwiseConv`` (``backends/tvm/depthwise.py``): NHWC depthwise convolution with its padding
+  computed per row tile and its epilogue per register tile.
 - ``TiledContraction``: one reduction block (dense, matmul, batch-matmul, convolution, pooling,
   mean) with its injective producers and epilogue: a register-tiled micro-kernel that vectorizes
   the innermost output axis with the target's vector width, keeps the accumulators in a local
@@ -292,9 +294,10 @@ def cpu_rules() -> list[ScheduleRule]:
     """The CPU rules in the order they are tried."""
     from tvm.s_tir import dlight
 
+    from .depthwise import DepthwiseConv
     from .gemm import PackedGemm
 
-    return [Guarded(PackedGemm()), Guarded(TiledContraction()), Guarded(dlight.cpu.Reduction()),
+    return [Guarded(PackedGemm()), Guarded(DepthwiseConv()), Guarded(TiledContraction()), Guarded(dlight.cpu.Reduction()),
             Guarded(dlight.cpu.GEMV()), Guarded(Injective())]
 
 
