@@ -165,9 +165,9 @@ def _compile_report_text(report: Any) -> str:
     if not isinstance(report, dict):
         return "none recorded"
     kwargs = _known_fields(CompileReport, report)
-    if isinstance(kwargs.get("verification"), dict):
-        kwargs["verification"] = Verification(**_known_fields(Verification, kwargs["verification"]))
     try:
+        if isinstance(kwargs.get("verification"), dict):
+            kwargs["verification"] = Verification(**_known_fields(Verification, kwargs["verification"]))
         return CompileReport(**kwargs).format()
     except (TypeError, KeyError, ValueError, AttributeError, IndexError) as exc:  # a report of another shape
         return f"recorded, but this version cannot format it ({type(exc).__name__}: {one_line(exc)})"
