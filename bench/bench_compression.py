@@ -186,10 +186,10 @@ def bench_zoo_model(name: str, rounds: int, budget: float, source: str = "zoo", 
         runners = {"float32": compiler.load(str(float_art.path), threads=1),
                    "int8": compiler.load(str(int8_art.path), threads=1)}
     xs = [t.numpy() for t in example]
-    per_round = {mode: [] for mode in runners}
+    per_round = {label: [] for label in runners}
     for _ in range(rounds):
-        for mode, run in runners.items():
-            per_round[mode].append(median_latency(lambda run=run: run(*xs), min_runs=min_runs, budget_s=budget))
+        for label, run in runners.items():
+            per_round[label].append(median_latency(lambda run=run: run(*xs), min_runs=min_runs, budget_s=budget))
     ratios = [q / f for q, f in zip(per_round["int8"], per_round["float32"])]
     return {"model": name, "mode": mode, "float_ms": 1e3 * float(np.median(per_round["float32"])),
             "int8_ms": 1e3 * float(np.median(per_round["int8"])), "ratio": float(np.median(ratios)),
