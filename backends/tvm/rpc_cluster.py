@@ -11,6 +11,7 @@ its own process group, so stopping one also stops the session processes it forke
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import signal
 import socket
@@ -59,10 +60,8 @@ class LocalCluster:
         self.stop()
 
     def start(self) -> None:
-        try:
-            import tornado  # noqa: F401 - TVM's tracker needs it
-        except ImportError:
-            raise CompileError(f"the RPC tracker needs tornado: {RPC_EXTRA_HINT}") from None
+        if importlib.util.find_spec("tornado") is None:  # TVM's tracker needs it
+            raise CompileError(f"the RPC tracker needs tornado: {RPC_EXTRA_HINT}")
         self._tracker_proc = _spawn([sys.executable, "-m", "tvm.exec.rpc_tracker", "--host", "127.0.0.1",
                                      "--port", str(self.port), "--port-end", str(self.port + 1), "--silent"])
         self._wait(lambda: _tracker_answers(self.tracker), "the tracker to answer")
