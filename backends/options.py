@@ -8,6 +8,7 @@ True.
 
     OnnxOptions(opset=17)
     LlvmOptions(cpu="x86-64-v3", tune=500, tuning_db="tuning/")
+    LlvmOptions(cpu="znver4", tune=500, tuning_db="tuning/", rpc_tracker="10.0.0.5:9190", rpc_key="epyc")
     CudaOptions(cuda_arch="sm_90")
     HlsOptions(hls_precision="ap_fixed<16,6>", reuse_factor=4)
 """
@@ -67,12 +68,45 @@ class LlvmOptions(TargetOptions):
     tune: int | None = option(help="search schedules with MetaSchedule for TRIALS trials", type=int,
                               metavar="TRIALS")
     tuning_db: str | None = option(help="tuning database directory: read, and written by --tune", metavar="DIR")
+    rpc_tracker: str | None = option(help="with --tune: time the candidates on the TVM RPC servers registered at "
+                                          "this tracker under --rpc-key (they are still built here); give --cpu "
+                                          "the servers' CPU unless it is this machine's",
+                                     metavar="HOST:PORT")
+    rpc_key: str | None = option(help="the key the RPC servers registered with (python -m tvm.exec.rpc_server "
+                                      "--tracker HOST:PORT --key KEY)", metavar="KEY")
+    rpc_wait: float | None = option(help="seconds to wait for a first RPC server under the key (default 45)",
+                                    type=float, metavar="SECONDS")
+    rpc_timeout: float | None = option(help="seconds one candidate may take on an RPC server before it counts as "
+                                            "failed and the server as hung (default 30)", type=float,
+                                       metavar="SECONDS")
 
     def __post_init__(self):
         if self.tune is not None and (isinstance(self.tune, bool) or int(self.tune) < 1):
             raise CompileError(f"--tune takes a positive number of trials, got {self.tune}")
         if self.tune is not None and not self.tuning_db:
             raise CompileError("tuning needs a database directory: pass tuning_db (--tuning-db DIR) with tune")
+        self._check_rpc()
+
+    def _check_rpc(self) -> None:
+        """The RPC options go together, and only with a search; the tracker is asked once here, so
+        an address nobody answers on fails before any work (the search itself waits for servers)."""
+        rpc = {"rpc_key": self.rpc_key, "rpc_wait": self.rpc_wait, "rpc_timeout": self.rpc_timeout}
+        if self.rpc_tracker is None:
+            given = [name for name, value in rpc.items() if value is not None]
+            if given:
+                raise CompileError(f"--{given[0].replace('_', '-')} needs --rpc-tracker HOST:PORT")
+            return
+        if self.tune is None:
+            raise CompileError("--rpc-tracker times tuning candidates: use it with --tune N --tuning-db DIR")
+        if not self.rpc_key:
+            raise CompileError("--rpc-tracker needs --rpc-key KEY: the key the RPC servers registered with")
+        for name in ("rpc_wait", "rpc_timeout"):
+            value = getattr(self, name)
+            if value is not None and (isinstance(value, bool) or not float(value) > 0):
+                raise CompileError(f"--{name.replace('_', '-')} must be a positive number of seconds, got {value}")
+        from backends.tvm.tune import check_tracker
+
+        check_tracker(self.rpc_tracker)
 
 
 @dataclass(frozen=True)

@@ -8,12 +8,20 @@ llvm artifact and our tuned one, at one thread and at all threads. A database al
 is reused (``--retune`` searches again), so a second run only measures.
 
     python bench/bench_tuning.py --models mlp,resnet --trials 256 --db tuning/
+
+With ``--rpc-tracker local`` it compares tuning over TVM's RPC tracker with 1 and with 2 servers
+started here (each pinned to one core with taskset): tuning wall time and the tuned latency
+(timed here, interleaved with the untuned artifact). With ``--rpc-tracker HOST:PORT --rpc-key KEY``
+it tunes once on the servers registered there.
+
+    python bench/bench_tuning.py --rpc-tracker local --models mlp --trials 64
 """
 
 from __future__ import annotations
 
 import argparse
 import os
+import shutil
 import sys
 import tempfile
 import time
@@ -75,6 +83,56 @@ def bench_tuned(name: str, batch: int, trials: int, db_root: str, retune: bool) 
     return row
 
 
+def bench_rpc(name: str, batch: int, trials: int, db_root: str, tracker: str, key: str | None) -> list[dict]:
+    """Tune ``name`` through an RPC tracker: with 1 and with 2 local pinned servers (``tracker ==
+    "local"``), or once on the servers at ``tracker`` under ``key``."""
+    import compiler
+    from backends.tvm.rpc_cluster import LocalCluster
+    from models import get_model
+
+    model = get_model(name).factory().eval()
+    inputs = model.example_inputs(batch)
+    feeds = [t.numpy() for t in inputs]
+    setups = [(n, None) for n in (1, 2)] if tracker == "local" else [(None, (tracker, key))]
+    rows = []
+    with tempfile.TemporaryDirectory() as tmp:
+        plain = compiler.compile(model, inputs, target=compiler.LlvmOptions(cpu="host"),
+                                 output=os.path.join(tmp, "plain.aot"), verify=False)
+        for servers, remote in setups:
+            cluster = LocalCluster(servers=servers, key="bench", cores=[[i % os.cpu_count()] for i in range(servers)]) \
+                if servers else None
+            label = f"{servers} local" if servers else f"{remote[0]} {remote[1]}"
+            db = os.path.join(db_root, f"{name}-rpc-{servers or 'remote'}")
+            shutil.rmtree(db, ignore_errors=True)  # each setup searches from scratch: comparable wall times
+            try:
+                if cluster:
+                    cluster.start()
+                address, rpc_key = (cluster.tracker, "bench") if cluster else remote
+                print(f"[bench] tuning {name}: {trials} trials on RPC servers ({label})", file=sys.stderr, flush=True)
+                t0 = time.perf_counter()
+                tuned = compiler.compile(model, inputs, output=os.path.join(tmp, "tuned.aot"), verify=False,
+                                         target=compiler.LlvmOptions(cpu="host", tune=trials, tuning_db=db,
+                                                                     rpc_tracker=address, rpc_key=rpc_key))
+                tune_s = time.perf_counter() - t0
+            finally:
+                if cluster:
+                    cluster.stop()
+            ours_plain, ours_tuned = compiler.load(plain.path), compiler.load(tuned.path)
+            best = bench.interleaved({"plain": lambda: ours_plain.run(feeds), "tuned": lambda: ours_tuned.run(feeds)})
+            rows.append({"model": name, "servers": label, "trials": trials, "tune_s": tune_s,
+                         "plain_ms": best["plain"], "tuned_ms": best["tuned"]})
+            print(format_rpc_table(rows[-1:]).splitlines()[2], file=sys.stderr, flush=True)
+    return rows
+
+
+def format_rpc_table(rows: list[dict]) -> str:
+    lines = ["| model | servers | trials | tuning wall s | untuned ms | tuned ms | tuned / untuned |", "|" + "---|" * 7]
+    for r in rows:
+        lines.append(f"| {r['model']} | {r['servers']} | {r['trials']} | {r['tune_s']:.0f} | {r['plain_ms']:.3f} "
+                     f"| {r['tuned_ms']:.3f} | {r['tuned_ms'] / r['plain_ms']:.2f}x |")
+    return "\n".join(lines)
+
+
 def format_table(rows: list[dict]) -> str:
     head = ("| model | trials | tuning s | compile from db s | ORT 1 thread ms | untuned / ORT (1) | tuned / ORT (1) "
             "| ORT all ms | untuned / ORT (all) | tuned / ORT (all) |")
@@ -105,7 +163,24 @@ def main(argv=None) -> int:
     parser.add_argument("--db", default="tuning", help="database root; one subdirectory per model")
     parser.add_argument("--retune", action="store_true", help="search again even where a database exists")
     parser.add_argument("--output", help="also write the table to this file")
+    parser.add_argument("--rpc-tracker", metavar="HOST:PORT|local",
+                        help="tune over TVM's RPC tracker: 'local' compares 1 and 2 servers started here")
+    parser.add_argument("--rpc-key", help="with --rpc-tracker HOST:PORT: the servers' key")
     args = parser.parse_args(argv)
+    if args.rpc_tracker:
+        from compiler.errors import CompileError
+
+        try:
+            rows = [r for name in args.models.split(",") if name
+                    for r in bench_rpc(name, args.batch, args.trials, args.db, args.rpc_tracker, args.rpc_key)]
+        except CompileError as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            return 2
+        table = format_rpc_table(rows)
+        print(table)
+        if args.output:
+            Path(args.output).write_text(table + "\n")
+        return 0
     rows = []
     for name in [m for m in args.models.split(",") if m]:
         try:

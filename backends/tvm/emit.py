@@ -233,6 +233,8 @@ def _build_cpu_variants(mod, options: dict[str, Any], info: dict[str, Any]):
     # Tuning measures on this machine: the search (or the saved database) serves the variant this
     # machine runs best; the other variants get the search-free rules.
     tuned = best_variant(variants) if options.get("tune") or options.get("tuning_db") else None
+    if options.get("rpc_tracker") and len(variants) == 1:  # timed on the RPC servers: --cpu names their CPU
+        tuned = variants[0]
     prepared = pipeline.prepare_portable(mod)
     payload: dict[str, bytes] = {}
     stats: dict[str, Any] = {}
