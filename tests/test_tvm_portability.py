@@ -158,11 +158,11 @@ def test_artifact_for_a_newer_cpu_is_refused_before_loading(tmp_path, monkeypatc
 
 
 @pytest.mark.parametrize("edit, message", [
-    (lambda info: info["variants"][1].update(features="avx512f"), r"variants\[1\].features is not a list"),
+    (lambda info: info["variants"][1].update(features="avx512f"), r"'target_info.variants' is not a list of \{name, features"),
     (lambda info: info["variants"][0]["features"].append("avx1024"), r"unknown feature\(s\) 'avx1024'"),
     (lambda info: info["variants"][1].update(library="model.other.so"), "does not hold"),
-    (lambda info: info.update(variants={}), "not a non-empty list"),
-    (lambda info: info["requires"].update(cpu_features=[3]), "requires.cpu_features is not a list"),
+    (lambda info: info.update(variants={}), "'target_info.variants' is not a list"),
+    (lambda info: info["requires"].update(cpu_features=[3]), "'target_info.requires.cpu_features' is not a list of names"),
 ])
 def test_malformed_features_in_the_manifest_are_refused(default_artifact, tmp_path, monkeypatch, edit, message):
     _, path = default_artifact

@@ -13,6 +13,7 @@ import tempfile
 import time
 from pathlib import Path
 
+from compiler.cache import cache_root
 from compiler.errors import CompileError
 
 CXXFLAGS = ["-O1", "-std=c++14", "-fPIC", "-shared", "-fno-gnu-unique", "-Wno-unknown-pragmas", "-w"]
@@ -117,9 +118,7 @@ def build_from_files(files: dict[str, str], proj: str) -> tuple[bytes, tuple[flo
 
 
 def cache_dir() -> Path:
-    base = os.environ.get("AOT_COMPILER_CACHE")
-    root = Path(base) if base else Path.home() / ".cache" / "aot-compiler"
-    return root / "hls"
+    return cache_root() / "hls"
 
 
 def sha256(data: bytes) -> str:

@@ -23,6 +23,7 @@ from pathlib import Path
 import numpy as np
 
 from backends.hls import build
+from compiler.cache import cached_file
 from compiler.errors import ArtifactError, InputError
 
 PROJECT_FILE = "hls_project.tar.gz"
@@ -43,10 +44,7 @@ def cached_library(payload: dict[str, bytes], proj: str) -> Path:
     cache = build.cache_dir()
     lib = payload.get(LIB_FILE)
     if lib is not None:
-        path = cache / f"{build.sha256(lib)}.so"
-        if not path.exists():
-            _atomic_write(path, lib)
-        return path
+        return cached_file(cache, lib)
     return rebuild(payload, proj)
 
 

@@ -11,7 +11,8 @@ from before variants were recorded carry only ``tvm_target``: its features are a
 
 Cache: ``$AOT_COMPILER_CACHE`` if set, else ``~/.cache/aot-compiler/tvm``; the file is written to a
 temporary name and renamed, so concurrent loads never see a half-written library, and a second
-load reuses it. tvm is imported only here, when a TVM artifact is loaded.
+load reuses it once its bytes are compared with the artifact's (``compiler.cache``). tvm is
+imported only here, when a TVM artifact is loaded.
 
 Running never needs TVM's compiler library (``libtvm_compiler.so``, 250 MB): the VM is
 ``tvm.runtime.vm.VirtualMachine``, which the runtime library alone provides. Where this process
@@ -21,46 +22,30 @@ imported runtime-only (``import_tvm``), and a tvm already imported, in either mo
 
 from __future__ import annotations
 
-import hashlib
 import importlib.util
 import json
 import os
 import platform
 import sys
-import tempfile
 import threading
 from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
 
+from compiler.cache import cache_root, cached_file
 from compiler.errors import ArtifactError, InputError
 
 LIBRARY = "model.so"
 
 
 def cache_dir() -> Path:
-    root = os.environ.get("AOT_COMPILER_CACHE")
-    return Path(root) if root else Path.home() / ".cache" / "aot-compiler" / "tvm"
+    return cache_root() / "tvm"
 
 
 def cached_library(data: bytes) -> Path:
-    """The path of ``data`` in the cache, written there (atomically) if it is not there yet."""
-    digest = hashlib.sha256(data).hexdigest()
-    directory = cache_dir()
-    path = directory / f"{digest}.so"
-    if path.exists() and path.stat().st_size == len(data):
-        return path
-    directory.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=directory, prefix=f".{digest}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
+    """The path of ``data`` in the cache, written there (atomically) unless it holds exactly it."""
+    return cached_file(cache_dir(), data)
 
 
 def usable_cores() -> int:
