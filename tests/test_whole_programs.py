@@ -161,14 +161,56 @@ def test_ops_outside_core_aten_match_eager(case, rng):
         np.testing.assert_allclose(a, b.numpy(), rtol=1e-6)
 
 
-def test_ops_outside_core_aten_compile_for_onnx(tmp_path, rng):
+@pytest.mark.parametrize("target", ["onnx", "llvm"])
+def test_ops_outside_core_aten_compile(target, tmp_path, rng):
     for i, (model, inputs) in enumerate(_programs(rng)):
         # searchsorted needs a sorted sequence, which verification's random inputs are not
         searches = isinstance(model, Searches)
-        art = compiler.compile(model, inputs, output=tmp_path / f"m{i}.aot", verify=not searches)
+        art = compiler.compile(model, inputs, target=target, output=tmp_path / f"m{i}.aot", verify=not searches)
         got = art.load().run([t.numpy() for t in inputs])
         for a, b in zip(got, torch.utils._pytree.tree_leaves(model(*inputs))):
             np.testing.assert_allclose(a, b.numpy(), rtol=1e-5)
+
+
+class ResizesAntialiased(torch.nn.Module):
+    def __init__(self, mode: str, align_corners: bool, **size):
+        super().__init__()
+        self.mode, self.align_corners, self.size = mode, align_corners, size
+
+    def forward(self, x):
+        return torch.nn.functional.interpolate(x, mode=self.mode, antialias=True, align_corners=self.align_corners,
+                                               **self.size)
+
+
+@pytest.mark.parametrize("mode", ["bilinear", "bicubic"])
+@pytest.mark.parametrize("shape, align_corners, size", [
+    ((2, 3, 12, 15), False, {"size": (5, 7)}), ((1, 2, 16, 16), False, {"scale_factor": 0.5}),
+    ((1, 2, 8, 6), True, {"scale_factor": 2.5}), ((2, 1, 12, 9), False, {"size": (5, 1)}),
+    ((1, 2, 1, 9), True, {"size": (1, 4)})])
+def test_antialiased_resize_matches_eager(mode, shape, align_corners, size, rng):
+    model, x = ResizesAntialiased(mode, align_corners, **size), _randn(rng, *shape)
+    graph = import_exported_program(export_module(model, (x,)))
+    np.testing.assert_allclose(run_graph(graph, [x.numpy()])[0], model(x).numpy(), rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("target", ["onnx", "llvm"])
+def test_antialiased_resize_compiles(target, tmp_path, rng):
+    model, x = ResizesAntialiased("bilinear", False, size=(5, 7)), _randn(rng, 2, 3, 12, 15)
+    art = compiler.compile(model, (x,), target=target, output=tmp_path / "m.aot")
+    np.testing.assert_allclose(art.load()(x.numpy()), model(x).numpy(), rtol=1e-5, atol=1e-5)
+
+
+class ViewsStrided(torch.nn.Module):
+    def forward(self, x):
+        return torch.as_strided(x, (3, 4), (2, 1), 1) + 1, torch.as_strided(x, (2, 2, 3), (5, 1, 2))
+
+
+@pytest.mark.parametrize("target", ["onnx", "llvm"])
+def test_as_strided_on_a_contiguous_input_compiles(target, tmp_path, rng):
+    x = _randn(rng, 4, 5)
+    art = compiler.compile(ViewsStrided(), (x,), target=target, output=tmp_path / "m.aot")
+    for got, want in zip(art.load()(x.numpy()), ViewsStrided()(x)):
+        np.testing.assert_array_equal(got, want.numpy())
 
 
 class NanHandling(torch.nn.Module):
