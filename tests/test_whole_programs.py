@@ -230,6 +230,32 @@ def test_nan_and_inf_are_exact_on_every_target(target, tmp_path):
         np.testing.assert_array_equal(got, want.numpy())  # NaN positions must agree too
 
 
+class Activations(torch.nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.conv, self.fc = torch.nn.Conv2d(3, 8, 3, padding=1), torch.nn.Linear(8, 16)
+
+    def forward(self, x):
+        F = torch.nn.functional
+        y = F.relu6(self.conv(x))  # fused into the conv as its activation
+        return (y, F.hardtanh(self.fc(y.permute(0, 2, 3, 1)), -1.0, 2.0), torch.relu(self.conv(x)),
+                torch.relu(x), F.hardsigmoid(x), F.relu6(x))
+
+
+@pytest.mark.parametrize("target", ["onnx", "llvm"])
+def test_nan_goes_through_relu_and_fused_relu6_on_every_target(target, tmp_path):
+    """LLVM lowers max(x, 0) to a select that picks 0 over NaN; PyTorch gives NaN."""
+    torch.manual_seed(0)
+    module, x = Activations().eval(), torch.randn(1, 3, 5, 5)
+    x[0, 1, 2, 3] = x[0, 0, 0, 0] = float("nan")
+    art = compiler.compile(module, (x,), target=target, output=tmp_path / "m.aot")
+    for got, want in zip(art.load()(x.numpy()), module(x)):
+        want = want.detach().numpy()
+        assert np.isnan(want).any()
+        np.testing.assert_array_equal(np.isnan(got), np.isnan(want))
+        np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
+
+
 class Embeds(torch.nn.Module):
     def __init__(self):
         super().__init__()
