@@ -40,7 +40,7 @@ def _clamp(ctx, x, dtype, attrs):
 
 
 def bounds_first_max(bound, x):
-    """max(bound, x) that is NaN where x is, as PyTorch's relu/clamp are, at no cost: TVM's LLVM
+    """max(bound, x) that is NaN where x is, as PyTorch's relu/clamp are: TVM's LLVM
     codegen lowers float max(a, b) to ``select(a > b, a, b)``, an ordered compare that is false
     for NaN and so picks b. (An isnan select cost MobileNetV2 ~10% with the select in every
     fused conv epilogue.) LLVM's fast-math flags would fold it; no target here sets them."""
