@@ -1030,6 +1030,41 @@ def _upsample(ctx: ImportContext, node: Node):
                     align_corners=align_corners, scales=[float(s) for s in scales] if scales else [])
 
 
+@handles("aten._upsample_bilinear2d_aa.default", "aten._upsample_bicubic2d_aa.default")
+def _upsample_antialiased(ctx: ImportContext, node: Node):
+    """Antialiased resize is separable and linear: ``Wh @ x @ Ww`` with constant matrices.
+    The matrices come from torch's own kernel applied to identity images, so their filter,
+    support and normalisation are exactly PyTorch's (no second implementation to drift)."""
+    x = ctx.tensor(node.args[0])
+    (out_h, out_w), align_corners = ctx.out_shape()[2:], bool(node.args[2])
+    in_h, in_w = x.shape[2:]
+    if not all(isinstance(s, int) for s in (in_h, in_w, out_h, out_w)):
+        raise ctx.unsupported("antialiased resize of an image whose size is dynamic; compile with fixed H and W")
+    scales = (arg(node, 3, "scales_h"), arg(node, 4, "scales_w"))
+    rows = _resize_matrix(node.target, (in_h, out_h), (in_w, out_w), scales, align_corners, axis=0)
+    cols = _resize_matrix(node.target, (in_w, out_w), (in_h, out_h), scales, align_corners, axis=1)
+    height = ctx.graph.add_constant(rows.T.astype(x.dtype.numpy), "resize_rows")  # [out_h, in_h]
+    width = ctx.graph.add_constant(cols.astype(x.dtype.numpy), "resize_cols")  # [in_w, out_w]
+    return ctx.emit("matmul", ctx.emit("matmul", height, x), width)
+
+
+def _resize_matrix(op, sizes: tuple, other: tuple, scales: tuple, align_corners: bool, axis: int) -> np.ndarray:
+    """[in, out] weights of one axis: ``op`` applied to the rows of an identity matrix laid
+    along ``axis``, constant along the other axis. Torch weighs an axis differently when the
+    other one has size 1 at either end, so keep the other axis's sizes then; else 2 -> 2 (an
+    identity there) keeps the probe small."""
+    exact = 1 in other
+    (n_in, n_out), (o_in, o_out) = sizes, other if exact else (2, 2)
+    probe = torch.eye(n_in, dtype=torch.float64).reshape(n_in, 1, n_in, 1).expand(n_in, 1, n_in, o_in)
+    size = [n_out, o_out]
+    if axis == 1:
+        probe, size = probe.transpose(2, 3), size[::-1]
+    scales = [s if exact or i == axis else None for i, s in enumerate(scales)]
+    with torch.no_grad():
+        out = op(probe.contiguous(), size, align_corners, *scales)
+    return (out[:, 0, :, 0] if axis == 0 else out[:, 0, 0, :]).numpy()
+
+
 # -- compositions of existing ops (more) -----------------------------------------------------------
 @handles("aten.arange.start_step", "aten.arange.default", "aten.arange.start")
 def _arange(ctx: ImportContext, node: Node):

@@ -161,14 +161,56 @@ def test_ops_outside_core_aten_match_eager(case, rng):
         np.testing.assert_allclose(a, b.numpy(), rtol=1e-6)
 
 
-def test_ops_outside_core_aten_compile_for_onnx(tmp_path, rng):
+@pytest.mark.parametrize("target", ["onnx", "llvm"])
+def test_ops_outside_core_aten_compile(target, tmp_path, rng):
     for i, (model, inputs) in enumerate(_programs(rng)):
         # searchsorted needs a sorted sequence, which verification's random inputs are not
         searches = isinstance(model, Searches)
-        art = compiler.compile(model, inputs, output=tmp_path / f"m{i}.aot", verify=not searches)
+        art = compiler.compile(model, inputs, target=target, output=tmp_path / f"m{i}.aot", verify=not searches)
         got = art.load().run([t.numpy() for t in inputs])
         for a, b in zip(got, torch.utils._pytree.tree_leaves(model(*inputs))):
             np.testing.assert_allclose(a, b.numpy(), rtol=1e-5)
+
+
+class ResizesAntialiased(torch.nn.Module):
+    def __init__(self, mode: str, align_corners: bool, **size):
+        super().__init__()
+        self.mode, self.align_corners, self.size = mode, align_corners, size
+
+    def forward(self, x):
+        return torch.nn.functional.interpolate(x, mode=self.mode, antialias=True, align_corners=self.align_corners,
+                                               **self.size)
+
+
+@pytest.mark.parametrize("mode", ["bilinear", "bicubic"])
+@pytest.mark.parametrize("shape, align_corners, size", [
+    ((2, 3, 12, 15), False, {"size": (5, 7)}), ((1, 2, 16, 16), False, {"scale_factor": 0.5}),
+    ((1, 2, 8, 6), True, {"scale_factor": 2.5}), ((2, 1, 12, 9), False, {"size": (5, 1)}),
+    ((1, 2, 1, 9), True, {"size": (1, 4)})])
+def test_antialiased_resize_matches_eager(mode, shape, align_corners, size, rng):
+    model, x = ResizesAntialiased(mode, align_corners, **size), _randn(rng, *shape)
+    graph = import_exported_program(export_module(model, (x,)))
+    np.testing.assert_allclose(run_graph(graph, [x.numpy()])[0], model(x).numpy(), rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("target", ["onnx", "llvm"])
+def test_antialiased_resize_compiles(target, tmp_path, rng):
+    model, x = ResizesAntialiased("bilinear", False, size=(5, 7)), _randn(rng, 2, 3, 12, 15)
+    art = compiler.compile(model, (x,), target=target, output=tmp_path / "m.aot")
+    np.testing.assert_allclose(art.load()(x.numpy()), model(x).numpy(), rtol=1e-5, atol=1e-5)
+
+
+class ViewsStrided(torch.nn.Module):
+    def forward(self, x):
+        return torch.as_strided(x, (3, 4), (2, 1), 1) + 1, torch.as_strided(x, (2, 2, 3), (5, 1, 2))
+
+
+@pytest.mark.parametrize("target", ["onnx", "llvm"])
+def test_as_strided_on_a_contiguous_input_compiles(target, tmp_path, rng):
+    x = _randn(rng, 4, 5)
+    art = compiler.compile(ViewsStrided(), (x,), target=target, output=tmp_path / "m.aot")
+    for got, want in zip(art.load()(x.numpy()), ViewsStrided()(x)):
+        np.testing.assert_array_equal(got, want.numpy())
 
 
 class NanHandling(torch.nn.Module):
@@ -186,6 +228,32 @@ def test_nan_and_inf_are_exact_on_every_target(target, tmp_path):
     art = compiler.compile(NanHandling(), (x, y), target=target, output=tmp_path / "m.aot")
     for got, want in zip(art.load()(x.numpy(), y.numpy()), NanHandling()(x, y)):
         np.testing.assert_array_equal(got, want.numpy())  # NaN positions must agree too
+
+
+class Activations(torch.nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.conv, self.fc = torch.nn.Conv2d(3, 8, 3, padding=1), torch.nn.Linear(8, 16)
+
+    def forward(self, x):
+        F = torch.nn.functional
+        y = F.relu6(self.conv(x))  # fused into the conv as its activation
+        return (y, F.hardtanh(self.fc(y.permute(0, 2, 3, 1)), -1.0, 2.0), torch.relu(self.conv(x)),
+                torch.relu(x), F.hardsigmoid(x), F.relu6(x))
+
+
+@pytest.mark.parametrize("target", ["onnx", "llvm"])
+def test_nan_goes_through_relu_and_fused_relu6_on_every_target(target, tmp_path):
+    """LLVM lowers max(x, 0) to a select that picks 0 over NaN; PyTorch gives NaN."""
+    torch.manual_seed(0)
+    module, x = Activations().eval(), torch.randn(1, 3, 5, 5)
+    x[0, 1, 2, 3] = x[0, 0, 0, 0] = float("nan")
+    art = compiler.compile(module, (x,), target=target, output=tmp_path / "m.aot")
+    for got, want in zip(art.load()(x.numpy()), module(x)):
+        want = want.detach().numpy()
+        assert np.isnan(want).any()
+        np.testing.assert_array_equal(np.isnan(got), np.isnan(want))
+        np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
 
 
 class Embeds(torch.nn.Module):
