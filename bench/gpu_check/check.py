@@ -37,6 +37,23 @@ def setup_paths(folder: Path) -> None:
             sys.path.insert(0, str(path))
 
 
+def environment_problem(folder: Path) -> str | None:
+    """One line saying why this Python cannot run the check (the bundle is for another Python, or
+    torch is missing), or None."""
+    bundle_json = folder / "bundle" / "bundle.json"
+    if bundle_json.is_file():
+        from backends.tvm.runtime import bundle_problem
+
+        problem = bundle_problem(bundle_json)
+        if problem:
+            return problem
+    try:
+        import torch  # noqa: F401
+    except ImportError as exc:
+        return f"the reference and timing side needs torch, which this python cannot import ({exc})"
+    return None
+
+
 def median_ms(fn, sync, budget_s: float, min_runs: int = 5, max_runs: int = 200) -> float:
     fn()
     sync()  # warm-up
@@ -148,6 +165,10 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
     folder = Path(args.folder)
     setup_paths(folder)
+    problem = environment_problem(folder)
+    if problem:
+        print(f"check.py: {problem}", file=sys.stderr)
+        return 2
     import torch
 
     spec = json.loads((folder / "cases.json").read_text())
