@@ -515,3 +515,18 @@ def test_llvm_artifact_warns_once_without_a_policy_and_not_under_one(tmp_path, k
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=600)
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert "warnings 0 1" in proc.stdout, proc.stdout
+
+
+
+def test_compile_verifies_its_own_artifact_under_a_trust_policy(keys, tmp_path, monkeypatch):
+    """A deployment's policy ($AOT_COMPILER_TRUSTED_KEYS) applies to artifacts loaded from
+    elsewhere, not to compile()'s verification of the one it just built (signed, if at all, after
+    it is verified); loading the unsigned result afterwards is refused, the signed one loads."""
+    monkeypatch.setenv(ENV, str(keys.a_pub))
+    x = torch.randn(2, 6)
+    plain = compiler.compile(Small(), (x,), target="onnx", output=tmp_path / "plain.aot")
+    signed = compiler.compile(Small(), (x,), target="onnx", output=tmp_path / "signed.aot", sign_key=keys.a)
+    assert plain.report.verification.passed and signed.report.verification.passed
+    with pytest.raises(ArtifactError):
+        compiler.load(plain.path)
+    np.testing.assert_allclose(compiler.load(signed.path)(x.numpy()), Small()(x).detach().numpy(), rtol=1e-5)

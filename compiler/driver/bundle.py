@@ -108,6 +108,7 @@ def build(outdir: str, python: str | None = None, platform_tag: str | None = Non
             dst.parent.mkdir(parents=True, exist_ok=True)
             shutil.copy2(src, dst)
         source = _add_tvm(tmp, python, platform_tag)
+        _add_pure_python_dependencies(tmp)
         if with_onnxruntime:
             _download(["onnxruntime"], python, platform_tag, tmp / "wheels")
         for a in artifacts or []:
@@ -155,6 +156,15 @@ def _add_tvm(dest: Path, python: str, platform_tag: str) -> str:
                 if mode:
                     os.chmod(dest / member, mode & 0o777 | 0o600)
     return "wheels " + ", ".join(w.name for w in wheels)
+
+
+def _add_pure_python_dependencies(dest: Path) -> None:
+    """tvm_ffi imports typing_extensions (one pure-Python file, any Python 3): copied from this
+    interpreter, so the deploy machine needs only numpy. (A same-Python bundle test cannot see it
+    missing: the test's interpreter has it installed; found running a 3.12 bundle from 3.11.)"""
+    import typing_extensions
+
+    shutil.copy2(typing_extensions.__file__, dest / "typing_extensions.py")
 
 
 def _installed(distribution: str) -> str | None:

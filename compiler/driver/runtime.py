@@ -107,6 +107,19 @@ def load(path: str | os.PathLike, threads: int | None = None,
     else:
         manifest, payload = read_artifact(p)
         _warn_if_native_code(p, manifest.get("target"))
+    return _open(p, manifest, payload, threads)
+
+
+def load_built(path: str | os.PathLike, threads: int | None = None) -> LoadedModel:
+    """``load()`` of an artifact this process has just compiled (compile()'s verification): no
+    trust policy applies and no native-code warning is shown, since its code is the compiler's own
+    output, not a file from elsewhere (and it is signed, if at all, only after it is verified)."""
+    p = os.fspath(path)
+    manifest, payload = read_artifact(p)
+    return _open(p, manifest, payload, threads)
+
+
+def _open(p: str, manifest: dict[str, Any], payload: dict[str, Any], threads: int | None) -> LoadedModel:
     target = manifest.get("target")
     inputs = _specs(p, manifest, "inputs")
     outputs = _specs(p, manifest, "outputs")
