@@ -7,6 +7,8 @@ one-line errors for bad addresses, unreachable trackers, keys with no server and
 from __future__ import annotations
 
 import fcntl
+import os
+import signal
 import threading
 import time
 
@@ -157,6 +159,41 @@ def test_a_server_killed_mid_run_costs_only_its_candidates(one_server_to_kill, t
                                                          rpc_tracker=cluster.tracker, rpc_key="test-kill"))
     assert killed.is_set()
     assert tune.servers_under_key(*tune.parse_tracker(cluster.tracker), cluster.key) == 1
+    _check_artifact(tuned.path, model, inputs)
+
+
+@pytest.mark.slow
+def test_a_server_that_hangs_mid_run_costs_only_its_candidates(one_server_to_kill, tmp_path):
+    """A server stopped (SIGSTOP: alive, registered, answering nothing) while it times a
+    candidate: that candidate fails after --rpc-timeout and the search finishes on the other."""
+    cluster = one_server_to_kill
+    hung = threading.Event()
+
+    def hang_first_busy_server():
+        host, port = tune.parse_tracker(cluster.tracker)
+        deadline = time.monotonic() + 600
+        while time.monotonic() < deadline and not hung.is_set():
+            free = tune._summary_reader()(host, port, 5)["queue_info"].get(cluster.key, {}).get("free", 2)
+            if free < 2:
+                os.killpg(cluster.servers[0].pid, signal.SIGSTOP)
+                hung.set()
+                return
+            time.sleep(0.05)
+
+    threading.Thread(target=hang_first_busy_server, daemon=True).start()
+    model, inputs = _model()
+    try:
+        started = time.monotonic()
+        tuned = compiler.compile(model, inputs, output=tmp_path / "tuned.aot",
+                                 target=compiler.LlvmOptions(cpu="host", tune=8, tuning_db=str(tmp_path / "db"),
+                                                             rpc_tracker=cluster.tracker, rpc_key="test-kill",
+                                                             rpc_timeout=10))
+        elapsed = time.monotonic() - started
+    finally:
+        if hung.is_set():
+            os.killpg(cluster.servers[0].pid, signal.SIGCONT)
+    assert hung.is_set()
+    assert elapsed < 600
     _check_artifact(tuned.path, model, inputs)
 
 
