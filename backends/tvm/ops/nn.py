@@ -13,7 +13,7 @@ from compiler.ir import DType, Node, Value
 from compiler.ops.nn import activation_op, adaptive_bins
 
 from .common import Emitter, tvm_dtype
-from .elementwise import UNARY
+from .elementwise import EPILOGUE, UNARY
 
 
 def apply_activation(ctx, y, dtype: DType, node: Node):
@@ -22,7 +22,7 @@ def apply_activation(ctx, y, dtype: DType, node: Node):
     if not act:
         return y
     op, attrs = activation_op(act, tuple(node.attrs.get("activation_args") or ()))
-    return UNARY[op](ctx, ctx.emit(y), dtype, attrs)
+    return EPILOGUE.get(op, UNARY[op])(ctx, ctx.emit(y), dtype, attrs)
 
 
 # -- matmul / linear / conv --------------------------------------------------------------------
