@@ -183,7 +183,7 @@ def test_garbage_in_any_entry_is_refused_or_loads(seeds, data):
 
 
 # -- hostile archive structure ---------------------------------------------------------------------
-HOSTILE_NAMES = ["../evil", "../../etc/evil", "/tmp/evil", "/etc/passwd", "tiny/../../evil", "C:evil", "C:\\evil",
+HOSTILE_NAMES = ["../evil", "../../etc/evil", "/tmp/evil", "/etc/passwd", "tiny/../../evil", "C:\\evil", "c:/evil",
                  "..\\evil", "tiny/data/..", "\\\\server\\share", "tiny/a\x01b"]
 
 
@@ -367,3 +367,14 @@ def test_unknown_zip_version_is_refused(seeds):
     central = raw.find(b"PK\x01\x02")
     raw[central + 6] = 0x80  # version needed to extract: 12.8
     assert load_file(bytes(raw), "tiny.ts", input_shapes=["1x4"]) == "refused"
+
+
+@pytest.mark.parametrize("spec", [":\n0", "no_such_module_zq\n:make", "a\rb.py:make"])
+def test_control_characters_in_a_spec_stay_on_one_line(spec):
+    with workdir({}):
+        assert load(spec) == "refused"
+
+
+def test_file_name_with_a_newline_stays_on_one_line(seeds):
+    raw = seeds["tiny.pt2"]
+    assert load_file(raw[: len(raw) // 2], "bad\nname.pt2") == "refused"

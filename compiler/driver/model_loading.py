@@ -59,6 +59,13 @@ every state-dict entry's name, dtype, shape and bytes in order.
 
 Every problem with the user's input raises ``ModelLoadError`` with a one-line message; torch's
 own errors are wrapped and only the first line of their message is kept.
+
+Model files are hostile input (tests/test_fuzz_model_loading.py). Before torch reads a zip model
+or ``--weights`` file, ``_check_archive_entries`` refuses entries with absolute or '..' names,
+duplicate names, stored entries whose declared size differs from their data, and archives that
+declare more than 200x their size (256 MiB floor: a decompression bomb); ``_check_storage_records``
+reads ``data.pkl`` without running it and refuses a tensor storage larger than its ``data/<key>``
+entry (torch.jit.load accepts one, and the first read of it is a segmentation fault).
 """
 
 from __future__ import annotations
@@ -220,7 +227,10 @@ def _path_test(path: Path, test) -> bool:
 
 
 def _shown(name: str, limit: int = 200) -> str:
-    """``name`` for a message: a name too long to be a file is cut in the middle."""
+    """``name`` for a message: control characters (a newline) escaped, a name too long to be a
+    file cut in the middle."""
+    if not name.isprintable():
+        name = repr(name)[1:-1]
     return name if len(name) <= limit else f"{name[:limit // 2]}...{name[-limit // 2:]}"
 
 
@@ -403,9 +413,10 @@ _RESAVE = "save the model again (torch.export.save, torch.jit.save or torch.save
 
 
 def _unsafe_entry_name(name: str) -> bool:
-    """An absolute path, a drive letter, a '..' component or a control character: no archive
-    torch writes has one, and a reader that extracts entries could write outside its directory."""
-    return (name.startswith(("/", "\\")) or re.match(r"[A-Za-z]:", name) is not None
+    """An absolute (or Windows drive) path, a '..' component or a control character: no archive
+    torch writes has one, and a reader that extracts entries could write outside its directory.
+    (A bare 'C:' is allowed: torch names entries after the saved file, which may hold a colon.)"""
+    return (name.startswith(("/", "\\")) or re.match(r"[A-Za-z]:[/\\]", name) is not None
             or ".." in re.split(r"[/\\]", name) or any(ord(c) < 0x20 for c in name))
 
 
@@ -866,6 +877,21 @@ def _load_factory(spec: str, left: str, attr: str, weights: str | None,
 def load_model_source(spec: str, *, weights: str | None = None, trust_pickle: bool = False,
                       input_shapes: list[str] | None = None) -> ModelSource:
     """Load the CLI's MODEL argument; raise ``ModelLoadError`` (one line) for any problem."""
+    try:
+        return _load_model_source(spec, weights, trust_pickle, input_shapes)
+    except ModelLoadError as e:
+        message = str(e)
+        if "\n" in message or "\r" in message or len(message) > _MAX_MESSAGE:
+            # A file name with a newline, or a long one, in a message: still one line.
+            raise ModelLoadError(one_line(message, _MAX_MESSAGE)) from None
+        raise
+
+
+_MAX_MESSAGE = 1000
+
+
+def _load_model_source(spec: str, weights: str | None, trust_pickle: bool,
+                       input_shapes: list[str] | None) -> ModelSource:
     if not isinstance(spec, str) or not spec.strip():
         raise ModelLoadError(f"no model given: {_NOT_A_MODEL}")
     spec = spec.strip()
