@@ -814,6 +814,20 @@ def _load_state_dict_file(weights: str) -> Mapping:
     return sd
 
 
+def _check_no_complex_into_real(weights: str, sd: Mapping, module: torch.nn.Module,
+                                where: str) -> None:
+    """load_state_dict casts a complex tensor into a real parameter with only a warning,
+    dropping the imaginary part; refuse it instead."""
+    target = module.state_dict()
+    for key, value in sd.items():
+        if isinstance(value, torch.Tensor) and value.is_complex() and key in target and \
+                isinstance(target[key], torch.Tensor) and not target[key].is_complex():
+            raise ModelLoadError(
+                f"weights file {weights} does not fit {where}: {key!r} is "
+                f"{str(value.dtype).removeprefix('torch.')} but the module's is "
+                f"{str(target[key].dtype).removeprefix('torch.')}; save real-valued weights")
+
+
 def _load_factory(spec: str, left: str, attr: str, weights: str | None,
                   input_shapes: list[str] | None) -> ModelSource:
     file_path = Path(left)
@@ -858,6 +872,7 @@ def _load_factory(spec: str, left: str, attr: str, weights: str | None,
     module = result
     if weights is not None:
         sd = _load_state_dict_file(weights)
+        _check_no_complex_into_real(weights, sd, module, f"{where}:{attr}")
         try:
             module.load_state_dict(sd, strict=True)
         except Exception as e:  # noqa: BLE001
