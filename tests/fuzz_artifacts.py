@@ -130,3 +130,23 @@ def _allowed(path: Path, root: Path, cache: Path) -> bool:
 
 def assert_one_line(message: str) -> None:
     assert message and "\n" not in message and "Traceback" not in message, message
+
+
+# -- model files (tests/test_fuzz_model_loading.py) ------------------------------------------------
+def zip_entries(data: bytes) -> list[tuple[str, bytes, int]]:
+    """``(name, data, compress_type)`` of every entry of the zip ``data``, in order (for
+    ``zip_bytes`` to write back, changed)."""
+    with zipfile.ZipFile(io.BytesIO(data)) as zf:
+        return [(i.filename, zf.read(i), i.compress_type) for i in zf.infolist()]
+
+
+def files_under(directory: Path) -> set[Path]:
+    """Every file and directory below ``directory``, except Python's bytecode caches (importing
+    a factory file may write ``__pycache__`` next to it)."""
+    return {p for p in directory.rglob("*") if "__pycache__" not in p.parts}
+
+
+def assert_short_one_line(message: str, limit: int = 1000) -> None:
+    """A refusal a user can read: one line, no traceback, at most ``limit`` characters."""
+    assert_one_line(message)
+    assert len(message) <= limit, f"{len(message)} characters: {message[:200]}..."

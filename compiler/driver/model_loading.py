@@ -59,6 +59,13 @@ every state-dict entry's name, dtype, shape and bytes in order.
 
 Every problem with the user's input raises ``ModelLoadError`` with a one-line message; torch's
 own errors are wrapped and only the first line of their message is kept.
+
+Model files are hostile input (tests/test_fuzz_model_loading.py). Before torch reads a zip model
+or ``--weights`` file, ``_check_archive_entries`` refuses entries with absolute or '..' names,
+duplicate names, stored entries whose declared size differs from their data, and archives that
+declare more than 200x their size (256 MiB floor: a decompression bomb); ``_check_storage_records``
+reads ``data.pkl`` without running it and refuses a tensor storage larger than its ``data/<key>``
+entry (torch.jit.load accepts one, and the first read of it is a segmentation fault).
 """
 
 from __future__ import annotations
@@ -68,6 +75,7 @@ import hashlib
 import importlib
 import importlib.util
 import inspect
+import io
 import keyword
 import logging
 import os
@@ -77,6 +85,7 @@ import sys
 import traceback
 import warnings
 import zipfile
+import zlib
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -206,6 +215,23 @@ def _first_line(exc: BaseException) -> str:
     if len(line) > 300:
         line = line[:297] + "..."
     return f"{type(exc).__name__}: {line}" if line else type(exc).__name__
+
+
+def _path_test(path: Path, test) -> bool:
+    """``test(path)`` (e.g. ``Path.exists``), False for a name the system cannot look up (too
+    long, a NUL byte): such a spec is then reported as not found, like any missing file."""
+    try:
+        return test(path)
+    except (OSError, ValueError):
+        return False
+
+
+def _shown(name: str, limit: int = 200) -> str:
+    """``name`` for a message: control characters (a newline) escaped, a name too long to be a
+    file cut in the middle."""
+    if not name.isprintable():
+        name = repr(name)[1:-1]
+    return name if len(name) <= limit else f"{name[:limit // 2]}...{name[-limit // 2:]}"
 
 
 def _sha256_file(path: Path) -> str:
@@ -348,10 +374,13 @@ def _detect_file_kind(path: Path) -> str:
     if head.startswith(b"PK"):
         try:
             with zipfile.ZipFile(path) as zf:
+                _check_archive_entries(path, zf)
+                _check_storage_records(path, zf)
                 names = zf.namelist()
                 entries = {n.split("/", 1)[1] if "/" in n else n: n for n in names}
                 if "archive_format" in entries:
-                    fmt = zf.read(entries["archive_format"]).strip()
+                    with zf.open(entries["archive_format"]) as f:
+                        fmt = f.read(64).strip()  # a few bytes: the entry may be a bomb
                     if fmt == b"pt2":
                         return "exported_program"
                 if any(n.startswith("models/") and n.endswith(".json") for n in entries) or \
@@ -361,15 +390,130 @@ def _detect_file_kind(path: Path) -> str:
                     return "torchscript"
                 if "data.pkl" in entries:
                     return "pickle"
-        except (zipfile.BadZipFile, EOFError, ValueError, OSError, KeyError) as e:
+        # NotImplementedError: an unknown zip version or compression method; RuntimeError: an
+        # encrypted entry; zlib.error: damaged deflate data.
+        except (zipfile.BadZipFile, EOFError, ValueError, OSError, KeyError, NotImplementedError,
+                RuntimeError, zlib.error) as e:
             raise ModelLoadError(
-                f"could not read {path}: file is truncated or corrupt ({_first_line(e)})") from None
+                f"could not read {path}: file is truncated or corrupt ({_first_line(e)}); "
+                f"{_RESAVE}") from None
         raise ModelLoadError(f"{path} is a zip archive but not a model file: {_NOT_A_MODEL}")
     if head[0] == 0x80 and len(head) > 1 and 2 <= head[1] <= 5:
         return "pickle"  # legacy (non-zip) torch.save or plain pickle
     if path.suffix == ".py":
         return "python"
     raise ModelLoadError(f"{path} is not a model file: {_NOT_A_MODEL}")
+
+
+# torch.save and torch.export.save store entries uncompressed; a model file that expands to more
+# than this (the same rule as for artifacts) is a decompression bomb, refused before reading it.
+_MAX_EXPANSION = 200
+_EXPANSION_FLOOR = 256 << 20
+_RESAVE = "save the model again (torch.export.save, torch.jit.save or torch.save)"
+
+
+def _unsafe_entry_name(name: str) -> bool:
+    """An absolute (or Windows drive) path, a '..' component or a control character: no archive
+    torch writes has one, and a reader that extracts entries could write outside its directory.
+    (A bare 'C:' is allowed: torch names entries after the saved file, which may hold a colon.)"""
+    return (name.startswith(("/", "\\")) or re.match(r"[A-Za-z]:[/\\]", name) is not None
+            or ".." in re.split(r"[/\\]", name) or any(ord(c) < 0x20 for c in name))
+
+
+def _check_archive_entries(path: Path, zf: zipfile.ZipFile) -> None:
+    """Refuse a model archive with unsafe or duplicate entry names, or whose declared sizes lie
+    (a stored entry of another size than its data) or expand far beyond the file (a zip bomb)."""
+    infos = zf.infolist()
+    names = [i.filename for i in infos]
+    bad = next((n for n in names if _unsafe_entry_name(n)), None)
+    if bad is not None:
+        raise ModelLoadError(f"{path} is not a valid model archive: entry {bad!r} is an absolute "
+                             f"or '..' path; {_RESAVE}")
+    if len(set(names)) != len(names):
+        twin = next(n for n in names if names.count(n) > 1)
+        raise ModelLoadError(f"{path} is not a valid model archive: entry {twin!r} appears more "
+                             f"than once; {_RESAVE}")
+    lying = next((i.filename for i in infos if i.compress_type == zipfile.ZIP_STORED
+                  and i.file_size != i.compress_size), None)
+    if lying is not None:
+        raise ModelLoadError(f"could not read {path}: file is truncated or corrupt (entry "
+                             f"{lying!r} declares another size than it stores); {_RESAVE}")
+    declared = sum(i.file_size for i in infos)
+    limit = max(_EXPANSION_FLOOR, _MAX_EXPANSION * path.stat().st_size)
+    if declared > limit:
+        raise ModelLoadError(f"{path} is not a valid model archive: its entries declare "
+                             f"{declared} bytes, more than {_MAX_EXPANSION}x the file (a "
+                             f"decompression bomb?); {_RESAVE}")
+
+
+class _Inert:
+    """Stands for every class a scanned pickle names: built from anything, holds nothing."""
+
+    def __new__(cls, *args, **kwargs):
+        return object.__new__(cls)
+
+    def __init__(self, *args, **kwargs):
+        pass
+
+    def __setstate__(self, state):
+        pass
+
+    def __setitem__(self, key, value):
+        pass
+
+    def append(self, value):
+        pass
+
+    def extend(self, values):
+        pass
+
+
+class _StorageScan(pickle.Unpickler):
+    """Reads ``data.pkl`` without running any of it, noting each storage it refers to as
+    ``(key, bytes)``; no class is imported except torch's storage types (for their item size)."""
+
+    def __init__(self, data: bytes):
+        super().__init__(io.BytesIO(data))
+        self.storages: list[tuple[str, int]] = []
+
+    def find_class(self, module: str, name: str) -> Any:
+        if module == "torch" and name.endswith("Storage"):
+            if name == "UntypedStorage":
+                return 1
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")  # TypedStorage is deprecated
+                dtype = getattr(getattr(torch, name, None), "dtype", None)
+            return dtype.itemsize if isinstance(dtype, torch.dtype) else _Inert
+        return _Inert
+
+    def persistent_load(self, pid: Any) -> Any:
+        if isinstance(pid, tuple) and len(pid) == 5 and pid[0] == "storage" and \
+                isinstance(pid[1], int) and isinstance(pid[4], int):
+            self.storages.append((str(pid[2]), pid[1] * pid[4]))
+        return None
+
+
+def _check_storage_records(path: Path, zf: zipfile.ZipFile) -> None:
+    """Refuse an archive whose ``data.pkl`` declares a tensor storage larger than its
+    ``data/<key>`` entry. torch.jit.load builds such a storage over the short entry without a
+    word, and the first read of it crashes the process (a segmentation fault)."""
+    infos = {i.filename: i for i in zf.infolist()}
+    pickles = [n for n in infos if n.endswith("/data.pkl") and n.count("/") == 1]
+    if len(pickles) != 1 or infos[pickles[0]].file_size > 64 << 20:
+        return
+    prefix = pickles[0][: -len("data.pkl")]
+    scan = _StorageScan(zf.read(pickles[0]))
+    try:
+        scan.load()
+    except Exception:  # noqa: BLE001 - a pickle that does not parse: torch refuses it, in one line
+        return
+    for key, nbytes in scan.storages:
+        record = infos.get(f"{prefix}data/{key}")
+        if record is None or record.file_size < nbytes:
+            have = "is missing" if record is None else f"holds {record.file_size}"
+            raise ModelLoadError(f"could not read {path}: file is truncated or corrupt (tensor "
+                                 f"data {key!r} needs {nbytes} bytes but its entry {have}); "
+                                 f"{_RESAVE}")
 
 
 def _looks_like_factory(spec: str) -> tuple[str, str] | None:
@@ -622,19 +766,36 @@ def _import_factory_module(dotted: str) -> Any:
     except ModuleNotFoundError as e:
         if e.name and (dotted == e.name or dotted.startswith(e.name + ".")):
             raise ModelLoadError(
-                f"model file not found: {dotted!r} is neither a file nor an importable module "
+                f"model file not found: {_shown(dotted)!r} is neither a file nor an importable module "
                 f"(give path/to/file.py:Factory or package.module:Factory)") from None
         raise ModelLoadError(f"could not import {dotted}: {_first_line(e)}") from None
     except (Exception, SystemExit) as e:  # noqa: BLE001
         raise ModelLoadError(f"could not import {dotted}: {_first_line(e)}") from None
 
 
+def _check_weights_archive(wpath: Path) -> None:
+    """The archive checks of model files (names, sizes, bombs) for a zip ``--weights`` file."""
+    try:
+        if not zipfile.is_zipfile(wpath):
+            return  # a legacy torch.save file: torch.load reports what is wrong with it
+        with zipfile.ZipFile(wpath) as zf:
+            _check_archive_entries(wpath, zf)
+            _check_storage_records(wpath, zf)
+    except ModelLoadError as e:
+        raise ModelLoadError(f"weights file {e}") from None
+    except (zipfile.BadZipFile, EOFError, ValueError, OSError, NotImplementedError,
+            RuntimeError) as e:
+        raise ModelLoadError(f"could not read weights file {wpath}: file is truncated or corrupt "
+                             f"({_first_line(e)}); save model.state_dict() again") from None
+
+
 def _load_state_dict_file(weights: str) -> Mapping:
     wpath = Path(weights)
-    if not wpath.exists():
-        raise ModelLoadError(f"weights file not found: {weights}")
-    if wpath.is_dir():
+    if not _path_test(wpath, Path.exists):
+        raise ModelLoadError(f"weights file not found: {_shown(weights)}")
+    if _path_test(wpath, Path.is_dir):
         raise ModelLoadError(f"weights file {weights} is a directory")
+    _check_weights_archive(wpath)
     try:
         with _quiet_torch():
             sd = torch.load(str(wpath), map_location="cpu", weights_only=True)
@@ -653,15 +814,30 @@ def _load_state_dict_file(weights: str) -> Mapping:
     return sd
 
 
+def _check_no_complex_into_real(weights: str, sd: Mapping, module: torch.nn.Module,
+                                where: str) -> None:
+    """load_state_dict casts a complex tensor into a real parameter with only a warning,
+    dropping the imaginary part; refuse it instead."""
+    target = module.state_dict()
+    for key, value in sd.items():
+        if isinstance(value, torch.Tensor) and value.is_complex() and key in target and \
+                isinstance(target[key], torch.Tensor) and not target[key].is_complex():
+            raise ModelLoadError(
+                f"weights file {weights} does not fit {where}: {key!r} is "
+                f"{str(value.dtype).removeprefix('torch.')} but the module's is "
+                f"{str(target[key].dtype).removeprefix('torch.')}; save real-valued weights")
+
+
 def _load_factory(spec: str, left: str, attr: str, weights: str | None,
                   input_shapes: list[str] | None) -> ModelSource:
     file_path = Path(left)
-    if file_path.is_file():
+    is_file = _path_test(file_path, Path.is_file)
+    if is_file:
         mod = _import_factory_file(file_path)
         sha = _sha256_file(file_path)
         where = str(file_path)
     elif left.endswith(".py") or os.sep in left or "/" in left:
-        raise ModelLoadError(f"model file not found: {left}")
+        raise ModelLoadError(f"model file not found: {_shown(left)}")
     elif all(p.isidentifier() for p in left.split(".")):
         mod = _import_factory_module(left)
         mod_file = getattr(mod, "__file__", None)
@@ -669,7 +845,7 @@ def _load_factory(spec: str, left: str, attr: str, weights: str | None,
             else hashlib.sha256(spec.encode()).hexdigest()
         where = left
     else:
-        raise ModelLoadError(f"model file not found: {left}")
+        raise ModelLoadError(f"model file not found: {_shown(left)}")
 
     obj: Any = mod
     for part in attr.split("."):
@@ -680,11 +856,11 @@ def _load_factory(spec: str, left: str, attr: str, weights: str | None,
     if not callable(obj):
         raise ModelLoadError(f"{where}:{attr} is a {type(obj).__name__}, not a callable factory")
     try:
-        with _on_sys_path(str(file_path.resolve().parent)) if file_path.is_file() \
+        with _on_sys_path(str(file_path.resolve().parent)) if is_file \
                 else contextlib.nullcontext():
             result = obj()
     except (Exception, SystemExit) as e:  # noqa: BLE001
-        loc = _error_location(e, str(file_path.resolve())) if file_path.is_file() else ""
+        loc = _error_location(e, str(file_path.resolve())) if is_file else ""
         raise ModelLoadError(f"{where}{loc}: calling {attr}() failed: {_first_line(e)}") from None
 
     given = None
@@ -696,6 +872,7 @@ def _load_factory(spec: str, left: str, attr: str, weights: str | None,
     module = result
     if weights is not None:
         sd = _load_state_dict_file(weights)
+        _check_no_complex_into_real(weights, sd, module, f"{where}:{attr}")
         try:
             module.load_state_dict(sd, strict=True)
         except Exception as e:  # noqa: BLE001
@@ -715,6 +892,21 @@ def _load_factory(spec: str, left: str, attr: str, weights: str | None,
 def load_model_source(spec: str, *, weights: str | None = None, trust_pickle: bool = False,
                       input_shapes: list[str] | None = None) -> ModelSource:
     """Load the CLI's MODEL argument; raise ``ModelLoadError`` (one line) for any problem."""
+    try:
+        return _load_model_source(spec, weights, trust_pickle, input_shapes)
+    except ModelLoadError as e:
+        message = str(e)
+        if "\n" in message or "\r" in message or len(message) > _MAX_MESSAGE:
+            # A file name with a newline, or a long one, in a message: still one line.
+            raise ModelLoadError(one_line(message, _MAX_MESSAGE)) from None
+        raise
+
+
+_MAX_MESSAGE = 1000
+
+
+def _load_model_source(spec: str, weights: str | None, trust_pickle: bool,
+                       input_shapes: list[str] | None) -> ModelSource:
     if not isinstance(spec, str) or not spec.strip():
         raise ModelLoadError(f"no model given: {_NOT_A_MODEL}")
     spec = spec.strip()
@@ -723,11 +915,11 @@ def load_model_source(spec: str, *, weights: str | None = None, trust_pickle: bo
             parse_input_shape(text)
     path = Path(spec)
 
-    if not path.exists():
+    if not _path_test(path, Path.exists):
         factory = _looks_like_factory(spec)
         if factory is not None:
             return _load_factory(spec, factory[0], factory[1], weights, input_shapes)
-        raise ModelLoadError(f"model file not found: {spec}")
+        raise ModelLoadError(f"model file not found: {_shown(spec)}")
 
     kind = _detect_file_kind(path)
     if kind == "python":
