@@ -121,11 +121,11 @@ def sandbox():
 def _allowed(path: Path, root: Path, cache: Path) -> bool:
     """The caller's artifacts (``*.aot`` in the work directory), the cache directories, and
     sha256-named libraries (or their temporary files) directly in them."""
-    if path in (cache, cache / "hls"):
+    if path in (cache, cache / "tvm", cache / "hls"):
         return True
     if path.parent == root:
         return path.suffix == ".aot"
-    return path.parent in (cache, cache / "hls") and CACHE_FILE.fullmatch(path.name) is not None
+    return path.parent in (cache / "tvm", cache / "hls") and CACHE_FILE.fullmatch(path.name) is not None
 
 
 def assert_one_line(message: str) -> None:

@@ -274,6 +274,11 @@ def _w(*shape):
     return Const(lambda rng: (rng.standard_normal(shape) / math.sqrt(shape[-1])).astype(np.float32))
 
 
+# Recurrent layers (x [T, B, I], weights [D, G*H, I|H], biases [D, G*H], states [D, B, H]).
+case("lstm-bidirectional-states", "lstm", In("float32", (4, 2, 5), -1, 1), _w(2, 12, 5), _w(2, 12, 3), _w(2, 12),
+     _w(2, 12), In("float32", (2, 2, 3), -1, 1), In("float32", (2, 2, 3), -1, 1), tol=LOOSE, hidden_size=3,
+     bidirectional=True)
+case("gru-nobias", "gru", In("float32", (3, 2, 4), -1, 1), _w(1, 9, 4), _w(1, 9, 3), tol=LOOSE, hidden_size=3)
 case("linear-2d-bias", "linear", In("float32", (3, 8)), _w(5, 8), _w(5))
 case("linear-2d-nobias", "linear", In("float32", (3, 8)), _w(5, 8))
 case("linear-3d-bias", "linear", In("float32", (2, 3, 8)), _w(5, 8), _w(5))

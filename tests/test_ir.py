@@ -112,7 +112,7 @@ def test_interpreter_names_the_node_whose_reference_disagrees_with_its_type(monk
 def test_every_op_has_doc_type_rule_and_reference():
     for name, opdef in all_ops().items():
         assert callable(opdef.infer) and callable(opdef.reference), name
-        assert opdef.family in {"elementwise", "nn", "shape", "reduce", "indexing", "quant"}, name
+        assert opdef.family in {"elementwise", "nn", "shape", "reduce", "indexing", "quant", "recurrent"}, name
 
 
 def test_flops_use_each_ops_rule_with_batch_bound_to_one():

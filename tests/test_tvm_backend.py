@@ -142,9 +142,9 @@ def test_library_cache_is_reused(tmp_path):
     second = tvm_runtime.load_runner(manifest, payload, threads=2)
     stat2 = os.stat(second.library_path)
     assert first.library_path == second.library_path
-    assert str(first.library_path).startswith(str(tmp_path / "cache"))
+    assert str(first.library_path).startswith(str(tmp_path / "cache" / "tvm"))
     assert (stat1.st_ino, stat1.st_mtime_ns) == (stat2.st_ino, stat2.st_mtime_ns)
-    assert [p.name for p in (tmp_path / "cache").iterdir()] == [first.library_path.name]  # no temp files left
+    assert [p.name for p in (tmp_path / "cache" / "tvm").iterdir()] == [first.library_path.name]  # no temp files
 
 
 def test_threads_sets_tvm_pool():

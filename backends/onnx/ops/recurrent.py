@@ -25,9 +25,14 @@ def _reordered(ctx: EmitContext, v: Value, order: tuple[int, ...], hidden: int) 
     return ctx.add("Gather", [ctx.value(v), ctx.ints(rows, "gate_rows")], axis=1, dtype=v.dtype)
 
 
+def _padded(inputs) -> list:
+    """The first five inputs (x, w_ih, w_hh, b_ih, b_hh), trailing optional ones absent as None."""
+    return (list(inputs) + [None] * 5)[:5]
+
+
 def _bias(ctx: EmitContext, node: Node, op_type: str, hidden: int) -> str:
     """ONNX's B [D, 2*G*H]: the input bias then the hidden bias (an absent one is zeros)."""
-    x, _, w_hh, b_ih, b_hh = node.inputs[:5]
+    x, _, w_hh, b_ih, b_hh = _padded(node.inputs)
     if b_ih is None and b_hh is None:
         return ""
     zeros = np.zeros((w_hh.shape[0], w_hh.shape[1]), x.dtype.numpy)
@@ -45,7 +50,7 @@ def _recurrent_emitter(op_type: str) -> Emitter:
             raise ctx.unsupported(f"onnxruntime's {op_type} runs float32/float64 only, got {x.dtype}")
         hidden, bidirectional = node.attrs["hidden_size"], node.attrs["bidirectional"]
         order = _GATE_ORDER[op_type]
-        states = [ctx.value(s) for s in node.inputs[5:]]
+        states = [ctx.value(s) if s is not None else "" for s in node.inputs[5:]]
         inputs = [ctx.value(x), _reordered(ctx, w_ih, order, hidden), _reordered(ctx, w_hh, order, hidden),
                   _bias(ctx, node, op_type, hidden), ""] + states
         y, *finals = node.outputs

@@ -43,7 +43,7 @@ def _gru_step(ctx, gx, gh, state):
 
 def _recurrent_emitter(step, n_states: int) -> Emitter:
     def emit(ctx, node):
-        x, w_ih, w_hh, b_ih, b_hh = node.inputs[:5]
+        x, w_ih, w_hh, b_ih, b_hh = (list(node.inputs) + [None] * 5)[:5]  # absent trailing biases
         states = list(node.inputs[5:]) + [None] * (n_states - len(node.inputs[5:]))
         t_len, batch, _ = x.shape
         if not isinstance(t_len, int) or not isinstance(batch, int) or t_len == 0:
