@@ -205,6 +205,17 @@ def test_random_inputs_cover_dtypes_and_dim_expressions():
     assert arrays[0].std() > 0.5  # normal draws, not constants
 
 
+
+def test_random_inputs_refuse_a_shape_too_big_to_make():
+    """A manifest asking for a [70000, 70000] input (crafted, or absurd) is one line, not a 20 GB
+    allocation; the same shape's real data can still be given with --input."""
+    from compiler.driver.runtime import TensorSpec
+    from compiler.errors import InputError
+
+    with pytest.raises(InputError, match=r"input 'x' of shape \[70000, 70000\] would take 18.3 GiB.*--input"):
+        tool.random_inputs((TensorSpec("x", "float32", (70000, 70000)),), 1, 0)
+    assert tool.random_inputs((TensorSpec("x", "float32", (256, 1024)),), 1, 0)[0].shape == (256, 1024)
+
 # -- bench -----------------------------------------------------------------------------------------
 def test_bench_json_reports_ordered_percentiles_and_throughput(onnx_art, capsys):
     code, out, err = run_tool(capsys, "bench", onnx_art.path, "--runs", 30, "--warmup", 2, "--batch", 4,

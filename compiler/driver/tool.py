@@ -225,6 +225,7 @@ def random_inputs(specs, batch: int, seed: int) -> list[np.ndarray]:
             raise InputError(f"input '{spec.name}' has dtype {spec.dtype}, which numpy cannot make; "
                              "give it with --input") from None
         shape = dims.evaluate_shape(spec.shape, sizes)
+        _check_random_size(spec.name, shape, dtype)
         if dtype == np.bool_:
             arrays.append(rng.integers(0, 2, shape).astype(np.bool_))
         elif dtype.kind in "iu":
@@ -232,6 +233,18 @@ def random_inputs(specs, batch: int, seed: int) -> list[np.ndarray]:
         else:
             arrays.append(rng.standard_normal(shape).astype(dtype))
     return arrays
+
+
+# Random inputs are a convenience for trying an artifact; an artifact whose manifest asks for
+# more than this (a crafted or absurd static shape) must be given its inputs with --input.
+_RANDOM_INPUT_LIMIT_BYTES = 1 << 30
+
+
+def _check_random_size(name: str, shape: tuple[int, ...], dtype: np.dtype) -> None:
+    nbytes = int(np.prod(shape, dtype=object)) * dtype.itemsize
+    if nbytes > _RANDOM_INPUT_LIMIT_BYTES:
+        raise InputError(f"input '{name}' of shape {list(shape)} would take {nbytes / 2**30:.1f} GiB of random "
+                         f"data, more than {_RANDOM_INPUT_LIMIT_BYTES >> 30} GiB; give it with --input")
 
 
 def _batch(model, requested: int | None) -> int:
