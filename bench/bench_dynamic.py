@@ -170,6 +170,15 @@ def format_table(host: dict, rows: list[dict], quick: bool) -> str:
              + ("; --quick (small() variants)" if quick else ""), "",
              "| model | dynamic | target | size | ours ms | torch.onnx+ORT ms | ours / ORT | max abs err ours "
              "| max abs err ORT | compile s (ours / torch.onnx) |", "|" + "---|" * 10]
+    lines += table_lines(rows)
+    notes = {f"{r['model']} {r['target']} size {r['size']}: {r['error']}" for r in rows if "error" in r}
+    notes |= {f"{r['model']} {r['target']}: compile failed: {r['compile_error']}" for r in rows if "compile_error" in r}
+    notes |= {f"{r['model']}: torch.onnx export failed: {r['anchor_error']}" for r in rows if r.get("anchor_error")}
+    return "\n".join(lines + sorted(notes))
+
+
+def table_lines(rows: list[dict]) -> list[str]:
+    lines = []
     for r in rows:
         dyn = ", ".join(f"{n} {lo}..{hi}" for n, lo, hi in r["axes"].values())
         head = f"| {r['model']} | {dyn} | {r['target']} "
@@ -180,10 +189,7 @@ def format_table(host: dict, rows: list[dict], quick: bool) -> str:
             head + f"| {size} | {'compile failed' if 'compile_error' in r else _num(ours, '.2f')} | {_num(ort, '.2f')} "
             f"| {f'{ours / ort:.2f}x' if ours and ort else 'n/a'} | {_num(r.get('err_ours'), '.1e')} "
             f"| {_num(r.get('err_ort'), '.1e')} | {_num(r.get('compile_s'), '.0f')} / {r['anchor_compile_s']:.0f} |")
-    notes = {f"{r['model']} {r['target']} size {r['size']}: {r['error']}" for r in rows if "error" in r}
-    notes |= {f"{r['model']} {r['target']}: compile failed: {r['compile_error']}" for r in rows if "compile_error" in r}
-    notes |= {f"{r['model']}: torch.onnx export failed: {r['anchor_error']}" for r in rows if r.get("anchor_error")}
-    return "\n".join(lines + sorted(notes))
+    return lines
 
 
 def _num(value, fmt: str) -> str:
@@ -211,12 +217,17 @@ def main(argv=None) -> int:
     host = host_cpu()
     with _quiet():
         warm_up()
-    rows = [row for name in names for row in bench_model(name, table[name], targets, args.quick)]
-    print(format_table(host, rows, args.quick))
     results = ROOT / "bench" / "results"
     results.mkdir(parents=True, exist_ok=True)
     out = results / f"dynamic-{time.strftime('%Y%m%d-%H%M%S')}.json"
-    out.write_text(json.dumps({"host": host, "quick": args.quick, "rows": rows}, indent=1))
+    rows: list[dict] = []
+    for name in names:
+        new_rows = bench_model(name, table[name], targets, args.quick)
+        rows += new_rows
+        # Each model's rows as soon as they exist: a crash in a later model keeps the earlier ones.
+        print("\n".join(table_lines(new_rows)), file=sys.stderr, flush=True)
+        out.write_text(json.dumps({"host": host, "quick": args.quick, "rows": rows}, indent=1))
+    print(format_table(host, rows, args.quick))
     print(f"results: {out}", file=sys.stderr)
     if cache is not None:
         cache.cleanup()
