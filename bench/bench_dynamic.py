@@ -122,11 +122,13 @@ def bench_model(name: str, case: Case, targets: list[str], quick: bool) -> list[
             path = os.path.join(tmp, f"{name}-{target}.aot")
             base = {"model": name, "target": target, "axes": {str(a): v for a, v in case.axes.items()},
                     "anchor_compile_s": anchor_s, "anchor_error": anchor_error}
+            stage = "compile"
             try:
                 base["compile_s"] = compile_ours(model, example, case, target, path)
+                stage = "load"
                 loaded = compiler.load(path, threads=1)
             except Exception as exc:  # noqa: BLE001 - recorded; the anchor still gets measured
-                base["compile_error"], loaded = one_line(exc), None
+                base["compile_error"], loaded = f"{stage} failed: {one_line(exc)}", None
             for size in case.sizes:
                 print(f"[bench_dynamic] {name} {target}: size {size} ...", file=sys.stderr, flush=True)
                 if loaded is None and size in anchor_only:  # measured already: ours failed on another target too
@@ -172,7 +174,7 @@ def format_table(host: dict, rows: list[dict], quick: bool) -> str:
              "| max abs err ORT | compile s (ours / torch.onnx) |", "|" + "---|" * 10]
     lines += table_lines(rows)
     notes = {f"{r['model']} {r['target']} size {r['size']}: {r['error']}" for r in rows if "error" in r}
-    notes |= {f"{r['model']} {r['target']}: compile failed: {r['compile_error']}" for r in rows if "compile_error" in r}
+    notes |= {f"{r['model']} {r['target']}: {r['compile_error']}" for r in rows if "compile_error" in r}
     notes |= {f"{r['model']}: torch.onnx export failed: {r['anchor_error']}" for r in rows if r.get("anchor_error")}
     return "\n".join(lines + sorted(notes))
 
@@ -186,7 +188,7 @@ def table_lines(rows: list[dict]) -> list[str]:
         ours, ort = ms.get("ours"), ms.get("ort")
         size = f"{r['size']}x{r['size']}" if len(r["axes"]) == 2 else str(r["size"])
         lines.append(
-            head + f"| {size} | {'compile failed' if 'compile_error' in r else _num(ours, '.2f')} | {_num(ort, '.2f')} "
+            head + f"| {size} | {r['compile_error'].split(':')[0] if 'compile_error' in r else _num(ours, '.2f')} | {_num(ort, '.2f')} "
             f"| {f'{ours / ort:.2f}x' if ours and ort else 'n/a'} | {_num(r.get('err_ours'), '.1e')} "
             f"| {_num(r.get('err_ort'), '.1e')} | {_num(r.get('compile_s'), '.0f')} / {r['anchor_compile_s']:.0f} |")
     return lines
