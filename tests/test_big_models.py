@@ -160,6 +160,31 @@ def _rewrite_table(src, dst, change) -> None:
     write_artifact(dst, keep, payload)
 
 
+class _ConvBN(torch.nn.Module):
+    """Conv + BatchNorm with weights over the external-data threshold: onnxruntime's optimizer
+    fuses the pair and reads the initializers as it does so (a runtime that hands weights over
+    in a way the optimizer does not see fails to load this, as an add_initializer attempt did)."""
+
+    def __init__(self):
+        super().__init__()
+        torch.manual_seed(0)
+        self.conv, self.bn = torch.nn.Conv2d(64, 128, 3, padding=1), torch.nn.BatchNorm2d(128)
+        self.fc = torch.nn.Linear(128, 2048)
+        with torch.no_grad():
+            self.bn.running_mean.uniform_(-1, 1)
+            self.bn.running_var.uniform_(0.5, 2)
+
+    def forward(self, x):
+        return self.fc(torch.relu(self.bn(self.conv(x))).mean((2, 3)))
+
+
+def test_conv_batchnorm_with_external_weights_loads_and_matches(tmp_path):
+    model, x = _ConvBN().eval(), torch.randn(1, 64, 8, 8)
+    art = compiler.compile(model, (x,), target="onnx", output=tmp_path / "m.aot")
+    assert "weights.bin" in read_artifact(art.path)[1]
+    np.testing.assert_allclose(compiler.load(art.path)(x.numpy()), model(x).detach().numpy(), rtol=1e-4, atol=1e-5)
+
+
 @pytest.mark.parametrize("change, message", [
     (lambda t: t["0_weight"].update(offset=1 << 40), "does not fit"),
     (lambda t: t["0_weight"].update(offset=-64), "does not fit"),

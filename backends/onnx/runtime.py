@@ -14,7 +14,6 @@ from __future__ import annotations
 from typing import Callable
 
 import json
-import os
 import tempfile
 
 import numpy as np
@@ -36,12 +35,9 @@ def session_from_model(model_bytes: bytes, threads: int | None = None, config: d
     import onnxruntime as ort
 
     options = ort.SessionOptions()
-    # add_initializer, not add_external_initializers: onnxruntime 1.32 copies the latter into its
-    # own buffers (measured: +1x the weights at load), but uses an initializer added this way in
-    # place; only the weights its kernels prepack are copied (into their packed layout).
-    values = {name: ort.OrtValue.ortvalue_from_numpy(a) for name, a in (initializers or {}).items()}
-    for name, value in values.items():
-        options.add_initializer(name, value)
+    if initializers:
+        values = [ort.OrtValue.ortvalue_from_numpy(a) for a in initializers.values()]
+        options.add_external_initializers(list(initializers), values)
     for key, value in (config or {}).items():
         options.add_session_config_entry(str(key), str(value))
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
@@ -50,16 +46,9 @@ def session_from_model(model_bytes: bytes, threads: int | None = None, config: d
     options.log_severity_level = 3  # errors only: no warnings about merged value_info shapes
     # External data not supplied above is looked up in this empty folder, never in the working
     # directory (onnxruntime's default for a model given as bytes): such a model fails to load.
-    # Its placeholders for the initializers added above must still name a file that exists there,
-    # so an empty WEIGHTS_FILE stands in: a placeholder not supplied above reads past its end and
-    # fails to load, as it should.
     with tempfile.TemporaryDirectory(prefix="aot-no-external-data-") as empty:
-        if values:
-            open(os.path.join(empty, WEIGHTS_FILE), "wb").close()
         options.add_session_config_entry("session.model_external_initializers_file_folder_path", empty)
-        session = ort.InferenceSession(model_bytes, sess_options=options, providers=["CPUExecutionProvider"])
-    session.aot_initializers = values  # onnxruntime borrows their memory: they live as long as the session
-    return session
+        return ort.InferenceSession(model_bytes, sess_options=options, providers=["CPUExecutionProvider"])
 
 
 def load_runner(manifest: dict, payload: dict[str, bytes],
@@ -118,10 +107,10 @@ def external_weights(payload: dict) -> dict[str, np.ndarray]:
 
 
 def _release_mapped_pages(weights: dict[str, np.ndarray]) -> None:
-    """onnxruntime's kernels prepack most big weights (MatMul, Gemm, Conv) into copies of their
-    own while the session is made, so the mapped pages they read are dropped again: the process
-    then holds those weights once, not twice. Safe either way: a read-only file mapping refaults a
-    dropped page from the file when a kernel that uses the weight in place reads it."""
+    """onnxruntime 1.32 copies every external initializer into its own buffers while the session
+    is made (measured: the process grows by the weights' size even for arrays it could use in
+    place), so the mapped pages it read are dropped again: the process then holds the weights once,
+    not twice. Safe either way: a read-only file mapping refaults a dropped page from the file."""
     import mmap
 
     bases = {id(a.base): a.base for a in weights.values() if isinstance(a.base, np.memmap)}
