@@ -137,19 +137,31 @@ def write_artifact(path: str | os.PathLike, manifest: dict[str, Any], payload: d
         raise ArtifactError(f"output path {path} is a directory; give a file name such as "
                             f"{os.path.join(path, 'model.aot')}")
 
+    def fill(tmp) -> None:
+        with zipfile.ZipFile(tmp, "w", allowZip64=True) as zf:
+            zf.comment = sha256_bytes(manifest_bytes).encode("ascii")
+            zf.writestr(_zip_info(MANIFEST_NAME), manifest_bytes)
+            for name, data in entries.items():
+                if isinstance(data, StoredBlob):
+                    _write_blob(zf, name, data)
+                else:
+                    zf.writestr(_zip_info(name, _compresses(data)), data)
+
+    return _write_atomically(path, fill)
+
+
+def _write_atomically(path: str, fill: Callable[[Any], None]) -> int:
+    """Write ``path`` through ``fill(file)`` into a temporary file in its directory, fsynced and
+    renamed into place (with the umask's permissions), so a failure or a concurrent reader never
+    sees a half-written artifact and the old file stays until the new one is whole; returns the
+    new file's size. An OSError (a full disk, no permission) is one ArtifactError line."""
+    directory = os.path.dirname(path) or "."
     tmp_name = None
     try:
         with tempfile.NamedTemporaryFile(dir=directory, delete=False, prefix="." + os.path.basename(path) + ".",
                                          suffix=".tmp") as tmp:
             tmp_name = tmp.name
-            with zipfile.ZipFile(tmp, "w", allowZip64=True) as zf:
-                zf.comment = sha256_bytes(manifest_bytes).encode("ascii")
-                zf.writestr(_zip_info(MANIFEST_NAME), manifest_bytes)
-                for name, data in entries.items():
-                    if isinstance(data, StoredBlob):
-                        _write_blob(zf, name, data)
-                    else:
-                        zf.writestr(_zip_info(name, _compresses(data)), data)
+            fill(tmp)
             tmp.flush()
             os.fsync(tmp.fileno())
         os.chmod(tmp_name, 0o666 & ~_umask())
@@ -158,8 +170,7 @@ def write_artifact(path: str | os.PathLike, manifest: dict[str, Any], payload: d
         _fsync_dir(directory)
         return os.path.getsize(path)
     except OSError as e:
-        reason = e.strerror or str(e)
-        raise ArtifactError(f"cannot write artifact {path}: {reason}") from e
+        raise ArtifactError(f"cannot write artifact {path}: {e.strerror or e}") from e
     finally:
         if tmp_name is not None:
             try:
@@ -511,36 +522,19 @@ def add_entry(path: str | os.PathLike, name: str, data: bytes, output: str | os.
     never rebuilt. The copy is a temporary file in the destination directory, fsynced and renamed
     into place, so a failure leaves ``output`` as it was."""
     src, dest = os.fspath(path), os.fspath(output if output is not None else path)
-    directory = os.path.dirname(dest) or "."
-    tmp_name = None
-    try:
-        with tempfile.NamedTemporaryFile(dir=directory, delete=False, prefix="." + os.path.basename(dest) + ".",
-                                         suffix=".tmp") as tmp:
-            tmp_name = tmp.name
-            with open(src, "rb") as f:
-                shutil.copyfileobj(f, tmp, _CHUNK * 16)
-            tmp.seek(0)
-            try:
-                with zipfile.ZipFile(tmp, "a", allowZip64=True) as zf:
-                    _drop_last_entry(src, zf, name)
-                    zf.writestr(_zip_info(name), data)
-            except _CORRUPT as e:
-                raise _corrupt(src, e) from e
-            tmp.flush()
-            os.fsync(tmp.fileno())
-        os.chmod(tmp_name, 0o666 & ~_umask())
-        os.replace(tmp_name, dest)
-        tmp_name = None
-        _fsync_dir(directory)
-        return os.path.getsize(dest)
-    except OSError as e:
-        raise ArtifactError(f"cannot write artifact {dest}: {e.strerror or e}") from e
-    finally:
-        if tmp_name is not None:
-            try:
-                os.unlink(tmp_name)
-            except OSError:
-                pass
+
+    def fill(tmp) -> None:
+        with open(src, "rb") as f:
+            shutil.copyfileobj(f, tmp, _CHUNK * 16)
+        tmp.seek(0)
+        try:
+            with zipfile.ZipFile(tmp, "a", allowZip64=True) as zf:
+                _drop_last_entry(src, zf, name)
+                zf.writestr(_zip_info(name), data)
+        except _CORRUPT as e:
+            raise _corrupt(src, e) from e
+
+    return _write_atomically(dest, fill)
 
 
 def _drop_last_entry(p: str, zf: zipfile.ZipFile, name: str) -> None:
