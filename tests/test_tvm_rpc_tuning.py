@@ -136,23 +136,31 @@ def test_tuning_on_two_servers_then_reapplied_without_search(two_servers, tmp_pa
     _check_artifact(again.path, model, inputs)
 
 
-@pytest.mark.slow
-def test_a_server_killed_mid_run_costs_only_its_candidates(one_server_to_kill, tmp_path):
-    cluster = one_server_to_kill
-    killed = threading.Event()
+def _when_busy(cluster, action) -> threading.Event:
+    """Run ``action()`` once, from a watcher thread, as soon as the tracker shows one of the
+    cluster's servers timing a candidate; the returned event is set once it has run."""
+    done = threading.Event()
+    total = len(cluster.servers)
 
-    def kill_first_busy_server():
+    def watch():
         host, port = tune.parse_tracker(cluster.tracker)
         deadline = time.monotonic() + 600
-        while time.monotonic() < deadline and not killed.is_set():
-            free = tune._summary_reader()(host, port, 5)["queue_info"].get(cluster.key, {}).get("free", 2)
-            if free < 2:  # a candidate is being timed: kill a server now
-                cluster.kill_server(0)
-                killed.set()
+        while time.monotonic() < deadline:
+            free = tune._summary_reader()(host, port, 5)["queue_info"].get(cluster.key, {}).get("free", total)
+            if free < total:
+                action()
+                done.set()
                 return
             time.sleep(0.05)
 
-    threading.Thread(target=kill_first_busy_server, daemon=True).start()
+    threading.Thread(target=watch, daemon=True).start()
+    return done
+
+
+@pytest.mark.slow
+def test_a_server_killed_mid_run_costs_only_its_candidates(one_server_to_kill, tmp_path):
+    cluster = one_server_to_kill
+    killed = _when_busy(cluster, lambda: cluster.kill_server(0))
     model, inputs = _model()
     tuned = compiler.compile(model, inputs, output=tmp_path / "tuned.aot",
                              target=compiler.LlvmOptions(cpu="host", tune=8, tuning_db=str(tmp_path / "db"),
@@ -167,20 +175,7 @@ def test_a_server_that_hangs_mid_run_costs_only_its_candidates(one_server_to_kil
     """A server stopped (SIGSTOP: alive, registered, answering nothing) while it times a
     candidate: that candidate fails after --rpc-timeout and the search finishes on the other."""
     cluster = one_server_to_kill
-    hung = threading.Event()
-
-    def hang_first_busy_server():
-        host, port = tune.parse_tracker(cluster.tracker)
-        deadline = time.monotonic() + 600
-        while time.monotonic() < deadline and not hung.is_set():
-            free = tune._summary_reader()(host, port, 5)["queue_info"].get(cluster.key, {}).get("free", 2)
-            if free < 2:
-                os.killpg(cluster.servers[0].pid, signal.SIGSTOP)
-                hung.set()
-                return
-            time.sleep(0.05)
-
-    threading.Thread(target=hang_first_busy_server, daemon=True).start()
+    hung = _when_busy(cluster, lambda: os.killpg(cluster.servers[0].pid, signal.SIGSTOP))
     model, inputs = _model()
     try:
         started = time.monotonic()
@@ -206,15 +201,7 @@ def test_no_server_left_stops_with_one_line(tmp_path):
 
     cluster = _cluster(1, "test-last")
     with cluster:
-        def kill_when_busy():
-            host, port = tune.parse_tracker(cluster.tracker)
-            while cluster.servers[0].poll() is None:
-                if tune._summary_reader()(host, port, 5)["queue_info"].get(cluster.key, {}).get("free", 1) < 1:
-                    cluster.kill_server(0)
-                    return
-                time.sleep(0.05)
-
-        threading.Thread(target=kill_when_busy, daemon=True).start()
+        _when_busy(cluster, lambda: cluster.kill_server(0))
         w = np.random.default_rng(0).standard_normal((32, 16)).astype("float32")
         bb = relax.BlockBuilder()
         x = relax.Var("x", relax.TensorType((8, 32), "float32"))
