@@ -206,6 +206,22 @@ def test_symbolic_batch(rng, target):
         np.testing.assert_allclose(_run(executable, x), e / e.sum(-1, keepdims=True), rtol=1e-4, atol=1e-6)
 
 
+def test_symbolic_image_size_conv(rng, target):
+    """Symbolic height and width with more output channels than one register tile: the tiled
+    conv keeps its rule (no fallback to the slow reduction) and writes exactly its tiles (a
+    fused loop over symbolic extents once made it write past the output: heap corruption on a
+    dynamic-size ResNet-18)."""
+    w, b = _const(rng, 256, 16, 3, 3) * 0.2, _const(rng, 1, 256, 1, 1)
+    h, wd = tvm.tirx.Var("h", "int64"), tvm.tirx.Var("w", "int64")
+    mod = _module([("x", (1, 16, h, wd))], lambda bb, x: relax.op.nn.relu(relax.op.add(relax.op.nn.conv2d(
+        x, relax.const(w), strides=2, padding=1), relax.const(b))))
+    _assert_rule(_rules(mod, target), "conv2d", "TiledContraction")
+    ours, reference = pipeline.build(mod, target, {}), tvm.compile(mod, target=target)
+    for size in ((9, 9), (14, 23), (32, 16)):
+        x = _const(rng, 1, 16, *size)
+        np.testing.assert_allclose(_run(ours, x), _run(reference, x), rtol=1e-4, atol=1e-4)
+
+
 def test_mlp_end_to_end(rng, target):
     """The seed MLP's shape after padding (1000-512-112-1), batch 1 and 16, through build()."""
     ws = [_const(rng, 1000, 512) * 0.05, _const(rng, 512, 112) * 0.05, _const(rng, 112, 1) * 0.05]

@@ -23,6 +23,7 @@ rule that raises is treated as not matching (``Guarded``), so scheduling never b
 
 from __future__ import annotations
 
+import math
 import re
 
 from tvm import s_tir, tirx
@@ -151,18 +152,36 @@ class TiledContraction(ScheduleRule):
             outer = spatial[:-2] + [r_o, v_o]
             inner = [r_i, v_i]
         sch.reorder(*outer, *reduce_, *inner)
-        fused = sch.fuse(*outer) if len(outer) > 1 else outer[0]
+        if all(_int(sch.get(lp).extent) is not None for lp in outer):
+            anchor = parallel = sch.fuse(*outer) if len(outer) > 1 else outer[0]
+        else:
+            # Symbolic extents stay separate loops: reverse_compute_at below a fused loop with
+            # a symbolic divisor over-approximates the write-back region in this TVM (and its
+            # guard misses the upper bound, so it writes past the output).
+            anchor, parallel = outer[-1], next((lp for lp in outer if _int(sch.get(lp).extent) != 1), outer[0])
         write_back = sch.cache_write(block, 0, "local")
         leftovers = self._fuse_epilogue(sch, epilogue)
-        sch.reverse_compute_at(write_back, fused, preserve_unit_loops=False)
+        sch.reverse_compute_at(write_back, anchor, preserve_unit_loops=False)
+        self._check_tile_write_back(sch, write_back, anchor, tr * vec_tile)
         self._vectorize_split(sch, sch.get_loops(write_back)[-1], lanes)
         if _work(sch, block) >= PARALLEL_MIN_WORK:
-            sch.parallel(fused)
+            sch.parallel(parallel)
         if tr > 1:
             sch.unroll(inner[0])
         self._vectorize_split(sch, inner[-1], lanes)
         sch.decompose_reduction(block, reduce_[0])
         return leftovers
+
+    @staticmethod
+    def _check_tile_write_back(sch, write_back, anchor, elements: int) -> None:
+        """Raise (so the rule does not match) unless the write-back under ``anchor`` covers
+        exactly one register tile: a wider region means bound inference lost track of the
+        tile, and the kernel would write outside it."""
+        loops = sch.get_loops(write_back)
+        below = loops[[sch.get(lp).same_as(sch.get(anchor)) for lp in loops].index(True) + 1:]
+        extents = [_int(sch.get(lp).extent) for lp in below]
+        if None in extents or math.prod(extents) != elements:
+            raise ValueError(f"write-back region {extents} is not one {elements}-element tile")
 
     @staticmethod
     def _fuse_epilogue(sch, epilogue: list[str]) -> list[str]:
@@ -237,7 +256,10 @@ def _vectorize_parallel(sch, block, lanes: int) -> None:
     for e in extents:
         total *= e if e is not None else 64
     if outer and total >= PARALLEL_MIN_ELEMENTS:
-        sch.parallel(sch.fuse(*outer) if len(outer) > 1 else outer[0])
+        if None in extents[:len(outer)]:  # fusing symbolic loops can fail in this TVM: the first one runs parallel
+            sch.parallel(next((lp for lp, e in zip(outer, extents) if e != 1), outer[0]))
+        else:
+            sch.parallel(sch.fuse(*outer) if len(outer) > 1 else outer[0])
 
 
 def _output_contiguous_in_last_axis(sch, info) -> bool:
