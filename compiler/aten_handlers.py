@@ -506,12 +506,12 @@ def _slice(ctx: ImportContext, node: Node):
     x = ctx.tensor(node.args[0])
     axis = int(arg(node, 1, "dim", 0))
     start, end, step = arg(node, 2, "start", None), arg(node, 3, "end", None), arg(node, 4, "step", 1)
-    for bound in (start, end):
-        if bound is not None and not isinstance(bound, int):
-            raise ctx.unsupported("slice with a symbolic bound")
-    start = 0 if start is None else start
-    end = 2 ** 63 - 1 if end is None else end
-    if start == 0 and end >= 2 ** 62 and step == 1:
+    # A bound computed from a symbolic size (``position_ids[:, :seq]``) is a dim expression.
+    start = 0 if start is None else ctx.dim(start.meta["val"]) if isinstance(start, Node) else start
+    end = 2 ** 63 - 1 if end is None else ctx.dim(end.meta["val"]) if isinstance(end, Node) else end
+    if not isinstance(step, int):
+        raise ctx.unsupported("slice with a symbolic step")
+    if start == 0 and isinstance(end, int) and end >= 2 ** 62 and step == 1:
         return x
     return ctx.emit("slice", x, axis=axis, start=start, end=end, step=int(step))
 

@@ -65,7 +65,10 @@ def add(a: Dim, b: Dim) -> Dim:
         return a
     if a == 0:
         return b
-    return f"{_wrap(a)} + {_wrap(b)}"
+    if isinstance(b, int) and b < 0:
+        return sub(a, -b)
+    constant = _constant_sum(a, b, 1)
+    return constant if constant is not None else f"{_wrap(a)} + {_wrap(b)}"
 
 
 def sub(a: Dim, b: Dim) -> Dim:
@@ -75,7 +78,49 @@ def sub(a: Dim, b: Dim) -> Dim:
         return a
     if a == b:
         return 0
-    return f"{_wrap(a)} - {_wrap(b)}"
+    constant = _constant_sum(a, b, -1)
+    return constant if constant is not None else f"{_wrap(a)} - {_wrap(b)}"
+
+
+def _constant_sum(a: Dim, b: Dim, sign: int) -> int | None:
+    """``a + sign * b`` when the symbols cancel (``seq - (seq - 1)`` is 1), else None. Terms
+    that are not linear (``seq//2``) count as symbols of their own."""
+    try:
+        terms = _linear(a)
+        for term, coefficient in _linear(b).items():
+            terms[term] = terms.get(term, 0) + sign * coefficient
+    except (SyntaxError, ValueError):
+        return None
+    if any(c for term, c in terms.items() if term != ""):
+        return None
+    return terms.get("", 0)
+
+
+def _linear(dim: Dim) -> dict[str, int]:
+    """``dim`` as {term: coefficient}, the constant under ""."""
+    if isinstance(dim, int):
+        return {"": dim}
+
+    def walk(node: ast.AST, scale: int, terms: dict[str, int]) -> None:
+        if isinstance(node, ast.Constant) and isinstance(node.value, int):
+            terms[""] = terms.get("", 0) + scale * node.value
+        elif isinstance(node, ast.UnaryOp) and isinstance(node.op, ast.USub):
+            walk(node.operand, -scale, terms)
+        elif isinstance(node, ast.BinOp) and isinstance(node.op, (ast.Add, ast.Sub)):
+            walk(node.left, scale, terms)
+            walk(node.right, scale if isinstance(node.op, ast.Add) else -scale, terms)
+        elif (isinstance(node, ast.BinOp) and isinstance(node.op, ast.Mult)
+              and isinstance(node.right, ast.Constant) and isinstance(node.right.value, int)):
+            walk(node.left, scale * node.right.value, terms)
+        elif isinstance(node, (ast.Name, ast.BinOp)):
+            key = ast.unparse(node)
+            terms[key] = terms.get(key, 0) + scale
+        else:
+            raise ValueError(f"unsupported dim expression {dim!r}")
+
+    terms: dict[str, int] = {}
+    walk(ast.parse(dim, mode="eval").body, 1, terms)
+    return terms
 
 
 def mul(a: Dim, b: Dim) -> Dim:

@@ -46,6 +46,8 @@ def _bound_attrs(node: Node, bindings: Mapping[str, int]) -> dict:
     for name, spec in opdef.attrs.items():
         if spec.kind == "shape":
             attrs[name] = dims.evaluate_shape(attrs[name], bindings)
+        elif spec.kind == "dim":
+            attrs[name] = dims.evaluate(attrs[name], bindings)
     return attrs
 
 

@@ -40,6 +40,22 @@ class PositionTable(torch.nn.Module):
         return x + self.positions
 
 
+class SlicedPositions(torch.nn.Module):
+    """The slices of a real transformer's embedding with a symbolic sequence length: a position
+    table cut to the input's length (a symbolic bound), and shifted views of the input (int
+    bounds on a symbolic axis, from the start and from the end)."""
+
+    def __init__(self):
+        super().__init__()
+        self.register_buffer("position_ids", torch.arange(64).unsqueeze(0))
+        self.table = torch.nn.Embedding(64, 8)
+
+    def forward(self, x):
+        positions = self.table(self.position_ids[:, : x.shape[1]])
+        shifted = torch.cat([x[:, 1:], x[:, :1]], dim=1) - x[:, ::2].mean(dim=1, keepdim=True)
+        return x + positions + shifted + x[:, -1:]
+
+
 def _randn(rng, *shape):
     return torch.from_numpy(rng.standard_normal(shape).astype(np.float32))
 
@@ -71,6 +87,18 @@ def test_image_size_is_dynamic(target, tmp_path, rng):
         x = _randn(rng, 1, 3, h, w)
         with torch.no_grad():
             np.testing.assert_allclose(loaded(x.numpy()), model(x).numpy(), rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("target", ["onnx", "llvm"])
+def test_slices_bounded_by_a_symbolic_length(target, tmp_path, rng):
+    model = SlicedPositions().eval()
+    art = compiler.compile(model, (_randn(rng, 1, 10, 8),), target=target, output=tmp_path / "m.aot",
+                           dynamic_shapes={0: {1: ("seq", 3, 64)}})
+    loaded = art.load()
+    for length in (3, 8, 64):
+        x = _randn(rng, 1, length, 8)
+        with torch.no_grad():
+            np.testing.assert_allclose(loaded(x.numpy()), model(x).numpy(), rtol=1e-5, atol=1e-5)
 
 
 def test_the_cli_takes_dynamic_dims(tmp_path, capsys):

@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from compiler import dims
 from compiler.errors import IRError
 from compiler.interpreter import InterpreterError, run_graph
 from compiler.ir import DType, Graph, TensorType
@@ -27,6 +28,25 @@ def test_types_are_inferred_with_symbolic_dims():
     assert h.type == TensorType(DType.float32, ("batch", 3))
     assert y.type == h.type
     g.verify()
+
+
+def test_symbolic_slices_infer_their_length_and_run():
+    """Slice bounds may be symbolic dims; lengths whose symbols cancel become ints."""
+    g = Graph("g")
+    x = g.add_input("x", TensorType(DType.float32, ("seq", 3)))
+    table = g.add_constant(np.arange(40, dtype=np.float32).reshape(10, 4), "table")
+    head = g.op("slice", table, axis=0, start=0, end="seq")   # table[:seq]
+    last = g.op("slice", x, axis=0, start=-1)                   # x[-1:]
+    tail = g.op("slice", x, axis=0, start=1, step=2)            # x[1::2]
+    assert head.type.shape == ("seq", 4) and last.type.shape == (1, 3)
+    assert [dims.evaluate(tail.type.shape[0], {"seq": n}) for n in (1, 2, 7, 8)] == [0, 1, 3, 4]
+    g.set_outputs([head, last, tail])
+    array = np.arange(21, dtype=np.float32).reshape(7, 3)
+    got = run_graph(g, [array])
+    for result, want in zip(got, (np.arange(40, dtype=np.float32).reshape(10, 4)[:7], array[-1:], array[1::2])):
+        np.testing.assert_array_equal(result, want)
+    with pytest.raises(ValueError, match="must be dim"):
+        g.op("slice", x, axis=0, end="seq +")
 
 
 def test_use_lists_follow_mutation():

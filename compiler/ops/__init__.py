@@ -22,10 +22,12 @@ from typing import Any, Callable
 
 import numpy as np
 
+from compiler import dims
 from compiler.ir import DType, TensorType
 
 _REQUIRED = object()
-ATTR_KINDS = ("int", "float", "bool", "str", "ints", "floats", "dtype", "shape",
+# "dim": one size, an int or a symbolic expression (dims.py), bound at run time like "shape".
+ATTR_KINDS = ("int", "float", "bool", "str", "ints", "floats", "dtype", "shape", "dim",
               "optional_float", "optional_int")
 
 
@@ -125,7 +127,15 @@ def _normalise(op: str, name: str, kind: str, value: Any) -> Any:
     if kind == "floats":
         return tuple(_normalise(op, name, "float", v) for v in value)
     if kind == "shape":
-        return tuple(v if isinstance(v, str) else _normalise(op, name, "int", v) for v in value)
+        return tuple(_normalise(op, name, "dim", v) for v in value)
+    if kind == "dim":
+        if isinstance(value, str):
+            try:
+                dims.symbols_in(value)
+            except SyntaxError:
+                raise bad from None
+            return value
+        return _normalise(op, name, "int", value)
     if kind == "dtype":
         return value if isinstance(value, DType) else DType(value)
     raise ValueError(f"unknown attribute kind {kind}")

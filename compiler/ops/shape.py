@@ -57,26 +57,41 @@ def _slice_bounds(size: int, start: int, end: int, step: int) -> tuple[int, int,
     return slice(start, end, step).indices(size)
 
 
+_TO_THE_END = 2 ** 62  # an end at or past this means "to the end of the axis"
+
+
+def symbolic_slice_bound(size: dims.Dim, bound: dims.Dim) -> dims.Dim:
+    """A slice bound as a position in ``[0, size]`` when the size or the bound is symbolic:
+    "to the end" is the size, a negative int counts from the end, anything else is taken as
+    it is (torch.export has checked that it lies inside the axis)."""
+    if isinstance(bound, int) and bound >= _TO_THE_END:
+        return size
+    if isinstance(bound, int) and bound < 0:
+        return dims.add(size, bound)
+    return bound
+
+
 def _slice_type(x: TensorType, *, axis, start, end, step) -> TensorType:
     if step < 1:
         raise ValueError("slice step must be >= 1")
     axis = axis % x.rank
     size = x.shape[axis]
-    if isinstance(size, int):
+    if all(isinstance(d, int) for d in (size, start, end)):
         lo, hi, _ = _slice_bounds(size, start, end, step)
         out = max(0, -(-(hi - lo) // step))
-    elif start == 0 and end >= 2 ** 62 and step == 1:
-        out = size
     else:
-        raise ValueError("slicing a symbolic dim is only supported as a full slice")
+        length = dims.sub(symbolic_slice_bound(size, end), symbolic_slice_bound(size, start))
+        out = length if step == 1 else dims.floordiv(dims.add(length, step - 1), step)
     return TensorType(x.dtype, x.shape[:axis] + (out,) + x.shape[axis + 1:])
 
 
 @defop("slice", ["x"], infer=_slice_type, tags=("shape",),
-       attrs={"axis": Attr("int"), "start": Attr("int", 0), "end": Attr("int", 2 ** 63 - 1),
+       attrs={"axis": Attr("int"), "start": Attr("dim", 0), "end": Attr("dim", 2 ** 63 - 1),
               "step": Attr("int", 1)})
 def slice_(x, *, axis, start, end, step):
-    """``x[..., start:end:step, ...]`` on one axis, Python clamping of out-of-range bounds."""
+    """``x[..., start:end:step, ...]`` on one axis, Python clamping of out-of-range bounds.
+    ``start`` and ``end`` may be symbolic dims (``position_ids[:, :seq]``); a symbolic bound
+    must lie inside the axis."""
     index = [slice(None)] * x.ndim
     index[axis] = slice(start, end, step)
     return np.ascontiguousarray(x[tuple(index)])

@@ -41,9 +41,14 @@ def emit_slice(ctx: EmitContext, node: Node) -> None:
     a = node.attrs
     # ONNX Slice clamps out-of-range starts/ends like Python for a positive step; ends beyond
     # int64 (Python ints are unbounded) are clamped to INT64_MAX, which means "to the end".
-    inputs = [ctx.value(node.inputs[0]), ctx.ints([_clamp64(a["start"])], "starts"),
-              ctx.ints([_clamp64(a["end"])], "ends"), ctx.ints([a["axis"]], "axes"), ctx.ints([a["step"]], "steps")]
+    inputs = [ctx.value(node.inputs[0]), _bound(ctx, a["start"], "starts"), _bound(ctx, a["end"], "ends"),
+              ctx.ints([a["axis"]], "axes"), ctx.ints([a["step"]], "steps")]
     ctx.add("Slice", inputs, node.output.name)
+
+
+def _bound(ctx: EmitContext, bound, name: str) -> str:
+    """A Slice start/end input: a constant, or a symbolic dim computed at run time."""
+    return ctx.ints([_clamp64(bound)], name) if isinstance(bound, int) else ctx.dim_tensor(bound)
 
 
 def emit_flip(ctx: EmitContext, node: Node) -> None:

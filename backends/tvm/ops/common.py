@@ -71,6 +71,8 @@ class LowerContext:
                ast.FloorDiv: tvm.tirx.floordiv}
         if isinstance(tree, ast.BinOp) and type(tree.op) in ops:
             return ops[type(tree.op)](self._dim_expr(tree.left, text), self._dim_expr(tree.right, text))
+        if isinstance(tree, ast.UnaryOp) and isinstance(tree.op, ast.USub):
+            return -self._dim_expr(tree.operand, text)
         raise self.unsupported(f"cannot express the symbolic dim '{text}'")
 
     def shape(self, shape) -> list:

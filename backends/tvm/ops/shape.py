@@ -6,6 +6,8 @@ from __future__ import annotations
 import numpy as np
 from tvm.relax import op as R
 
+from compiler.ops.shape import symbolic_slice_bound
+
 from .common import Emitter, tvm_dtype
 
 
@@ -31,13 +33,15 @@ def emit_slice(ctx, node):
     axis = node.attrs["axis"] % len(x.shape)
     start, end, step = node.attrs.get("start", 0), node.attrs.get("end", 2 ** 63 - 1), node.attrs.get("step", 1)
     n = x.shape[axis]
-    if isinstance(n, int):  # Python slice semantics, resolved here
+    if all(isinstance(d, int) for d in (n, start, end)):  # Python slice semantics, resolved here
         start, end, step = slice(start, end, step).indices(n)
         if len(range(start, end, step)) == 0:
             start, end = 0, 0
-    else:
-        end = min(end, 2 ** 62)  # TVM clamps to the dim at run time
-    return R.strided_slice(ctx.value(x), [axis], [start], [end], [step], assume_inbound=False)
+        return R.strided_slice(ctx.value(x), [axis], [start], [end], [step], assume_inbound=False)
+    # A symbolic axis or bound: both bounds as positions inside the axis (torch.export checked
+    # that symbolic bounds lie inside it), so that Relax infers the exact shape.
+    start, end = (ctx.dim(symbolic_slice_bound(n, b)) for b in (start, end))
+    return R.strided_slice(ctx.value(x), [axis], [start], [end], [step], assume_inbound=True)
 
 
 def emit_expand(ctx, node):
