@@ -206,6 +206,19 @@ def test_symbolic_batch(rng, target):
         np.testing.assert_allclose(_run(executable, x), e / e.sum(-1, keepdims=True), rtol=1e-4, atol=1e-6)
 
 
+def test_symbolic_rows_with_a_width_of_no_lane_divisor(rng, target):
+    """Symbolic rows and a prime width (GPT-2's 50257-word head, shrunk): a one-column tile,
+    so nothing below the tile loop is vectorized (the row loop once was: a build error)."""
+    w = _const(rng, 24, 37)
+    n = tvm.tirx.Var("n", "int64")
+    mod = _module([("x", (1, n, 24))], lambda bb, x: relax.op.matmul(x, relax.const(w)))
+    assert None not in _rules(mod, target).values()
+    executable = pipeline.build(mod, target, {})
+    for rows in (1, 9):
+        x = _const(rng, 1, rows, 24)
+        np.testing.assert_allclose(_run(executable, x), x @ w, rtol=1e-4, atol=1e-5)
+
+
 def test_symbolic_image_size_conv(rng, target):
     """Symbolic height and width with more output channels than one register tile: the tiled
     conv keeps its rule (no fallback to the slow reduction) and writes exactly its tiles (a

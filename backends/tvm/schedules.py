@@ -162,8 +162,9 @@ class TiledContraction(ScheduleRule):
         write_back = sch.cache_write(block, 0, "local")
         leftovers = self._fuse_epilogue(sch, epilogue)
         sch.reverse_compute_at(write_back, anchor, preserve_unit_loops=False)
-        self._check_tile_write_back(sch, write_back, anchor, tr * vec_tile)
-        self._vectorize_split(sch, sch.get_loops(write_back)[-1], lanes)
+        tile_loops = self._tile_write_back_loops(sch, write_back, anchor, tr * vec_tile)
+        if tile_loops:
+            self._vectorize_split(sch, tile_loops[-1], lanes)
         if _work(sch, block) >= PARALLEL_MIN_WORK:
             sch.parallel(parallel)
         if tr > 1:
@@ -173,15 +174,16 @@ class TiledContraction(ScheduleRule):
         return leftovers
 
     @staticmethod
-    def _check_tile_write_back(sch, write_back, anchor, elements: int) -> None:
-        """Raise (so the rule does not match) unless the write-back under ``anchor`` covers
-        exactly one register tile: a wider region means bound inference lost track of the
-        tile, and the kernel would write outside it."""
+    def _tile_write_back_loops(sch, write_back, anchor, elements: int) -> list:
+        """The write-back's loops under ``anchor``; raises (so the rule does not match) unless
+        they cover exactly one register tile: a wider region means bound inference lost track
+        of the tile, and the kernel would write outside it."""
         loops = sch.get_loops(write_back)
         below = loops[[sch.get(lp).same_as(sch.get(anchor)) for lp in loops].index(True) + 1:]
         extents = [_int(sch.get(lp).extent) for lp in below]
         if None in extents or math.prod(extents) != elements:
             raise ValueError(f"write-back region {extents} is not one {elements}-element tile")
+        return below
 
     @staticmethod
     def _fuse_epilogue(sch, epilogue: list[str]) -> list[str]:
