@@ -178,7 +178,8 @@ def guard_error(exc: Exception, dims: list[DynamicDim]) -> CompileError | None:
         if name in named:
             d = named[name]
             return CompileError(f"dynamic dim '{name}' (input {d.input}, axis {d.axis}) cannot take {d}: the model "
-                                f"only accepts {name} = {fix} (torch.export's guard; e.g. a fixed-size position "
-                                "table); give that range or keep the dim static")
+                                f"only accepts {name} = {fix} (torch.export's guard: e.g. a fixed-size position "
+                                "table, or a size at which an inner dim becomes 1, which torch.export specialises); "
+                                "give that range, a range and an example size that avoid it, or keep the dim static")
     first = next((line.strip() for line in text.splitlines() if line.strip().startswith("- ")), text.splitlines()[0])
     return CompileError(f"the dynamic dims cannot take the ranges given: {first.lstrip('- ')}")
