@@ -24,15 +24,20 @@ from typing import Any
 def build(mod, target, options: dict[str, Any] | None = None, prepared: bool = False):
     """Compile the Relax module ``mod`` for ``target`` (a ``tvm.target.Target``) into a VM
     executable. ``options``: ``tune`` (trial budget or None), ``tuning_db`` (directory or None),
-    ``progress`` (callable taking one line), ``cpu`` (informational). ``prepared``: ``mod`` is
+    ``progress`` (callable taking one line: the search's), ``stage`` (callable taking the name of
+    each build stage as it starts: kernels scheduled, lowering and LLVM), ``cpu`` (informational). ``prepared``: ``mod`` is
     already ``prepare_portable``'s output (shared by the builds of several CPU variants)."""
     import tvm
     from tvm import relax
 
     options = options or {}
+    stage = options.get("stage") or (lambda text: None)
     if target.kind.name == "cuda":
-        return _build_cuda(mod, target)  # the registry lets no tuning option through for cuda
+        return _build_cuda(mod, target, stage)  # the registry lets no tuning option through for cuda
     mod = lower(mod, target, options, prepared)
+    functions, scheduled = scheduled_counts(mod)
+    stage(f"scheduled {scheduled}/{functions} kernels")
+    stage("building (TIR lowering, LLVM codegen)...")
     with tvm.transform.PassContext(opt_level=3):
         return tvm.compile(mod, target=target, relax_pipeline=relax.get_default_pipeline(target))
 
@@ -219,7 +224,7 @@ def _has_conv2d(mod) -> bool:
     return bool(found)
 
 
-def _build_cuda(mod, target):
+def _build_cuda(mod, target, stage=lambda text: None):
     """TVM's zero pipeline (legalize, fold, fuse), every fused function scheduled by the GPU rules
     (``schedules.gpu_rules``: dlight's, each handing a function it cannot schedule to the next),
     then TVM's lowering. ``target`` carries the arch's limits (``emit.cuda_arch_attrs``) that the
@@ -239,6 +244,9 @@ def _build_cuda(mod, target):
     if missing:  # TVM's own lowering would apply its unguarded rules to them and fail obscurely
         raise CompileError(f"no GPU schedule fits the fused kernel(s) {', '.join(missing[:3])}; "
                            "compile this model for --target llvm or onnx")
+    functions, _ = scheduled_counts(mod)
+    stage(f"scheduled {functions}/{functions} kernels")
+    stage("building (TIR lowering, CUDA and LLVM codegen)...")
     return tvm.compile(mod, target=target)
 
 
