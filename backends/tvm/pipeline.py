@@ -33,7 +33,8 @@ def build(mod, target, options: dict[str, Any] | None = None, prepared: bool = F
     options = options or {}
     stage = options.get("stage") or (lambda text: None)
     if target.kind.name == "cuda":
-        return _build_cuda(mod, target, stage)  # the registry lets no tuning option through for cuda
+        stage("scheduling (GPU rules), TIR lowering, CUDA and LLVM codegen...")
+        return _build_cuda(mod, target)  # the registry lets no tuning option through for cuda
     mod = lower(mod, target, options, prepared)
     functions, scheduled = scheduled_counts(mod)
     stage(f"scheduled {scheduled}/{functions} kernels")
@@ -224,7 +225,7 @@ def _has_conv2d(mod) -> bool:
     return bool(found)
 
 
-def _build_cuda(mod, target, stage=lambda text: None):
+def _build_cuda(mod, target):
     """TVM's zero pipeline (legalize, fold, fuse), every fused function scheduled by the GPU rules
     (``schedules.gpu_rules``: dlight's, each handing a function it cannot schedule to the next),
     then TVM's lowering. ``target`` carries the arch's limits (``emit.cuda_arch_attrs``) that the
@@ -244,9 +245,6 @@ def _build_cuda(mod, target, stage=lambda text: None):
     if missing:  # TVM's own lowering would apply its unguarded rules to them and fail obscurely
         raise CompileError(f"no GPU schedule fits the fused kernel(s) {', '.join(missing[:3])}; "
                            "compile this model for --target llvm or onnx")
-    functions, _ = scheduled_counts(mod)
-    stage(f"scheduled {functions}/{functions} kernels")
-    stage("building (TIR lowering, CUDA and LLVM codegen)...")
     return tvm.compile(mod, target=target)
 
 
