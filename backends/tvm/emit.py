@@ -259,9 +259,9 @@ def _build_cpu_variants(mod, options: dict[str, Any], info: dict[str, Any]):
         def build(say_line, path: str) -> dict[str, Any]:
             own_stats: dict[str, Any] = {}
             with _BuildProgress(say_line, f"llvm {variant['name']}") as progress:
+                # A tuned build runs here, never forked (jobs 1): the search reports to the caller's own progress.
                 executable = pipeline.build(prepared, make_target(tdict),
-                                            {**own, "progress": say_line, "stats": own_stats, "stage": progress.stage},
-                                            prepared=True)
+                                            {**own, "stats": own_stats, "stage": progress.stage}, prepared=True)
                 progress.stage("writing the library (machine code, link)...")
                 executable.export_library(path)
             return own_stats
