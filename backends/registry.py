@@ -11,7 +11,7 @@ is used, so ``compile --target onnx`` never imports tvm. An emitter module expos
     def check_cpu_name(cpu: str) -> None  # only targets taking option "cpu": CompileError if unknown
 
 ``options`` holds the target's own options (``Target.options``) plus ``"target"``, the target
-name. The runtime side (artifact -> callable) is registered in ``compiler.driver.runtime``.
+name, and ``"progress"`` (a callable taking one line) when the caller shows progress. The runtime side (artifact -> callable) is registered in ``compiler.driver.runtime``.
 """
 
 from __future__ import annotations
@@ -44,9 +44,13 @@ class Target:
         if options.get("cpu") is not None and "cpu" in self.options:
             importlib.import_module(self.module).check_cpu_name(str(options["cpu"]))  # an LLVM CPU name
 
-    def emit(self, graph: Graph, options: dict[str, Any]) -> tuple[dict[str, bytes], dict[str, Any]]:
+    def emit(self, graph: Graph, options: dict[str, Any], progress=None) -> tuple[dict[str, bytes], dict[str, Any]]:
+        """``progress``: None or a callable taking one line, passed on as ``options["progress"]``
+        for the emitters that report their slow steps."""
         self.check_options(options)
         chosen = {k: v for k, v in options.items() if k in self.options}
+        if progress is not None:
+            chosen["progress"] = progress
         try:
             return importlib.import_module(self.module).emit_target(graph, {**chosen, "target": self.name})
         except UnsupportedOpError as exc:

@@ -70,6 +70,19 @@ def test_incompressible_payload_is_stored_text_is_deflated(tmp_path):
     assert payload == {"w": weights, "t": text}
 
 
+def test_library_of_mostly_weights_is_stored(tmp_path):
+    # A compiled library: compressible headers and code at both ends, weights between. Deflating
+    # it saves a few percent and costs seconds per 100 MB.
+    rng = np.random.default_rng(1)
+    code = b"\x00\x48\x8b\x05" * 16_384
+    library = code + rng.standard_normal(1_000_000).astype(np.float32).tobytes() + code
+    write_artifact(tmp_path / "a.aot", {"target": "x"}, {"model.so": library, "small.so": code})
+    with zipfile.ZipFile(tmp_path / "a.aot") as zf:
+        kinds = {i.filename: i.compress_type for i in zf.infolist()}
+    assert kinds["model.so"] == zipfile.ZIP_STORED and kinds["small.so"] == zipfile.ZIP_DEFLATED
+    assert read_artifact(tmp_path / "a.aot")[1]["model.so"] == library
+
+
 def test_stored_blob_is_page_aligned_mapped_and_hashed(tmp_path):
     a = np.arange(1000, dtype=np.float32)
     b = np.arange(7, dtype=np.int64)

@@ -23,6 +23,7 @@ from __future__ import annotations
 import os
 import subprocess
 import tempfile
+import time
 from typing import Any
 
 from compiler.ir import Graph
@@ -203,7 +204,10 @@ def emit_target(graph: Graph, options: dict[str, Any]) -> tuple[dict[str, bytes]
     info: dict[str, Any] = {"tvm_target": tdict, "tvm_version": tvm.__version__}
     if tdict["kind"] == "cuda":
         stats: dict[str, Any] = {}
-        payload = {LIBRARY: export_bytes(pipeline.build(mod, target, {**options, "stats": stats}))}
+        with _BuildProgress(options.get("progress") or (lambda line: None), f"cuda {tdict['arch']}") as progress:
+            executable = pipeline.build(mod, target, {**options, "stats": stats, "stage": progress.stage})
+            progress.stage("writing the library (machine code, link)...")
+            payload = {LIBRARY: export_bytes(executable)}
         info.update(library=LIBRARY, requires={**build_platform(), "cpu_features": target_features(tdict["host"]),
                                                "gpu_arch": tdict["arch"]})
     else:
@@ -222,10 +226,14 @@ def emit_target(graph: Graph, options: dict[str, Any]) -> tuple[dict[str, bytes]
 
 def _build_cpu_variants(mod, options: dict[str, Any], info: dict[str, Any]):
     """One library per CPU variant from one shared preparation of ``mod``; fills
-    ``info["variants"]`` and ``info["requires"]``. Returns (payload, schedule stats)."""
+    ``info["variants"]`` and ``info["requires"]``. Returns (payload, schedule stats). The variants
+    are built side by side in forked processes when this machine has the cores (``build_jobs``):
+    each build is single-threaded (TVM's lowering and LLVM), and they share nothing after the
+    preparation."""
     from . import pipeline
     from .cpu import best_variant
 
+    say = options.get("progress") or (lambda line: None)
     chosen = cpu_variants(options.get("cpu"))
     variants = [{"name": name, **{k: v for k, v in tdict.items() if k != "kind"}, "features": target_features(tdict),
                  "library": LIBRARY if len(chosen) == 1 else f"model.{name}.so"}
@@ -235,23 +243,178 @@ def _build_cpu_variants(mod, options: dict[str, Any], info: dict[str, Any]):
     tuned = best_variant(variants) if options.get("tune") or options.get("tuning_db") else None
     if options.get("rpc_tracker") and len(variants) == 1:  # timed on the RPC servers: --cpu names their CPU
         tuned = variants[0]
+    start = time.perf_counter()
     prepared = pipeline.prepare_portable(mod)
-    payload: dict[str, bytes] = {}
-    stats: dict[str, Any] = {}
-    for variant in variants:
+    # A search times candidates on this machine's cores: a second build beside it would skew them.
+    jobs = 1 if tuned is not None else build_jobs(len(variants))
+    say(f"emit: llvm: prepared in {time.perf_counter() - start:.1f} s; building {len(variants)} "
+        f"librar{'y' if len(variants) == 1 else 'ies'} ({', '.join(v['name'] for v in variants)})"
+        + (f", {jobs} at a time" if jobs > 1 else ""))
+
+    def builder(variant):
         tdict = {"kind": "llvm", **{k: variant[k] for k in ("mcpu", "mattr") if k in variant}}
         own = dict(options) if variant is tuned else {k: v for k, v in options.items()
                                                       if k not in ("tune", "tuning_db")}
-        own_stats: dict[str, Any] = {}
-        executable = pipeline.build(prepared, make_target(tdict), {**own, "stats": own_stats}, prepared=True)
-        payload[variant["library"]] = export_bytes(executable)
-        if variant is tuned or not stats:
-            stats = own_stats
+
+        def build(say_line, path: str) -> dict[str, Any]:
+            own_stats: dict[str, Any] = {}
+            with _BuildProgress(say_line, f"llvm {variant['name']}") as progress:
+                # A tuned build runs here, never forked (jobs 1): the search reports to the caller's own progress.
+                executable = pipeline.build(prepared, make_target(tdict),
+                                            {**own, "stats": own_stats, "stage": progress.stage}, prepared=True)
+                progress.stage("writing the library (machine code, link)...")
+                executable.export_library(path)
+            return own_stats
+
+        return build
+
+    with tempfile.TemporaryDirectory(prefix="aot-tvm-") as tmp:
+        paths = [os.path.join(tmp, variant["library"]) for variant in variants]
+        all_stats = run_builds([builder(v) for v in variants], paths, jobs, say,
+                               [f"llvm {v['name']}" for v in variants])
+        payload: dict[str, bytes] = {}
+        for variant, path in zip(variants, paths):
+            with open(path, "rb") as f:
+                payload[variant["library"]] = f.read()
+    stats = all_stats[variants.index(tuned)] if tuned is not None else all_stats[0]
     info["variants"] = variants
     info["requires"] = {**build_platform(), "cpu_features": min((v["features"] for v in variants), key=len)}
     if tuned is not None and len(variants) > 1:
         info["tuned_variant"] = tuned["name"]
     return payload, stats
+
+
+JOBS_ENV = "AOT_COMPILE_JOBS"
+
+
+def build_jobs(builds: int) -> int:
+    """How many library builds run at once: one per usable core, at most ``builds``; the
+    environment variable ``AOT_COMPILE_JOBS`` overrides it (1: one after the other, in this process)."""
+    from compiler.errors import CompileError
+
+    value = os.environ.get(JOBS_ENV, "").strip()
+    if value:
+        if not value.isdigit() or int(value) < 1:
+            raise CompileError(f"{JOBS_ENV} must be a positive number of processes, got {value!r}")
+        return max(1, min(builds, int(value)))
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    return max(1, min(builds, cores))
+
+
+def run_builds(builds, paths: list[str], jobs: int, say, labels: list[str]) -> list[Any]:
+    """Run each ``build(say, path)`` (writes its library to ``path``, returns a picklable value);
+    returns their values in order. ``jobs > 1``: in forked processes, ``jobs`` at a time, their
+    progress lines relayed to ``say``; the first error is raised here (the others are stopped),
+    as its own exception when it can cross the process boundary, else as a one-line CompileError."""
+    if jobs <= 1 or len(builds) <= 1:
+        return [build(say, path) for build, path in zip(builds, paths)]
+    import multiprocessing
+    from multiprocessing.connection import wait
+
+    from compiler.errors import CompileError
+
+    # fork: the children inherit the prepared module (no serialization of its weights) and
+    # the imported TVM; they only lower and compile, never run kernels in TVM's thread pool.
+    context = multiprocessing.get_context("fork")
+    results: list[Any] = [None] * len(builds)
+    done = [False] * len(builds)
+    pending = list(range(len(builds)))
+    running: dict[Any, tuple[int, Any]] = {}
+    try:
+        while pending or running:
+            while pending and len(running) < jobs:
+                index = pending.pop(0)
+                reader, writer = context.Pipe(duplex=False)
+                process = context.Process(target=_build_child, args=(builds[index], paths[index], writer),
+                                          name=f"aot-build-{labels[index]}", daemon=True)
+                process.start()
+                writer.close()  # the child holds the only writer: its exit is the reader's EOF
+                running[reader] = (index, process)
+            for reader in wait(list(running)):
+                index, process = running[reader]
+                try:
+                    kind, value = reader.recv()
+                except EOFError:
+                    process.join()
+                    reader.close()
+                    del running[reader]
+                    if not done[index]:
+                        how = (f"was killed by signal {-process.exitcode}" if (process.exitcode or 0) < 0
+                               else f"exited with status {process.exitcode}")
+                        raise CompileError(f"building the {labels[index]} library: its worker process {how} "
+                                           f"(out of memory?); set {JOBS_ENV}=1 to build one library at a time")
+                    continue
+                if kind == "say":
+                    say(value)
+                elif kind == "done":
+                    results[index], done[index] = value, True
+                else:
+                    raise value
+    finally:
+        for reader, (_index, process) in running.items():
+            if process.is_alive():
+                process.kill()
+            process.join()
+            reader.close()
+    return results
+
+
+def _build_child(build, path: str, writer) -> None:
+    """A forked build: progress lines, then ("done", value) or ("error", exception) to ``writer``."""
+    import pickle
+    import threading
+
+    lock = threading.Lock()  # the progress reminders come from a timer thread
+
+    def send(message) -> None:
+        with lock:
+            writer.send(message)
+
+    try:
+        send(("done", build(lambda line: send(("say", line)), path)))
+    except BaseException as exc:  # noqa: BLE001 - every failure goes back to the parent as one error
+        try:
+            pickle.loads(pickle.dumps(exc))
+        except Exception:  # TVM's errors may not cross processes: keep their type name and message
+            from compiler.errors import CompileError
+
+            exc = CompileError(f"{type(exc).__name__}: {exc}")
+        send(("error", exc))
+    finally:
+        writer.close()
+
+
+class _BuildProgress:
+    """The progress lines of one library build (``emit: LABEL: ...``): one per stage, a reminder
+    with the time so far while a stage lasts (every ``every`` seconds), and the total at the end."""
+
+    def __init__(self, say, label: str, every: float = 15.0):
+        import threading
+
+        self.say, self.label, self.every = say, label, every
+        self.start = time.perf_counter()
+        self.current = ""
+        self.stopped = threading.Event()
+        self.thread = threading.Thread(target=self._remind, daemon=True)
+
+    def __enter__(self):
+        self.thread.start()
+        return self
+
+    def __exit__(self, exc_type, *_):
+        self.stopped.set()
+        self.thread.join()
+        if exc_type is None:
+            self.say(f"emit: {self.label} built in {time.perf_counter() - self.start:.1f} s")
+
+    def stage(self, text: str) -> None:
+        self.current = text
+        self.say(f"emit: {self.label}: {text}")
+
+    def _remind(self) -> None:
+        while not self.stopped.wait(self.every):
+            if self.current.endswith("..."):
+                self.say(f"emit: {self.label}: {self.current} ({time.perf_counter() - self.start:.0f} s)")
 
 
 def _note_if_not_runnable(info: dict[str, Any]) -> None:

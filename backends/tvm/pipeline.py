@@ -24,15 +24,21 @@ from typing import Any
 def build(mod, target, options: dict[str, Any] | None = None, prepared: bool = False):
     """Compile the Relax module ``mod`` for ``target`` (a ``tvm.target.Target``) into a VM
     executable. ``options``: ``tune`` (trial budget or None), ``tuning_db`` (directory or None),
-    ``progress`` (callable taking one line), ``cpu`` (informational). ``prepared``: ``mod`` is
+    ``progress`` (callable taking one line: the search's), ``stage`` (callable taking the name of
+    each build stage as it starts: kernels scheduled, lowering and LLVM), ``cpu`` (informational). ``prepared``: ``mod`` is
     already ``prepare_portable``'s output (shared by the builds of several CPU variants)."""
     import tvm
     from tvm import relax
 
     options = options or {}
+    stage = options.get("stage") or (lambda text: None)
     if target.kind.name == "cuda":
+        stage("scheduling (GPU rules), TIR lowering, CUDA and LLVM codegen...")
         return _build_cuda(mod, target)  # the registry lets no tuning option through for cuda
     mod = lower(mod, target, options, prepared)
+    functions, scheduled = scheduled_counts(mod)
+    stage(f"scheduled {scheduled}/{functions} kernels")
+    stage("building (TIR lowering, LLVM codegen)...")
     with tvm.transform.PassContext(opt_level=3):
         return tvm.compile(mod, target=target, relax_pipeline=relax.get_default_pipeline(target))
 

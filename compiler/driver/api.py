@@ -113,7 +113,7 @@ def compile(model: Any, example_inputs: Sequence[Any] | None = None, *,  # noqa:
             compression_report = compress(graph, compression, example_arrays, prog.say)
 
     with prog.phase("emit", f"emitting {target}"):
-        payload, target_info = tgt.emit(graph, options)
+        payload, target_info = tgt.emit(graph, options, progress=prog.say if prog.enabled else None)
     rtol, atol = _tolerance(checks.rtol, checks.atol, target_info)
 
     report = CompileReport(model=source.name, target=target, output=str(output_path), source_kind=source.kind,

@@ -53,6 +53,7 @@ BLOB_ALIGN = 4096  # a mapped entry's data starts on a page: mmap-able, and ever
 _PAD_EXTRA_ID = 0xD935  # a private zip extra field (the id zipalign uses) that only pads the header
 _LOCAL_HEADER = 30  # bytes of a zip local file header before its name and extra field
 _SAMPLE = 1 << 16  # bytes deflated to decide whether a payload file compresses
+_SAMPLE_SLICES = 16
 _SHA256_HEX = re.compile(r"[0-9a-f]{64}")
 # What zipfile/zlib raise on a damaged archive (struct.error: a cut-off zip64 extra field,
 # OverflowError: an offset too large to seek to, UnicodeDecodeError is a ValueError).
@@ -188,11 +189,16 @@ def _zip_info(name: str, deflate: bool = True) -> zipfile.ZipInfo:
 
 def _compresses(data: bytes) -> bool:
     """Whether deflating ``data`` is worth it: a sample of it shrinks by a tenth or more (text and
-    code do; float weights shrink by a few percent at the cost of seconds per 100 MB)."""
+    code do; float weights shrink by a few percent at the cost of seconds per 100 MB). The sample
+    is 16 slices evenly spread over the whole file: a compiled library is a little compressible code and
+    headers around mostly weights (a sample of its start and middle deflated ResNet-18's 77 MB
+    library by 8% in 2.4 s, BERT's two 434 MB ones in ~25 s)."""
     if len(data) <= _SAMPLE:
         return True
-    mid = len(data) // 2
-    sample = data[:_SAMPLE // 2] + data[mid:mid + _SAMPLE // 2]
+    piece, part = _SAMPLE // _SAMPLE_SLICES, len(data) // _SAMPLE_SLICES
+    # Each slice from the middle of its sixteenth: the ends (headers) count no more than the rest.
+    starts = [i * part + (part - piece) // 2 for i in range(_SAMPLE_SLICES)]
+    sample = b"".join(data[start:start + piece] for start in starts)
     return len(zlib.compress(sample, 1)) < 0.9 * len(sample)
 
 
