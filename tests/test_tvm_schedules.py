@@ -219,6 +219,24 @@ def test_symbolic_rows_with_a_width_of_no_lane_divisor(rng, target):
         np.testing.assert_allclose(_run(executable, x), x @ w, rtol=1e-4, atol=1e-5)
 
 
+def test_symbolic_rows_with_a_padded_width(rng, target):
+    """Symbolic rows and a constant weight wide enough to be padded to a vector multiple (a
+    word head): the padded columns are cropped in a block of their own, never written past the
+    rows of the smaller output (reverse-inlined, the crop wrote the padding into the next row)."""
+    width = gemm.PAD_MIN_WIDTH + 5
+    w = _const(rng, 24, width)
+    n = tvm.tirx.Var("n", "int64")
+    mod = _module([("x", (1, n, 24))], lambda bb, x: relax.op.matmul(x, relax.const(w)))
+    _assert_rule(_rules(mod, target), "matmul", "TiledContraction")
+    lowered = pipeline.lower(mod, target)
+    (text,) = [str(f) for gv, f in lowered.functions.items() if "matmul" in gv.name_hint]
+    assert 'T.sblock("T_dynamic_strided_slice' in text, "the crop was fused into the padded tile's write-back"
+    executable = pipeline.build(mod, target, {})
+    for rows in (1, 5, 9):
+        x = _const(rng, 1, rows, 24)
+        np.testing.assert_allclose(_run(executable, x), x @ w, rtol=1e-4, atol=1e-5)
+
+
 def test_symbolic_image_size_conv(rng, target):
     """Symbolic height and width with more output channels than one register tile: the tiled
     conv keeps its rule (no fallback to the slow reduction) and writes exactly its tiles (a

@@ -146,6 +146,11 @@ class TiledContraction(ScheduleRule):
         tr = _largest_divisor(rows, max(1, min(16, accumulators // vn))) if rows else 1
         v_o, v_i = sch.split(spatial[-1], [None, vec_tile])
         outer = spatial[:-1] + [v_o]
+        if len(spatial) > 1 and rows is None:
+            # Symbolic rows (a dynamic sequence) get one-row tiles: the column tile goes outside
+            # the rows so that its slice of the operand is reused from cache by every row (row
+            # outermost streamed GPT-2's whole 154 MB head once per token).
+            outer = spatial[:-2] + [v_o, spatial[-2]]
         inner = [v_i]
         if tr > 1:
             r_o, r_i = sch.split(spatial[-2], [None, tr])
@@ -159,8 +164,9 @@ class TiledContraction(ScheduleRule):
             # a symbolic divisor over-approximates the write-back region in this TVM (and its
             # guard misses the upper bound, so it writes past the output).
             anchor, parallel = outer[-1], next((lp for lp in outer if _int(sch.get(lp).extent) != 1), outer[0])
+        output_shape = list(sch.get(block).writes[0].source.shape)
         write_back = sch.cache_write(block, 0, "local")
-        leftovers = self._fuse_epilogue(sch, epilogue)
+        leftovers = self._fuse_epilogue(sch, epilogue, output_shape)
         sch.reverse_compute_at(write_back, anchor, preserve_unit_loops=False)
         tile_loops = self._tile_write_back_loops(sch, write_back, anchor, tr * vec_tile)
         if tile_loops:
@@ -186,13 +192,18 @@ class TiledContraction(ScheduleRule):
         return below
 
     @staticmethod
-    def _fuse_epilogue(sch, epilogue: list[str]) -> list[str]:
+    def _fuse_epilogue(sch, epilogue: list[str], output_shape: list) -> list[str]:
         """Inline the epilogue into the write-back: first every intermediate block into its
         consumers, then the last block into the write-back. Reverse-inlining blocks one by one
         is wrong when the accumulator feeds two of them (gelu reads ``x`` twice): this TVM then
-        leaves a read of a buffer nothing writes. Returns the blocks left standing."""
+        leaves a read of a buffer nothing writes. An epilogue writing another shape than the
+        contraction's (a crop of padded columns) stays a block: reverse-inlined, it wrote the
+        padded tile's extra columns past the rows of its smaller output. Returns the blocks
+        left standing."""
         inlined = [_try(sch.compute_inline, sch.get_sblock(name)) for name in epilogue[:-1]]
-        if epilogue and all(inlined) and _try(sch.reverse_compute_inline, sch.get_sblock(epilogue[-1])):
+        same_shape = bool(epilogue) and str(list(sch.get(sch.get_sblock(epilogue[-1])).writes[0].source.shape)) \
+            == str(output_shape)
+        if same_shape and all(inlined) and _try(sch.reverse_compute_inline, sch.get_sblock(epilogue[-1])):
             return []
         return [name for name, done in zip(epilogue, [*inlined, False]) if not done]
 
