@@ -210,3 +210,25 @@ def test_zoo_dynamic_batch_runs_two_batch_sizes(tmp_path):
         with torch.no_grad():
             want = model(*inputs).numpy()
         np.testing.assert_allclose(loaded(*[t.numpy() for t in inputs]), want, rtol=1e-3, atol=1e-4)
+
+
+def test_kernels_no_rule_covers_still_compile_and_are_named_in_the_report(tmp_path):
+    """A kernel none of the search-free rules takes (here the 3-wide sum after topk) runs on TVM's
+    default lowering; the manifest and the report name it."""
+    import torch
+
+    import compiler
+
+    class OddKernels(torch.nn.Module):
+        def forward(self, x):
+            return torch.cumsum(x, 1) + torch.topk(x, 3, dim=1).values.sum(1, keepdim=True)
+
+    model = OddKernels()
+    x = torch.randn(4, 37)
+    from backends.options import LlvmOptions
+
+    art = compiler.compile(model, (x,), target=LlvmOptions(cpu="host"), output=tmp_path / "m.aot")
+    fallen = art.manifest["target_info"]["schedules"]["unscheduled"]
+    assert fallen and all(isinstance(name, str) for name in fallen)
+    assert "fell back:" in art.report.format() and fallen[0] in art.report.format()
+    np.testing.assert_allclose(art.load()(x.numpy()), model(x).numpy(), rtol=1e-5, atol=1e-5)

@@ -58,7 +58,13 @@ def lower(mod, target, options: dict[str, Any] | None = None, prepared: bool = F
     if isinstance(options.get("stats"), dict):
         options["stats"].update(functions=functions, by_pipeline=by_pipeline,
                                 from_database=scheduled_counts(mod)[1] - by_pipeline)
-    return schedule_module(mod, target)
+    scheduled = schedule_module(mod, target)
+    if isinstance(options.get("stats"), dict):
+        from .schedules import unscheduled_functions
+
+        # No rule took these: TVM's own lowering runs them (correct, slow); the report names them.
+        options["stats"]["unscheduled"] = unscheduled_functions(scheduled)
+    return scheduled
 
 
 def scheduled_counts(mod) -> tuple[int, int]:

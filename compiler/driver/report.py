@@ -91,7 +91,13 @@ def _schedule_lines(s: dict[str, Any] | None) -> list[str]:
         line += f", {own} scheduled by the pipeline itself (Winograd kernels)"
     if "tuning_s" in s:
         line += f" (searched {s.get('trials', '?')} trials in {s['tuning_s']:.0f} s)"
-    return [line]
+    lines = [line]
+    fallen = s.get("unscheduled") or []
+    if fallen:
+        shown = ", ".join(fallen[:8]) + (f", ... ({len(fallen) - 8} more)" if len(fallen) > 8 else "")
+        lines.append(f"  fell back:  {len(fallen)} fused function(s) no rule schedules run on TVM's default "
+                     f"lowering (correct, slower): {shown}")
+    return lines
 
 
 def _cpu_code_lines(info: dict[str, Any]) -> list[str]:
