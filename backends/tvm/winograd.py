@@ -319,6 +319,20 @@ def _unroll_tile(sch, rows, cols, channels, lanes):
     _vec(sch, channels, lanes)
 
 
+CHANNEL_CHUNK = 16
+
+
+def _split_channels(sch, loop, lanes):
+    """(outer, inner) of the channel loop: CHANNEL_CHUNK channels (one 64-byte line; at least one
+    vector) per outer iteration, a loop, not unrolled, so that a tile's unrolled transform is as
+    wide as that chunk whatever C is."""
+    extent = int(sch.get(loop).extent)
+    chunk = max(lanes, CHANNEL_CHUNK)
+    if extent > chunk and extent % chunk == 0:
+        return sch.split(loop, [None, chunk])
+    return sch.split(loop, [1, None])
+
+
 def _find(blocks, stem):
     for b in blocks:
         if b == PREFIX + stem or b.startswith(PREFIX + stem + "_"):
@@ -336,9 +350,10 @@ def _schedule_input(sch, blocks, lanes):
         if name not in (_find(blocks, "V"), _find(blocks, "T"), _find(blocks, "pad")):
             sch.compute_inline(sch.get_sblock(name))
     po, a, b, pi, c = sch.get_loops(v)
-    sch.reorder(po, pi, a, b, c)
+    co, c = _split_channels(sch, c, lanes)
+    sch.reorder(po, pi, co, a, b, c)
     p = sch.fuse(po, pi)
-    sch.compute_at(t, p, preserve_unit_loops=False)
+    sch.compute_at(t, co, preserve_unit_loops=False)
     big = _work(sch, v) >= PARALLEL_MIN_ELEMENTS
     _unroll_tile(sch, *sch.get_loops(t)[-3:], lanes)
     _unroll_tile(sch, a, b, c, lanes)
@@ -365,9 +380,10 @@ def _schedule_output(sch, blocks, lanes):
     n, h, w, k = sch.get_loops(last)
     ho, hi = sch.split(h, [None, m])
     wo, wi = sch.split(w, [None, m])
-    sch.reorder(n, ho, wo, hi, wi, k)
+    ko, k = _split_channels(sch, k, lanes)
+    sch.reorder(n, ho, wo, ko, hi, wi, k)
     fused = sch.fuse(n, ho, wo)
-    sch.compute_at(mo, fused, preserve_unit_loops=False)
+    sch.compute_at(mo, ko, preserve_unit_loops=False)
     _unroll_tile(sch, *sch.get_loops(mo)[-3:], lanes)
     _unroll_tile(sch, hi, wi, k, lanes)
     if _work(sch, last) >= PARALLEL_MIN_ELEMENTS:
