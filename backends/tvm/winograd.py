@@ -353,9 +353,18 @@ def _schedule_input(sch, blocks, lanes):
     co, c = _split_channels(sch, c, lanes)
     sch.reorder(po, pi, co, a, b, c)
     p = sch.fuse(po, pi)
-    sch.compute_at(t, co, preserve_unit_loops=False)
+    # Where the row pass goes was measured per width (1 thread, Zen 4): per chunk with 16 lanes
+    # (28x28x128: 77 -> 61 us), per tile over all channels with 8 (14x14x256: 69 -> 52 us).
+    if lanes < CHANNEL_CHUNK:
+        sch.compute_at(t, p, preserve_unit_loops=False)
+        ta, tz, tc = sch.get_loops(t)[-3:]
+        tco, tc = _split_channels(sch, tc, lanes)
+        sch.reorder(tco, ta, tz, tc)
+        _unroll_tile(sch, ta, tz, tc, lanes)
+    else:
+        sch.compute_at(t, co, preserve_unit_loops=False)
+        _unroll_tile(sch, *sch.get_loops(t)[-3:], lanes)
     big = _work(sch, v) >= PARALLEL_MIN_ELEMENTS
-    _unroll_tile(sch, *sch.get_loops(t)[-3:], lanes)
     _unroll_tile(sch, a, b, c, lanes)
     if big:
         sch.parallel(p)
