@@ -98,6 +98,22 @@ def test_winograd_matches_direct_and_float64(target, x_shape, k, padding):
     assert np.abs(wino - ref).max() <= 1e-4 * scale, np.abs(wino - ref).max() / scale
 
 
+@pytest.mark.parametrize("x_shape,k,padding", [CASES[1], CASES[2], ((1, 32, 10, 9), 32, (1, 1, 1, 1))])
+def test_winograd_8_lanes_matches_float64(x_shape, k, padding):
+    """The x86-64-v3 (AVX2, 8-lane) schedule: the input transform's row pass runs per tile over
+    all channels there, per 16-channel chunk at 16 lanes (the host target above)."""
+    rng = np.random.default_rng(sum(x_shape) + k + 1)
+    c = x_shape[1]
+    weight = (rng.standard_normal((k, c, 3, 3)) / np.sqrt(9 * c)).astype(np.float32)
+    bias = rng.standard_normal(k).astype(np.float32) * 0.1
+    x = rng.standard_normal(x_shape).astype(np.float32)
+    v3 = tvm.target.Target({"kind": "llvm", "mcpu": "x86-64-v3"})
+    wino, names = _build_run(_conv_module(x_shape, weight, bias, padding), v3, x, 4)
+    assert any(n.startswith("winograd_gemm") for n in names), names
+    ref = _reference(x, weight, bias, padding)
+    assert np.abs(wino - ref).max() <= 1e-4 * np.abs(ref).max()
+
+
 def test_f2_matches_float64(target):
     rng = np.random.default_rng(7)
     weight = (rng.standard_normal((16, 16, 3, 3)) / 12).astype(np.float32)

@@ -18,7 +18,8 @@ padding; partial edge tiles are computed on zero padding and cropped):
 V and M are laid out [P/TP, 6, 6, TP, C] (TP = up to 16 tiles): in [6, 6, P, C] the 36 planes of
 a tile were P*C*4 bytes apart, a multiple of 4 KiB, and every tile's 36 stores hit one L1 set.
 ``schedule_pass()`` (after FuseTIR) schedules the transforms (tile loop outermost and parallel
-when large, alpha loops unrolled, channels vectorized) and the GEMM (rows x vectors accumulators
+when large, then a loop over chunks of 16 channels, inside it the alpha loops unrolled and the
+chunk vectorized) and the GEMM (rows x vectors accumulators
 kept in registers over the whole reduction and stored straight to M: TiledContraction's 1 KiB
 local accumulator goes to the heap, one alloc/free per tile, 36 -> 22 us on the 32x32x16 conv at
 F(2,3)) and marks them scheduled, so tuning and the search-free rules leave them alone.
@@ -30,6 +31,26 @@ Measured (AMD EPYC Zen 4, AVX-512; per conv, 1 thread, batch 1; direct = TiledCo
   [1,16,16,32] x [3,3,32,32]    43 us    3.4+20.3+1.8 = 26    3.9+11.4+2.0 = 17
   [1,8,8,64]   x [3,3,64,64]    44 us    2.8+19.3+1.2 = 23    1.8+11.0+1.3 = 14
   [1,32,32,3]  x [3,3,3,16]     12 us                         2.7+2.7+2.3  = 8
+
+Compile time: the transforms used to unroll the alpha loops around all C channels (C / lanes
+vectors each), so a kernel's unrolled body grew with C and TVM's TIR passes (CommonSubexprElim,
+Simplify, RemoveNoOp) and LLVM took 0.3-4.2 s per kernel, most at 8 lanes; unrolled over one
+16-channel chunk (a loop over the chunks around it) each takes 0.1-0.3 s whatever C. Per
+ResNet-18 3x3 conv (its 7x7x512 ones stay direct, under MIN_OUTPUT), compile s / run us at 1
+thread, before -> after (run times move ~10% between runs on this shared VM):
+
+  x86-64-v3 (8 lanes)   input                       output
+  56x56x64              0.85 s / 143 -> 0.27 / 124  0.62 s / 73 -> 0.14 / 62
+  28x28x128             2.36 s / 100 -> 0.31 / 79   1.21 s / 45 -> 0.21 / 30
+  14x14x256             4.20 s / 48  -> 0.30 / 47   2.02 s / 30 -> 0.15 / 28
+  x86-64-v4 (16 lanes)
+  56x56x64              0.40 s / 117 -> 0.14 / 103  0.31 s / 61 -> 0.08 / 46
+  28x28x128             1.16 s / 84  -> 0.13 / 61   0.62 s / 29 -> 0.08 / 21
+  14x14x256             1.96 s / 51  -> 0.13 / 42   0.88 s / 22 -> 0.07 / 19
+
+At 8 lanes the input transform's row pass (T) stays per tile over all channels (14x14x256: 69 us
+when per chunk). ResNet-18 whole compile (2 variants) 100 -> 23 s wall; latency unchanged or
+slightly better (batch 1, 1 thread: 24.6 -> 24.3 ms; x86-64-v3 alone 31.4 -> 30.7 ms).
 
 Zoo ResNet, 1 thread: 1.06x onnxruntime -> 0.63x (F(4,3); 0.79x with F(2,3)). Error vs a float64
 convolution: ~1e-6 of the output's range for F(4,3) on these shapes (tests bound it at 1e-4).
@@ -313,10 +334,25 @@ def schedule_transform(func, target):
 
 
 def _unroll_tile(sch, rows, cols, channels, lanes):
-    """One tile's two small axes unrolled (their Select chains then fold), channels vectorized."""
+    """One tile's two small axes unrolled (their Select chains then fold), channels vectorized
+    (``channels`` is one chunk: _split_channels; unrolling around all C made compiles slow)."""
     sch.unroll(rows)
     sch.unroll(cols)
     _vec(sch, channels, lanes)
+
+
+CHANNEL_CHUNK = 16
+
+
+def _split_channels(sch, loop, lanes):
+    """(outer, inner) of the channel loop: CHANNEL_CHUNK channels (one 64-byte line; at least one
+    vector) per outer iteration, a loop, not unrolled, so that a tile's unrolled transform is as
+    wide as that chunk whatever C is."""
+    extent = int(sch.get(loop).extent)
+    chunk = max(lanes, CHANNEL_CHUNK)
+    if extent > chunk and extent % chunk == 0:
+        return sch.split(loop, [None, chunk])
+    return sch.split(loop, [1, None])
 
 
 def _find(blocks, stem):
@@ -336,11 +372,21 @@ def _schedule_input(sch, blocks, lanes):
         if name not in (_find(blocks, "V"), _find(blocks, "T"), _find(blocks, "pad")):
             sch.compute_inline(sch.get_sblock(name))
     po, a, b, pi, c = sch.get_loops(v)
-    sch.reorder(po, pi, a, b, c)
+    co, c = _split_channels(sch, c, lanes)
+    sch.reorder(po, pi, co, a, b, c)
     p = sch.fuse(po, pi)
-    sch.compute_at(t, p, preserve_unit_loops=False)
+    # Where the row pass goes was measured per width (1 thread, Zen 4): per chunk with 16 lanes
+    # (28x28x128: 77 -> 61 us), per tile over all channels with 8 (14x14x256: 69 -> 52 us).
+    if lanes < CHANNEL_CHUNK:
+        sch.compute_at(t, p, preserve_unit_loops=False)
+        ta, tz, tc = sch.get_loops(t)[-3:]
+        tco, tc = _split_channels(sch, tc, lanes)
+        sch.reorder(tco, ta, tz, tc)
+        _unroll_tile(sch, ta, tz, tc, lanes)
+    else:
+        sch.compute_at(t, co, preserve_unit_loops=False)
+        _unroll_tile(sch, *sch.get_loops(t)[-3:], lanes)
     big = _work(sch, v) >= PARALLEL_MIN_ELEMENTS
-    _unroll_tile(sch, *sch.get_loops(t)[-3:], lanes)
     _unroll_tile(sch, a, b, c, lanes)
     if big:
         sch.parallel(p)
@@ -365,9 +411,10 @@ def _schedule_output(sch, blocks, lanes):
     n, h, w, k = sch.get_loops(last)
     ho, hi = sch.split(h, [None, m])
     wo, wi = sch.split(w, [None, m])
-    sch.reorder(n, ho, wo, hi, wi, k)
+    ko, k = _split_channels(sch, k, lanes)
+    sch.reorder(n, ho, wo, ko, hi, wi, k)
     fused = sch.fuse(n, ho, wo)
-    sch.compute_at(mo, fused, preserve_unit_loops=False)
+    sch.compute_at(mo, ko, preserve_unit_loops=False)
     _unroll_tile(sch, *sch.get_loops(mo)[-3:], lanes)
     _unroll_tile(sch, hi, wi, k, lanes)
     if _work(sch, last) >= PARALLEL_MIN_ELEMENTS:
