@@ -16,7 +16,7 @@ tvm = pytest.importorskip("tvm")
 
 from tvm import relax
 
-from backends.tvm import pipeline, winograd
+from backends.tvm import cpu, pipeline, winograd
 
 
 @pytest.fixture(scope="module")
@@ -98,6 +98,8 @@ def test_winograd_matches_direct_and_float64(target, x_shape, k, padding):
     assert np.abs(wino - ref).max() <= 1e-4 * scale, np.abs(wino - ref).max() / scale
 
 
+@pytest.mark.skipif(not {"avx2", "fma"} <= cpu.host_features(),
+                    reason="runs x86-64-v3 (AVX2 + FMA) code: this host lacks it")
 @pytest.mark.parametrize("x_shape,k,padding", [CASES[1], CASES[2], ((1, 32, 10, 9), 32, (1, 1, 1, 1))])
 def test_winograd_8_lanes_matches_float64(x_shape, k, padding):
     """The x86-64-v3 (AVX2, 8-lane) schedule: the input transform's row pass runs per tile over
