@@ -94,6 +94,32 @@ def test_lstm_inside_a_model_matches_eager():
     check_frontend(model, list(model.example_inputs(2)), ops=("lstm", "linear"), rtol=1e-4, atol=1e-5)
 
 
+@pytest.mark.parametrize("cls", [nn.LSTM, nn.GRU])
+def test_onnx_artifact_with_external_rnn_weights_loads(cls, tmp_path):
+    """Weights and biases big enough to be external data: the emitter's intermediate (reordered,
+    then concatenated) bias blocks must not stay initializers, or onnxruntime prunes them and
+    refuses the values handed to it (full-size LSTM LM / GRU tagger artifacts failed to load)."""
+    import compiler
+    from backends.onnx.emit import EXTERNAL_MIN_BYTES
+
+    torch.manual_seed(0)
+    hidden = EXTERNAL_MIN_BYTES // 4  # one gate block of the bias alone reaches the threshold
+    class Recurrent(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.rnn = cls(8, hidden, batch_first=True)
+
+        def forward(self, t):
+            return self.rnn(t)[0]
+
+    model = Recurrent().eval()
+    x = randn(2, 5, 8, seed=3)
+    art = compiler.compile(model, (x,), target="onnx", output=tmp_path / "m.aot")
+    with torch.no_grad():
+        want = model(x).numpy()
+    assert abs(art.load()(x.numpy()) - want).max() < 1e-4
+
+
 def test_hls_refuses_in_one_line(tmp_path):
     import compiler
 

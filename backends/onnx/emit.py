@@ -159,6 +159,7 @@ def _emit(graph: Graph, opset: int, standard_only: bool,
 
     inputs = [_value_info(v.name, v.dtype, v.shape) for v in graph.inputs]
     outputs = [_value_info(n, v.dtype, v.shape) for n, v in zip(output_names, graph.outputs)]
+    _drop_unused_initializers(ctx, set(output_names))
     io_names = {v.name for v in graph.inputs} | set(output_names) | set(ctx.initializers)
     value_info = [_value_info(n, dt, sh) for n, (dt, sh) in ctx.value_types.items()
                   if n not in io_names and sh is not None]
@@ -194,6 +195,24 @@ def _emit(graph: Graph, opset: int, standard_only: bool,
     except Exception as exc:
         raise _check_error(ctx, exc) from exc
     return model, {t.name: ctx.const_arrays[t.name] for t in _external(model)}
+
+
+def _drop_unused_initializers(ctx, keep: set[str]) -> None:
+    """Remove the initializers no node reads (intermediates of an emitter, e.g. the reordered
+    gate blocks of an RNN bias before their concatenation): onnxruntime prunes them while it
+    loads the model, and then refuses the external-data values handed to it under their names."""
+    used = set(keep)
+
+    def collect(nodes) -> None:
+        for n in nodes:
+            used.update(n.input)
+            for a in n.attribute:  # subgraphs (If/Loop bodies) read outer names too
+                for g in ([a.g] if a.HasField("g") else []) + list(a.graphs):
+                    collect(g.node)
+
+    collect(ctx.nodes)
+    for name in [n for n in ctx.initializers if n not in used]:
+        del ctx.initializers[name]
 
 
 def _without_weights(model: onnx.ModelProto) -> onnx.ModelProto:
