@@ -19,7 +19,7 @@ tvm = pytest.importorskip("tvm")
 
 from tvm import relax
 
-from backends.tvm import gemm, pipeline  # noqa: E402
+from backends.tvm import cpu, gemm, pipeline  # noqa: E402
 from test_tvm_schedules import _module, _rules, _run  # noqa: E402  (the one-function module helpers)
 
 AVX2 = {"kind": "llvm", "mcpu": "x86-64-v3"}
@@ -151,12 +151,27 @@ def test_fallbacks(rng):
     assert not any("packed" in name for name in rules) and _hot_rule(rules, "matmul") == "TiledContraction"
     np.testing.assert_allclose(_run(pipeline.build(mod, target, {}), a), a @ w, rtol=1e-4, atol=1e-4)
 
+
+
+@pytest.mark.parametrize("target_spec", [AVX2, "host"])
+def test_symbolic_rows_are_padded_to_whole_tiles(rng, target_spec):
+    """A dynamic row count (a sequence length): the rows are padded to whole register tiles
+    inside the packed kernel and cropped back, so any count is right, the accumulators stay in a
+    stack tile (keep_local_tiles_on_stack), and an epilogue (bias, gelu) follows."""
+    from tvm.target.codegen import llvm_get_system_cpu
+
+    target = tvm.target.Target(AVX2 if target_spec == AVX2 else {"kind": "llvm", "mcpu": llvm_get_system_cpu()})
+    if target_spec == AVX2 and not {"avx2", "fma"} <= cpu.host_features():
+        pytest.skip("runs x86-64-v3 (AVX2 + FMA) code: this host lacks it")
     rows = tvm.tirx.Var("n", "int64")
-    w = _f32(rng, 19, 32)
-    mod = _module([("x", (rows, 19))], lambda bb, x: relax.op.matmul(x, relax.const(w)))
-    rules = _rules(mod, target)
-    assert not any("packed" in name for name in rules)
-    np.testing.assert_allclose(_run(pipeline.build(mod, target, {}), a), a @ w, rtol=1e-4, atol=1e-4)
+    w, b = _f32(rng, 19, 96), _f32(rng, 96)
+    mod = _module([("x", (1, rows, 19))], lambda bb, x: relax.op.nn.relu(
+        relax.op.add(relax.op.matmul(x, relax.const(w)), relax.const(b))))
+    assert _hot_rule(_rules(mod, target), "packed_matmul") == "PackedGemm"
+    executable = pipeline.build(mod, target, {})
+    for count in (1, 7, 8, 13, 64):
+        x = _f32(rng, 1, count, 19)
+        np.testing.assert_allclose(_run(executable, x), np.maximum(x @ w + b, 0), rtol=1e-4, atol=1e-4)
 
 
 def _conv_nhwc(x, w, stride, padding, dilation):

@@ -72,7 +72,7 @@ def micro_kernel(m: int, n: int, lanes: int) -> tuple[int, int]:
         # AVX-512): half-width (256-bit) vectors, three to a panel where they fit.
         panel = 3 * half if n % (3 * half) == 0 else half
         return tile_rows(m, panel, half), panel
-    if lanes < 16 and n % (3 * lanes) == 0 and m % 4 == 0:
+    if lanes < 16 and n % (3 * lanes) == 0 and m is not None and m % 4 == 0:
         return 4, 3 * lanes
     panel = 2 * lanes if n % (2 * lanes) == 0 else lanes
     return tile_rows(m, panel, lanes), panel
@@ -106,6 +106,8 @@ def tile_shape(m: int, panel: int, lanes: int) -> tuple[int, int]:
     else:
         prefs = {1: [(12, 1), (8, 1), (6, 1), (7, 1)], 2: [(6, 2), (4, 2), (5, 2)],
                  3: [(4, 3)]}.get(vectors, [(max(1, 12 // vectors), vectors)])
+    if m is None:  # symbolic rows, padded to whole tiles of the preferred shape
+        return prefs[0]
     for rows, vn in prefs:
         if m % rows == 0:
             return rows, vn
@@ -118,18 +120,28 @@ def pack_weight(w: np.ndarray, panel: int) -> np.ndarray:
     return np.ascontiguousarray(w.reshape(k, n // panel, panel).transpose(1, 0, 2))
 
 
-def packed_matmul(x, wp):
-    """TE: x [..., K] @ the packed weight wp [N / P, K, P] -> [..., N]."""
-    from tvm import te
+def packed_matmul(x, wp, row_tile: int | None = None):
+    """TE: x [..., K] @ the packed weight wp [N / P, K, P] -> [..., N]. ``row_tile``: the
+    (symbolic) rows are padded with zero rows to a multiple of it, so that the kernel runs whole
+    register tiles with no bounds test inside, and the result is cropped back."""
+    from tvm import te, tirx
 
     panels, k_extent, panel = (int(s) for s in wp.shape)
     k = te.reduce_axis((0, k_extent), name="k")
+    a = x
+    if row_tile is not None:
+        rows = x.shape[-2]
+        a = te.compute((*x.shape[:-2], tirx.floordiv(rows + row_tile - 1, row_tile) * row_tile, x.shape[-1]),
+                       lambda *i: tirx.if_then_else(i[-2] < rows, x[i], tirx.const(0, x.dtype)), name=PAD)
 
     def body(*idx):
         j = idx[-1]
-        return te.sum(x[(*idx[:-1], k)] * wp[j // panel, k, j % panel], axis=k)
+        return te.sum(a[(*idx[:-1], k)] * wp[j // panel, k, j % panel], axis=k)
 
-    return te.compute((*x.shape[:-1], panels * panel), body, name=MATMUL)
+    c = te.compute((*a.shape[:-1], panels * panel), body, name=MATMUL)
+    if row_tile is None:
+        return c
+    return te.compute((*x.shape[:-1], panels * panel), lambda *i: c[i], name="packed_crop")
 
 
 def packed_conv2d(x, wp, kernel, strides, padding, dilation):
@@ -190,10 +202,17 @@ def rewrite_pass(target=None):
             if padded != width:
                 wn = np.concatenate([wn, np.zeros((wn.shape[0], padded - width), wn.dtype)], axis=1)
             if xs is None:
-                # Symbolic rows (a dynamic sequence): no packed kernel, but a width with no vector
-                # multiple still gets its zero columns, so that the generic rule vectorizes it
-                # (GPT-2's 50257-word head ran scalar: 19-34x onnxruntime).
-                return None if padded == width else self._sliced(relax.op.matmul(x, relax.const(wn)), width)
+                xs = _rows_may_vary(x)
+                rows, panel = micro_kernel(None, padded, lanes) if xs else (0, 0)
+                if not panel:
+                    # No packed kernel, but a width with no vector multiple still gets its zero
+                    # columns, so that the generic rule vectorizes it (GPT-2's 50257-word head
+                    # ran scalar: 19-34x onnxruntime).
+                    return None if padded == width else self._sliced(relax.op.matmul(x, relax.const(wn)), width)
+                # Symbolic rows (a dynamic sequence): padded to whole register tiles inside the kernel.
+                y = self.builder_.call_te(packed_matmul, x, relax.const(pack_weight(wn, panel)), rows,
+                                          primfunc_name_hint=MATMUL, primfunc_attrs={"op_pattern": 4})
+                return y if padded == width else self._sliced(y, width)
             if len(xs) < 2:
                 return None
             _, panel = micro_kernel(xs[-2], padded, lanes)
@@ -244,6 +263,18 @@ def _is_const(expr) -> bool:
     import tvm
 
     return isinstance(expr, tvm.ir.expr.GenericConst) and hasattr(expr.value, "numpy")
+
+
+def _rows_may_vary(expr):
+    """The shape of a matmul's left operand with None for its row axis (second to last), when
+    that axis is the only symbolic one; else None."""
+    values = getattr(getattr(expr.ty, "shape", None), "values", None)
+    if values is None or len(values) < 2:
+        return None
+    try:
+        return [int(v) for v in values[:-2]] + [None, int(values[-1])]
+    except (TypeError, ValueError):
+        return None
 
 
 def _static_shape(expr):
@@ -320,8 +351,8 @@ def _schedule_main(sch, main: str, epilogue: list[str], lanes: int) -> list[str]
     loops = sch.get_loops(block)
     spatial = [lp for lp, iv in zip(loops, stmt.iter_vars) if iv.iter_type == 0]
     reduce_ = [lp for lp, iv in zip(loops, stmt.iter_vars) if iv.iter_type != 0]
-    if len(spatial) < 2 or any(_int(sch.get(lp).extent) is None for lp in loops):
-        raise ValueError("needs a static row axis")
+    if len(spatial) < 2 or any(_int(sch.get(lp).extent) is None for lp in [*spatial[:-2], *spatial[-1:], *reduce_]):
+        raise ValueError("needs static outer, column and reduction axes")
     outer, m_loop, j_loop = spatial[:-2], spatial[-2], spatial[-1]
     m = _int(sch.get(m_loop).extent)
     n = _int(sch.get(j_loop).extent)
@@ -333,6 +364,20 @@ def _schedule_main(sch, main: str, epilogue: list[str], lanes: int) -> list[str]
     inlined = [_try(sch.compute_inline, sch.get_sblock(name)) for name in epilogue[:-1]]
     left = [name for name, done in zip(epilogue, inlined) if not done]
     tail = epilogue[-1] if epilogue else None
+    if m is None:
+        # Symbolic rows padded to whole tiles (packed_matmul's row_tile): the tile loops stay
+        # unfused (their indices would divide by the symbolic tile count), the accumulators get
+        # a local tile (kept on the stack: pipeline.keep_local_tiles_on_stack), the cropped
+        # epilogue is a pass of its own.
+        write_back = sch.cache_write(block, 0, "local")
+        anchor = _tile(sch, block, outer, m_loop, j_loop, reduce_, (rows, vectors), panel, lanes, panel_outer,
+                       parallel, fuse=False)
+        from .schedules import TiledContraction
+
+        sch.reverse_compute_at(write_back, anchor, preserve_unit_loops=False)
+        loops = TiledContraction._tile_write_back_loops(sch, write_back, anchor, rows * panel)
+        TiledContraction._vectorize_split(sch, loops[-1], lanes)
+        return left + ([tail] if tail else [])
     if rows * vectors * 2 < _accumulators(lanes):
         # Few rows (batch-1 linear layers): one tile spans several panels to keep the FMA units
         # busy; the epilogue, over m x n elements only, stays a separate pass.
@@ -405,9 +450,10 @@ def _loops_of(sch, block):
     return spatial[:-2], spatial[-2], spatial[-1], reduce_
 
 
-def _tile(sch, block, outer, m_loop, j_loop, reduce_, shape, panel, lanes, panel_outer, parallel):
+def _tile(sch, block, outer, m_loop, j_loop, reduce_, shape, panel, lanes, panel_outer, parallel, fuse=True):
     """A (rows x vectors) register tile over the whole reduction, the panel walked in
-    panel / (vectors * lanes) passes; returns the fused outer loop."""
+    panel / (vectors * lanes) passes; returns the fused outer loop (``fuse=False``: the tile
+    loops stay nested, the outermost parallel; returns the innermost)."""
     if m_loop is None:
         outer, m_loop, j_loop, reduce_ = _loops_of(sch, block)
         outer = []  # loop_partition's shared loops stay serial above the partition
@@ -416,9 +462,9 @@ def _tile(sch, block, outer, m_loop, j_loop, reduce_, shape, panel, lanes, panel
     mo, mi = sch.split(m_loop, [None, rows])
     tiles = [jo, *outer, mo] if panel_outer else [*outer, mo, jo]
     sch.reorder(*tiles, jq, *reduce_, mi, jv, jl)
-    fused = sch.fuse(*tiles) if len(tiles) > 1 else tiles[0]
+    fused = (sch.fuse(*tiles) if len(tiles) > 1 else tiles[0]) if fuse else tiles[-1]
     if parallel:
-        _try_parallel(sch, fused)
+        _try_parallel(sch, fused if fuse else tiles[0])
     sch.unroll(mi)
     sch.unroll(jv)
     sch.vectorize(jl)

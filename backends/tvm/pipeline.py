@@ -40,7 +40,82 @@ def build(mod, target, options: dict[str, Any] | None = None, prepared: bool = F
     stage(f"scheduled {scheduled}/{functions} kernels")
     stage("building (TIR lowering, LLVM codegen)...")
     with tvm.transform.PassContext(opt_level=3):
-        return tvm.compile(mod, target=target, relax_pipeline=relax.get_default_pipeline(target))
+        return tvm.compile(mod, target=target, relax_pipeline=relax.get_default_pipeline(target),
+                           tir_pipeline=cpu_tir_pipeline())
+
+
+# Locals up to this size stay on the stack (register tiles are 1-8 KiB).
+STACK_LOCAL_MAX_BYTES = 32 << 10
+
+
+def cpu_tir_pipeline() -> str:
+    """The name of TVM's default TIR pipeline with ``keep_local_tiles_on_stack`` before the host
+    builtins are lowered (registered on first use)."""
+    import tvm
+    from tvm.s_tir import pipeline as s_tir_pipeline
+    from tvm.tirx import compilation_pipeline
+
+    name = "aot_cpu"
+    if name not in compilation_pipeline.PIPELINE_MAP:
+        def factory():
+            main, host, device = s_tir_pipeline.default_s_tir_pipeline()
+            return main, (lambda: tvm.transform.Sequential([keep_local_tiles_on_stack(), host()])), device
+
+        compilation_pipeline.PIPELINE_MAP[name] = factory
+    return name
+
+
+def keep_local_tiles_on_stack():
+    """TIR pass: mark every constant-size ``local`` allocation ``disable_lower_builtin``. This
+    TVM otherwise lowers each one, however small, to ``TVMBackendAllocWorkspace``: a pointer LLVM
+    cannot tell from the operands, so a register tile of accumulators was stored to memory on
+    every step of its reduction (the packed GEMM over symbolic rows ran 3x slower). On the stack
+    it is an alloca, which LLVM keeps in registers. This TVM's Python API has no statement
+    mutator: the few statement kinds that enclose allocations are rebuilt here."""
+    import tvm
+
+    def transform(func, _mod, _ctx):
+        body = _mark_locals(func.body)
+        return func if body is None else func.with_body(body)
+
+    return tvm.tirx.transform.prim_func_pass(transform, opt_level=0, name="KeepLocalTilesOnStack")
+
+
+def _mark_locals(stmt):
+    """``stmt`` with its small local allocations marked; None when nothing changed."""
+    import math
+
+    from tvm import tirx
+
+    def rebuilt(children):
+        new = [_mark_locals(c) if c is not None else None for c in children]
+        return None if all(n is None for n in new) else [n if n is not None else c for n, c in zip(new, children)]
+
+    if isinstance(stmt, tirx.AllocBuffer):
+        buffer = stmt.buffer
+        if buffer.scope() != "local" or "disable_lower_builtin" in stmt.annotations:
+            return None
+        shape = [getattr(d, "value", None) for d in buffer.shape]
+        if None in shape or math.prod(shape) * buffer.dtype.bits * buffer.dtype.lanes // 8 > STACK_LOCAL_MAX_BYTES:
+            return None
+        return tirx.AllocBuffer(buffer, {**dict(stmt.annotations), "disable_lower_builtin": tirx.IntImm("bool", 1)})
+    if isinstance(stmt, tirx.SeqStmt):
+        parts = rebuilt(list(stmt.seq))
+        return None if parts is None else tirx.SeqStmt(parts)
+    if isinstance(stmt, (tirx.For, tirx.AttrStmt, tirx.While)):
+        (body,) = rebuilt([stmt.body]) or [None]
+        if body is None:
+            return None
+        if isinstance(stmt, tirx.For):
+            return tirx.For(stmt.loop_var, stmt.min, stmt.extent, stmt.kind, body, stmt.thread_binding,
+                            stmt.annotations, stmt.step)
+        if isinstance(stmt, tirx.AttrStmt):
+            return tirx.AttrStmt(stmt.node, stmt.attr_key, stmt.value, body)
+        return tirx.While(stmt.condition, body)
+    if isinstance(stmt, tirx.IfThenElse):
+        parts = rebuilt([stmt.then_case, stmt.else_case])
+        return None if parts is None else tirx.IfThenElse(stmt.condition, parts[0], parts[1])
+    return None
 
 
 def lower(mod, target, options: dict[str, Any] | None = None, prepared: bool = False):
