@@ -49,6 +49,7 @@ import numpy as np
 MATMUL = "packed_matmul"
 CONV = "packed_conv2d"
 PAD = "packed_pad"
+PADDED = "padded_matmul"
 # Weights up to this many bytes are kept whole in cache and walked row-tile-outermost.
 SMALL_WEIGHT_BYTES = 256 << 10
 # Matmuls at least this wide whose width is no vector multiple are padded to one (``padded_width``).
@@ -144,6 +145,53 @@ def packed_matmul(x, wp, row_tile: int | None = None):
     return te.compute((*x.shape[:-1], panels * panel), lambda *i: c[i], name="packed_crop")
 
 
+def padded_matmul(a, b, row_tile: int, col_tile: int):
+    """TE: a [..., M, K] @ b [..., K, N] (same leading axes, both computed at run time) with M
+    rounded up to a multiple of ``row_tile`` and N to one of ``col_tile`` (1: left as is), then
+    cropped back to [..., M, N]. For a symbolic sequence (attention's q @ k^T and p @ v): the
+    kernel then runs whole register tiles and never tests a bound in its inner loops. The extra
+    rows read the last real row again (a clamped index, inlined into the kernel; no copy of a);
+    the extra columns of b are zeros (a copy of b, K x N: small next to the product)."""
+    from tvm import te, tirx
+
+    *batch, rows, depth = a.shape
+    width = b.shape[-1]
+
+    def padded(extent, tile):
+        return extent if tile == 1 else tirx.floordiv(extent + tile - 1, tile) * tile
+
+    a_rows = te.compute((*batch, padded(rows, row_tile), depth),
+                        lambda *i: a[(*i[:-2], tirx.min(i[-2], rows - 1), i[-1])], name="padded_rows")
+    bp = b
+    if col_tile != 1:
+        bp = te.compute((*batch, depth, padded(width, col_tile)), lambda *i: tirx.if_then_else(
+            i[-1] < width, b[i], tirx.const(0, b.dtype)), name="padded_columns")
+    k = te.reduce_axis((0, depth), name="k")
+    c = te.compute((*batch, padded(rows, row_tile), padded(width, col_tile)), lambda *i: te.sum(
+        a_rows[(*i[:-2], i[-2], k)] * bp[(*i[:-2], k, i[-1])], axis=k), name=PADDED)
+    return te.compute((*batch, rows, width), lambda *i: c[i], name="padded_crop")
+
+
+def padded_matmul_tiles(rows, width, lanes: int) -> tuple[int, int]:
+    """(row_tile, col_tile) for ``padded_matmul`` of a [rows, width] product (extents, symbolic or
+    not): a symbolic width is padded to two vectors, symbolic rows to the register tile's rows
+    that the tiling rule picks for that width; 1 where no padding is needed (a static extent, or
+    one already padded to whole tiles, as ``attention.pad_pass`` pads its lengths)."""
+    from .schedules import TiledContraction, _provably_multiple, tile_row_limit
+
+    if _dim(width) is None:
+        padded = _provably_multiple(width, lanes)
+        col_tile, vectors = (1, 2 if _provably_multiple(width, 2 * lanes) else 1) if padded else (2 * lanes, 2)
+    else:
+        col_tile, (tile, vectors) = 1, TiledContraction._vector_tile(_dim(width), lanes)
+        if tile is None or _dim(width) % lanes:
+            vectors = 1
+    row_tile = 1
+    if _dim(rows) is None and not _provably_multiple(rows, 8):
+        row_tile = tile_row_limit(lanes * 32, vectors)
+    return row_tile, col_tile
+
+
 def packed_conv2d(x, wp, kernel, strides, padding, dilation):
     """TE: NHWC x (*) the packed HWIO weight wp [N / P, KH * KW * C, P] -> NHWC [.., N]."""
     from tvm import te, tirx
@@ -194,7 +242,9 @@ def rewrite_pass(target=None):
         def _matmul(self, call):
             x, w = call.args
             xs = _static_shape(x)
-            if not _is_const(w) or not _f32(x, w, call) or w.value.numpy().ndim != 2:
+            if not _is_const(w):
+                return self._activation_matmul(call)
+            if not _f32(x, w, call) or w.value.numpy().ndim != 2:
                 return None
             wn = w.value.numpy()
             width = wn.shape[1]
@@ -222,6 +272,25 @@ def rewrite_pass(target=None):
             y = self.builder_.call_te(packed_matmul, x, wp, primfunc_name_hint=MATMUL,
                                       primfunc_attrs={"op_pattern": 4})
             return y if padded == width else self._sliced(y, width)
+
+        def _activation_matmul(self, call):
+            """Both operands computed at run time, with a symbolic row count or width (attention
+            over a dynamic sequence): padded to whole register tiles inside the kernel."""
+            x, y = call.args
+            xs, ys = _shape_values(x), _shape_values(y)
+            if (not _f32(x, y, call) or xs is None or ys is None or len(xs) < 2 or len(xs) != len(ys)
+                    or not all(_same_dim(p, q) for p, q in zip(xs[:-2], ys[:-2]))):
+                return None
+            rows, depth, width = _dim(xs[-2]), _dim(xs[-1]), _dim(ys[-1])
+            if rows is not None and width is not None:
+                return None  # static: the tiling rule handles it as it is
+            if (depth is not None and depth < 1) or (rows is not None and rows < 1):
+                return None
+            row_tile, col_tile = padded_matmul_tiles(xs[-2], ys[-1], lanes)
+            if row_tile == 1 and col_tile == 1:
+                return None
+            return self.builder_.call_te(padded_matmul, x, y, row_tile, col_tile, primfunc_name_hint=PADDED,
+                                         primfunc_attrs={"op_pattern": 4})
 
         def _sliced(self, y, width: int):
             """``y`` cut back to its first ``width`` columns (the padding dropped)."""
@@ -275,6 +344,25 @@ def _rows_may_vary(expr):
         return [int(v) for v in values[:-2]] + [None, int(values[-1])]
     except (TypeError, ValueError):
         return None
+
+
+def _shape_values(expr):
+    values = getattr(getattr(expr.ty, "shape", None), "values", None)
+    return None if values is None else list(values)
+
+
+def _dim(value):
+    """A shape value as an int, or None when it is symbolic."""
+    try:
+        return int(value)
+    except (TypeError, ValueError):
+        return None
+
+
+def _same_dim(a, b) -> bool:
+    import tvm_ffi
+
+    return tvm_ffi.structural_equal(a, b)
 
 
 def _static_shape(expr):

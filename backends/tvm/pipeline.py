@@ -188,9 +188,9 @@ def prepare_portable(mod, convert_layout: bool = True):
     import tvm
     from tvm import relax
 
-    from . import winograd
+    from . import attention, softmax, winograd
 
-    passes = [fast_math_pass()]
+    passes = [attention.pad_pass(), softmax.rewrite_pass(), fast_math_pass()]
     if convert_layout and _has_conv2d(mod):
         passes += [broadcast_rank_pass(), relax.transform.FoldConstant(),
                    relax.transform.ConvertLayout(NHWC_LAYOUTS)]

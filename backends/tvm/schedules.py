@@ -69,6 +69,20 @@ def _int(extent):
     return int(extent) if isinstance(extent, (int, tirx.IntImm)) else None
 
 
+def tile_row_limit(vector_bits: int, vectors: int) -> int:
+    """The most rows of a register tile ``vectors`` registers wide: as many as the accumulators
+    allow, at most 16."""
+    return max(1, min(16, MAX_ACCUMULATORS.get(vector_bits, 12) // vectors))
+
+
+def _provably_multiple(extent, factor: int) -> bool:
+    """Whether a (symbolic) extent is a multiple of ``factor`` for every value of its variables,
+    e.g. a length padded to whole tiles."""
+    from tvm.sym.analyzer import Analyzer
+
+    return Analyzer().can_prove_equal(tirx.floormod(extent, factor), 0)
+
+
 def _largest_divisor(n: int, limit: int) -> int:
     return max(d for d in range(1, min(n, limit) + 1) if n % d == 0)
 
@@ -138,15 +152,27 @@ class TiledContraction(ScheduleRule):
         spatial = [lp for lp, k in zip(loops, kinds) if k == "S"]
         reduce_ = [lp for lp, k in zip(loops, kinds) if k == "R"]
         lanes = vector_lanes(target, _out_bits(sch, block))
-        vec_tile, vn = self._vector_tile(_int(sch.get(spatial[-1]).extent), lanes)
+        columns = sch.get(spatial[-1]).extent
+        vec_tile, vn = self._vector_tile(_int(columns), lanes)
         if vec_tile is None:
-            raise ValueError("symbolic innermost axis")
-        rows = _int(sch.get(spatial[-2]).extent) if len(spatial) > 1 else None
-        accumulators = MAX_ACCUMULATORS.get(lanes * _out_bits(sch, block), 12)
-        tr = _largest_divisor(rows, max(1, min(16, accumulators // vn))) if rows else 1
+            # A symbolic width is tiled only when it is padded to whole vectors (gemm's
+            # padded_matmul): a tile with a bounds test runs scalar.
+            vn = next((v for v in (2, 1) if _provably_multiple(columns, lanes * v)), 0)
+            if not vn:
+                raise ValueError("symbolic innermost axis")
+            vec_tile = lanes * vn
+        rows_extent = sch.get(spatial[-2]).extent if len(spatial) > 1 else None
+        rows = _int(rows_extent) if rows_extent is not None else None
+        row_limit = tile_row_limit(lanes * _out_bits(sch, block), vn)
+        if rows:
+            tr = _largest_divisor(rows, row_limit)
+        elif rows_extent is not None:  # symbolic rows padded to whole tiles, or one-row tiles
+            tr = next((t for t in range(row_limit, 1, -1) if _provably_multiple(rows_extent, t)), 1)
+        else:
+            tr = 1
         v_o, v_i = sch.split(spatial[-1], [None, vec_tile])
         outer = spatial[:-1] + [v_o]
-        if len(spatial) > 1 and rows is None:
+        if len(spatial) > 1 and rows is None and tr == 1:
             # Symbolic rows (a dynamic sequence) get one-row tiles: the column tile goes outside
             # the rows so that its slice of the operand is reused from cache by every row (row
             # outermost streamed GPT-2's whole 154 MB head once per token).
