@@ -23,6 +23,7 @@ name           class               model
 =============  ==================  ===============================================================
 resnet18       ``ResNet18``        ResNet-18, 3x224x224, 1000 classes
 mobilenet_v2   ``MobileNetV2``     MobileNetV2 width 1.0, 3x224x224, 1000 classes
+efficientnet_lite0 ``EfficientNetLite0`` EfficientNet-Lite0 (timm ``efficientnet_lite0``), 3x224x224
 bert           ``BertEncoder``     BERT-base encoder: 12 layers, hidden 768, 12 heads, 128 tokens
 gpt2           ``GPT2Decoder``     GPT-2 small + tied LM head (vocab 50257), causal, 128 tokens
 lstm_lm        ``LSTMLanguageModel`` 2-layer LSTM word LM (10k words, hidden 420), 35 tokens
@@ -37,6 +38,7 @@ from dataclasses import dataclass
 import torch
 
 from .bert import BertEncoder
+from .efficientnet_lite import EfficientNetLite0
 from .gpt2 import GPT2Decoder
 from .lenet import LeNet
 from .mlp import SeedMLP
@@ -60,6 +62,7 @@ __all__ = [
     "TinyTransformer",
     "ResNet18",
     "MobileNetV2",
+    "EfficientNetLite0",
     "BertEncoder",
     "GPT2Decoder",
     "LSTMLanguageModel",
@@ -99,6 +102,9 @@ REAL: dict[str, ModelSpec] = {
     for spec in (
         ModelSpec("resnet18", ResNet18, "ResNet-18 on 3x224x224, 1000 classes"),
         ModelSpec("mobilenet_v2", MobileNetV2, "MobileNetV2 (width 1.0) on 3x224x224, 1000 classes"),
+        ModelSpec("efficientnet_lite0", EfficientNetLite0,
+                  "EfficientNet-Lite0 on 3x224x224, 1000 classes: ReLU6 MBConv blocks with 3x3 and 5x5 depthwise "
+                  "convolutions, no squeeze-excite"),
         ModelSpec("bert", BertEncoder, "BERT-base encoder: 12 layers, hidden 768, 12 heads, FFN 3072, 128 tokens"),
         ModelSpec("gpt2", GPT2Decoder,
                   "GPT-2 small decoder: 12 layers, hidden 768, 12 heads, causal, 128 tokens, tied LM head over "

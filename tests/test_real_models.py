@@ -11,12 +11,12 @@ import torch
 import compiler
 from compiler.frontend import export_module, import_exported_program
 from compiler.interpreter import run_graph
-from models import REAL, ZOO, get_real_model
+from models import REAL, ZOO, EfficientNetLite0, get_real_model
 
 NAMES = sorted(REAL)
 # Real sizes, as in the papers / reference implementations: parameter counts and output shapes.
-PARAMS_MILLIONS = {"resnet18": 11.69, "mobilenet_v2": 3.50, "bert": 108.89, "gpt2": 124.44, "lstm_lm": 11.24,
-                   "gru_tagger": 0.68}
+PARAMS_MILLIONS = {"resnet18": 11.69, "mobilenet_v2": 3.50, "efficientnet_lite0": 4.65, "bert": 108.89,
+                   "gpt2": 124.44, "lstm_lm": 11.24, "gru_tagger": 0.68}
 
 
 def test_registry_is_separate_from_the_zoo():
@@ -65,4 +65,20 @@ def test_full_size_compiles_to_onnx_and_matches_eager(name, tmp_path):
     with torch.no_grad():
         want = model(*inputs).numpy()
     got = compiler.load(art.path)(*[t.numpy() for t in inputs])
+    np.testing.assert_allclose(got, want, rtol=1e-3, atol=1e-4)
+
+
+def test_efficientnet_lite0_full_width_on_small_images_compiles_to_onnx_and_matches_eager(tmp_path):
+    """Every real-size layer and weight of EfficientNet-Lite0 (its 3x3 and 5x5, stride-1 and
+    stride-2 depthwise convs, BN folds, ReLU6, residual adds) on 64x64 images, so it stays fast."""
+    model = EfficientNetLite0(image_size=64).eval()
+    assert sum(p.numel() for p in model.parameters()) / 1e6 == pytest.approx(PARAMS_MILLIONS["efficientnet_lite0"],
+                                                                                abs=0.01)
+    inputs = model.example_inputs(2)
+    art = compiler.compile(model, inputs, target="onnx", output=tmp_path / "effnet.aot")
+    assert art.report.verification.passed, art.report.verification.summary()
+    with torch.no_grad():
+        want = model(*inputs).numpy()
+    got = compiler.load(art.path)(*[t.numpy() for t in inputs])
+    assert got.shape == (2, 1000) and np.abs(want).max() > 0
     np.testing.assert_allclose(got, want, rtol=1e-3, atol=1e-4)
