@@ -8,8 +8,8 @@ each size in a fresh subprocess:
   ``torch.onnx.export(dynamo=True)`` of the same module in the same process (the anchor), timed
   the same way, alternating (``--rounds``, minimum of each); the ratio is ours / torch's (below
   1.0: we are faster);
-- load: in another fresh subprocess, ``compiler.load`` wall time, its peak RSS, and the first
-  run's latency.
+- load: in another fresh subprocess, ``compiler.load`` wall time, its peak RSS, the RSS it still
+  holds when it returns ("held"), and the first run's latency.
 
 Peak RSS is the process's high-water mark (VmHWM, reset through /proc/self/clear_refs before each
 phase) minus its RSS before the phase, divided by the model's parameter bytes: the memory a phase
@@ -151,13 +151,14 @@ def measure_load(path: str, kind: str, size_mb: float) -> dict:
     t0 = time.perf_counter()
     loaded = compiler.load(path)
     load_s = time.perf_counter() - t0
+    held = _rss() - before
     if _model_inputs is None:
         spec = loaded.inputs[0]
         _model_inputs = [np.zeros([1 if isinstance(d, str) else d for d in spec.shape], dtype=spec.dtype)]
     t0 = time.perf_counter()
     loaded(*_model_inputs)
     first_s = time.perf_counter() - t0
-    return {"load_s": load_s, "first_run_s": first_s, "load_peak": _peak() - before}
+    return {"load_s": load_s, "first_run_s": first_s, "load_peak": _peak() - before, "load_held": held}
 
 
 def _child(args) -> None:
@@ -200,7 +201,7 @@ def main() -> None:
         return
 
     header = (f"{'model':<20}{'params MB':>10}{'artifact MB':>12}{'compile s':>10}{'torch s':>9}{'ratio':>7}"
-              f"{'compile RSS':>12}{'load s':>8}{'1st run s':>10}{'load RSS':>9}")
+              f"{'compile RSS':>12}{'load s':>8}{'1st run s':>10}{'load RSS':>9}{'held':>7}")
     print(header + "\n" + "-" * len(header))
     for kind in args.kinds.split(","):
         sizes = [0.0] if kind in FIXED else [float(s) for s in args.sizes.split(",")]
@@ -217,6 +218,7 @@ def main() -> None:
             torch_s = c.get("torch_s")
             ratio = f"{c['compile_s'] / torch_s:>6.2f}x" if torch_s else f"{'-':>7}"
             load = (f"{ld['load_s']:>8.2f}{ld['first_run_s']:>10.3f}{ld['load_peak'] / pb:>8.2f}x"
+                    f"{ld['load_held'] / pb:>6.2f}x"
                     if "error" not in ld else "  " + ld["error"])
             print(f"{label:<20}{pb / 1e6:>10.1f}{c['artifact_bytes'] / 1e6:>12.1f}{c['compile_s']:>10.2f}"
                   f"{torch_s if torch_s else float('nan'):>9.2f}{ratio}{c['compile_peak'] / pb:>11.2f}x{load}",
@@ -224,7 +226,8 @@ def main() -> None:
             phases = " ".join(f"{k} {v:.2f}" for k, v in c["phases"].items())
             print(f"{'':<20}phases: {phases}", flush=True)
     print("\nRSS columns: peak resident memory the phase adds, over the parameter bytes "
-          "(compile on top of the model; load on top of a bare runtime process).")
+          "(compile on top of the model; load on top of a bare runtime process; held: what load still "
+          "holds when it returns).")
 
 
 if __name__ == "__main__":

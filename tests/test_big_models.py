@@ -285,7 +285,7 @@ def _available_bytes() -> int:
 @pytest.mark.slow
 def test_model_over_2gb_compiles_and_loads(tmp_path):
     if _available_bytes() < 9 << 30:
-        pytest.skip("needs about 9 GB of free memory (model, onnxruntime's copy of the weights, mapped pages)")
+        pytest.skip("needs about 9 GB of free memory (the model, its compile and load)")
     torch.manual_seed(0)
     model = torch.nn.Sequential(torch.nn.Linear(16384, 16384), torch.nn.ReLU(),
                                 torch.nn.Linear(16384, 16384)).eval()  # 2.15 GB of float32
