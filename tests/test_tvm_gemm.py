@@ -190,6 +190,33 @@ def _conv_nhwc(x, w, stride, padding, dilation):
     return out
 
 
+@pytest.mark.parametrize("kernel,stride,padding,dilation", [
+    (3, 1, 1, 1),     # ResNet's 3x3 convs (static ones go to Winograd)
+    (3, 2, 1, 1),     # stride 2: the padded tiles read further into the widened input
+    (1, 1, 0, 1),     # 1x1, no zero padding of its own: the input is widened anyway
+    (3, 1, 2, 2),     # dilation 2
+])
+def test_conv2d_nhwc_over_symbolic_image_size(rng, target, kernel, stride, padding, dilation):
+    """A symbolic height and width: the packed conv runs whole register tiles of a width padded
+    inside the kernel and crops them back, so every size is right (the width is the tile's row
+    axis: 1 column, fewer than a tile, several tiles with a remainder)."""
+    h, w = tvm.tirx.Var("h", "int64"), tvm.tirx.Var("w", "int64")
+    weight, bias = _f32(rng, kernel, kernel, 8, 32), _f32(rng, 32)
+
+    def body(bb, x):
+        y = relax.op.nn.conv2d(x, relax.const(weight), strides=stride, padding=padding, dilation=dilation,
+                               data_layout="NHWC", kernel_layout="HWIO")
+        return relax.op.nn.relu(relax.op.add(y, relax.const(bias)))
+
+    mod = _module([("x", (1, h, w, 8))], body)
+    assert _hot_rule(_rules(mod, target), "packed_conv2d") == "PackedGemm"
+    executable = pipeline.build(mod, target, {})
+    for size in ((5, 1), (6, 7), (9, 19), (12, 40)):
+        x = _f32(rng, 1, *size, 8)
+        want = np.maximum(_conv_nhwc(x, weight, (stride, stride), (padding,) * 4, (dilation, dilation)) + bias, 0)
+        np.testing.assert_allclose(_run(executable, x), want, rtol=1e-4, atol=1e-4, err_msg=str(size))
+
+
 @pytest.mark.parametrize("shape,kernel,stride,padding,dilation", [
     ((1, 7, 7, 24), 3, 1, 1, 1),      # a 3x3 conv Winograd leaves (output under 8x8), 49 rows
     ((2, 9, 11, 5), 3, 2, 1, 1),      # stride 2, batch 2, odd sizes

@@ -253,16 +253,18 @@ def test_register_tiles_stay_on_the_stack(target):
     assert workspace_calls(pipeline.cpu_tir_pipeline()) == 0
 
 
-def test_symbolic_image_size_conv(rng, target):
-    """Symbolic height and width with more output channels than one register tile: the tiled
-    conv keeps its rule (no fallback to the slow reduction) and writes exactly its tiles (a
-    fused loop over symbolic extents once made it write past the output: heap corruption on a
-    dynamic-size ResNet-18)."""
-    w, b = _const(rng, 256, 16, 3, 3) * 0.2, _const(rng, 1, 256, 1, 1)
+@pytest.mark.parametrize("channels,rule", [(256, "PackedGemm"), (36, "TiledContraction")])
+def test_symbolic_image_size_conv(rng, target, channels, rule):
+    """Symbolic height and width with more output channels than one register tile: the packed
+    conv over a padded width (a vector multiple of channels) or the tiled conv (36 channels: no
+    panel fits) keeps its rule (no fallback to the slow reduction) and writes exactly its tiles
+    (a fused loop over symbolic extents once made the tiled conv write past the output: heap
+    corruption on a dynamic-size ResNet-18)."""
+    w, b = _const(rng, channels, 16, 3, 3) * 0.2, _const(rng, 1, channels, 1, 1)
     h, wd = tvm.tirx.Var("h", "int64"), tvm.tirx.Var("w", "int64")
     mod = _module([("x", (1, 16, h, wd))], lambda bb, x: relax.op.nn.relu(relax.op.add(relax.op.nn.conv2d(
         x, relax.const(w), strides=2, padding=1), relax.const(b))))
-    _assert_rule(_rules(mod, target), "conv2d", "TiledContraction")
+    _assert_rule(_rules(mod, target), "conv2d", rule)
     ours, reference = pipeline.build(mod, target, {}), tvm.compile(mod, target=target)
     for size in ((9, 9), (14, 23), (32, 16)):
         x = _const(rng, 1, 16, *size)

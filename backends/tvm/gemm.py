@@ -192,29 +192,41 @@ def padded_matmul_tiles(rows, width, lanes: int) -> tuple[int, int]:
     return row_tile, col_tile
 
 
-def packed_conv2d(x, wp, kernel, strides, padding, dilation):
-    """TE: NHWC x (*) the packed HWIO weight wp [N / P, KH * KW * C, P] -> NHWC [.., N]."""
+def packed_conv2d(x, wp, kernel, strides, padding, dilation, row_tile: int | None = None):
+    """TE: NHWC x (*) the packed HWIO weight wp [N / P, KH * KW * C, P] -> NHWC [.., N].
+    ``row_tile``: (for a symbolic image size) the output width is padded to a multiple of it, the
+    zero-padded input widened to match, and the result cropped back, so that the kernel runs
+    whole register tiles along the width with no bounds test inside."""
     from tvm import te, tirx
 
-    n, h, w, c = (int(s) for s in x.shape)
+    n, h, w, c = x.shape
     kh, kw = kernel
     (sh, sw), (dh, dw) = strides, dilation
     top, left, bottom, right = padding
     panels, _, panel = (int(s) for s in wp.shape)
-    oh = (h + top + bottom - dh * (kh - 1) - 1) // sh + 1
-    ow = (w + left + right - dw * (kw - 1) - 1) // sw + 1
-    if top or left or bottom or right:
+    oh = tirx.floordiv(h + top + bottom - dh * (kh - 1) - 1, sh) + 1
+    ow = tirx.floordiv(w + left + right - dw * (kw - 1) - 1, sw) + 1
+    width = w + left + right
+    if row_tile is not None:
+        padded_ow = tirx.floordiv(ow + row_tile - 1, row_tile) * row_tile
+        width = (padded_ow - 1) * sw + dw * (kw - 1) + 1  # the columns the padded tiles read
+    else:
+        padded_ow = ow
+    if top or left or bottom or right or row_tile is not None:
         zero = tirx.const(0.0, x.dtype)
-        xp = te.compute((n, h + top + bottom, w + left + right, c), lambda b, i, j, q: tirx.if_then_else(
+        xp = te.compute((n, h + top + bottom, width, c), lambda b, i, j, q: tirx.if_then_else(
             tirx.all(i >= top, i < h + top, j >= left, j < w + left), x[b, i - top, j - left, q], zero), name=PAD)
     else:
         xp = x
     r = te.reduce_axis((0, kh), name="r")
     s = te.reduce_axis((0, kw), name="s")
     q = te.reduce_axis((0, c), name="q")
-    return te.compute((n, oh, ow, panels * panel), lambda b, i, j, o: te.sum(
+    y = te.compute((n, oh, padded_ow, panels * panel), lambda b, i, j, o: te.sum(
         xp[b, i * sh + r * dh, j * sw + s * dw, q] * wp[o // panel, (r * kw + s) * c + q, o % panel],
         axis=[r, s, q]), name=CONV)
+    if row_tile is None:
+        return y
+    return te.compute((n, oh, ow, panels * panel), lambda *i: y[i], name="packed_crop")
 
 
 def rewrite_pass(target=None):
@@ -300,21 +312,24 @@ def rewrite_pass(target=None):
         def _conv(self, call):
             x, w = call.args
             a = call.attrs
-            xs = _static_shape(x)
-            if (not _is_const(w) or xs is None or not _f32(x, w, call) or int(a.groups) != 1
+            xs = _shape_values(x)
+            if (not _is_const(w) or xs is None or len(xs) != 4 or not _f32(x, w, call) or int(a.groups) != 1
                     or str(a.data_layout) != "NHWC" or str(a.kernel_layout) != "HWIO"
-                    or str(a.out_layout) not in ("", "NHWC")):
-                return None
+                    or str(a.out_layout) not in ("", "NHWC") or _dim(xs[0]) is None or _dim(xs[3]) is None):
+                return None  # (a symbolic batch keeps the generic rule)
             wn = w.value.numpy()
             kh, kw, c, n_out = wn.shape
-            y = [int(s) for s in call.ty.shape.values]
-            _, panel = micro_kernel(y[2], n_out, lanes)
+            width = _dim(call.ty.shape.values[2])
+            rows, panel = micro_kernel(width, n_out, lanes)
             if not panel:
                 return None
+            # A symbolic image size (the width is the GEMM's row axis): whole register tiles of
+            # a padded width, cropped back.
+            row_tile = rows if width is None else None
             wp = relax.const(pack_weight(wn.reshape(kh * kw * c, n_out), panel))
             return self.builder_.call_te(
                 packed_conv2d, x, wp, (kh, kw), [int(v) for v in a.strides], [int(v) for v in a.padding],
-                [int(v) for v in a.dilation], primfunc_name_hint=CONV, primfunc_attrs={"op_pattern": 4})
+                [int(v) for v in a.dilation], row_tile, primfunc_name_hint=CONV, primfunc_attrs={"op_pattern": 4})
 
     return _relax_function_pass(Pack, "PackWeights")
 
@@ -439,8 +454,10 @@ def _schedule_main(sch, main: str, epilogue: list[str], lanes: int) -> list[str]
     loops = sch.get_loops(block)
     spatial = [lp for lp, iv in zip(loops, stmt.iter_vars) if iv.iter_type == 0]
     reduce_ = [lp for lp, iv in zip(loops, stmt.iter_vars) if iv.iter_type != 0]
-    if len(spatial) < 2 or any(_int(sch.get(lp).extent) is None for lp in [*spatial[:-2], *spatial[-1:], *reduce_]):
-        raise ValueError("needs static outer, column and reduction axes")
+    if len(spatial) < 2 or any(_int(sch.get(lp).extent) is None for lp in [*spatial[-1:], *reduce_]):
+        raise ValueError("needs static column and reduction axes")
+    if any(_int(sch.get(lp).extent) is None for lp in spatial[:-1]) and _int(sch.get(spatial[-2]).extent) is not None:
+        raise ValueError("symbolic outer axes need padded (symbolic) rows")
     outer, m_loop, j_loop = spatial[:-2], spatial[-2], spatial[-1]
     m = _int(sch.get(m_loop).extent)
     n = _int(sch.get(j_loop).extent)
@@ -552,12 +569,19 @@ def _tile(sch, block, outer, m_loop, j_loop, reduce_, shape, panel, lanes, panel
     sch.reorder(*tiles, jq, *reduce_, mi, jv, jl)
     fused = (sch.fuse(*tiles) if len(tiles) > 1 else tiles[0]) if fuse else tiles[-1]
     if parallel:
-        _try_parallel(sch, fused if fuse else tiles[0])
+        # Unfused: the first loop of more than one iteration (a batch of 1 would leave it serial).
+        _try_parallel(sch, fused if fuse else next((lp for lp in tiles if _extent_is_not_one(sch, lp)), tiles[0]))
     sch.unroll(mi)
     sch.unroll(jv)
     sch.vectorize(jl)
     sch.decompose_reduction(block, reduce_[0])
     return fused
+
+
+def _extent_is_not_one(sch, loop) -> bool:
+    from .schedules import _int
+
+    return _int(sch.get(loop).extent) != 1
 
 
 def _leftover_tile(sch, block, rows, panel, lanes, n, parallel):
