@@ -121,3 +121,23 @@ def test_activation_matmul_over_symbolic_extents(rng, target, rows_symbolic, wid
         b = rng.standard_normal((19, count if width_symbolic else 40)).astype("float32")
         np.testing.assert_allclose(_run(executable, a, b), np.maximum(a @ b, 0), rtol=1e-5, atol=1e-5)
 
+
+
+def test_layers_share_one_softmax_kernel(rng, target):
+    """Every layer's softmax of one shape calls the same scheduled function (a kernel per layer
+    made a 12-layer encoder compile 12 copies)."""
+    seq = tvm.tirx.Var("seq", "int64")
+
+    def body(bb, q, k, v):
+        for _ in range(3):
+            s = bb.emit(relax.op.matmul(q, bb.emit(relax.op.permute_dims(k, [0, 1, 3, 2]))))
+            q = bb.emit(relax.op.matmul(bb.emit(relax.op.nn.softmax(s, -1)), v))
+        return q
+
+    mod = _module([(name, (1, HEADS, seq, DIM)) for name in "qkv"], body)
+    assert [name for name in _rules(mod, target) if softmax.OUTPUT in name] == [softmax.OUTPUT]
+    q, k, v = (rng.standard_normal((1, HEADS, 9, DIM)).astype("float32") * 0.5 for _ in range(3))
+    want = q
+    for _ in range(3):
+        want = _softmax(want @ k.transpose(0, 1, 3, 2)) @ v
+    np.testing.assert_allclose(_run(pipeline.build(mod, target, {}), q, k, v), want, rtol=1e-5, atol=1e-5)

@@ -58,6 +58,10 @@ def rewrite_pass():
 
     @relax.expr_functor.mutator
     class Rewrite(relax.PyExprMutator):
+        def __init__(self, mod=None):
+            super().__init__(mod)
+            self.scheduled = {}  # tensor type -> the first call of its scheduled function
+
         def visit_call_(self, call):
             call = super().visit_call_(call)
             if not (isinstance(call.op, tvm.ir.Op) and call.op.name == "relax.nn.softmax"):
@@ -69,17 +73,22 @@ def rewrite_pass():
             if (int(call.attrs.axis) % len(shape) != len(shape) - 1 or isinstance(shape[-1], tvm.tirx.IntImm)
                     or not _provably_multiple(shape[-1], LANES)):
                 return call
+            key = str(x.ty)
+            done = self.scheduled.get(key)
+            if done is not None:  # the function of an earlier softmax of this type: called again
+                # (call_te appends the symbolic sizes the function takes to its argument tuple)
+                args = relax.Tuple([x, *list(done.args[1].fields)[1:]])
+                return relax.Call(done.op, [done.args[0], args, *done.args[2:]], done.attrs, done.ty_args)
             new = self.builder_.call_te(symbolic_softmax, x, primfunc_name_hint=OUTPUT)
             gv = new.args[0]
             func = self.builder_.get()[gv]
-            if func.attrs is not None and func.attrs.get(SCHEDULED, False):
-                return new  # the same function as an earlier call's, already scheduled
             try:
                 func = schedule(func)
             except Exception:  # noqa: BLE001 - TVM's own softmax stays: slower, but right
                 return call
             # Opaque: FuseOps adds nothing to it (the schedule is for these stages only).
             self.builder_.update_func(gv, func.with_attr(SCHEDULED, True).with_attr("op_pattern", 8))
+            self.scheduled[key] = new
             return new
 
     return _relax_function_pass(Rewrite, "SymbolicSoftmax")
