@@ -29,6 +29,7 @@ from typing import Any
 from compiler.ir import Graph
 
 LIBRARY = "model.so"
+PARAMS_SUFFIX = ".params"  # the folder beside a library its build saves the lifted weights in
 DEFAULT_CUDA_ARCH = "sm_80"
 HOST_CPU = "host"
 # (variant name, LLVM target attributes), baseline first. The AVX-512 level is x86-64-v4 (F, CD,
@@ -193,7 +194,7 @@ def emit_target(graph: Graph, options: dict[str, Any]) -> tuple[dict[str, bytes]
     """The registry's entry point: ``{"model.so": bytes}`` and target_info."""
     import tvm
 
-    from . import pipeline
+    from . import params, pipeline
     from .lower import to_relax
 
     tdict = target_dict(options)
@@ -204,10 +205,17 @@ def emit_target(graph: Graph, options: dict[str, Any]) -> tuple[dict[str, bytes]
     info: dict[str, Any] = {"tvm_target": tdict, "tvm_version": tvm.__version__}
     if tdict["kind"] == "cuda":
         stats: dict[str, Any] = {}
-        with _BuildProgress(options.get("progress") or (lambda line: None), f"cuda {tdict['arch']}") as progress:
-            executable = pipeline.build(mod, target, {**options, "stats": stats, "stage": progress.stage})
+        with _BuildProgress(options.get("progress") or (lambda line: None), f"cuda {tdict['arch']}") as progress, \
+                tempfile.TemporaryDirectory(prefix="aot-tvm-") as tmp:
+            folder = os.path.join(tmp, "params")
+            executable = pipeline.build(mod, target, {**options, "stats": stats, "stage": progress.stage,
+                                                      "before_codegen": params.saving_hook(folder)})
             progress.stage("writing the library (machine code, link)...")
             payload = {LIBRARY: export_bytes(executable)}
+            weights, lists = params.weights_payload({LIBRARY: params.saved_arrays(folder)})
+        payload.update(weights)
+        if lists[LIBRARY]:
+            info["params"] = lists[LIBRARY]
         info.update(library=LIBRARY, requires={**build_platform(), "cpu_features": target_features(tdict["host"]),
                                                "gpu_arch": tdict["arch"]})
     else:
@@ -230,7 +238,7 @@ def _build_cpu_variants(mod, options: dict[str, Any], info: dict[str, Any]):
     are built side by side in forked processes when this machine has the cores (``build_jobs``):
     each build is single-threaded (TVM's lowering and LLVM), and they share nothing after the
     preparation."""
-    from . import pipeline
+    from . import params, pipeline
     from .cpu import best_variant
 
     say = options.get("progress") or (lambda line: None)
@@ -260,8 +268,11 @@ def _build_cpu_variants(mod, options: dict[str, Any], info: dict[str, Any]):
             own_stats: dict[str, Any] = {}
             with _BuildProgress(say_line, f"llvm {variant['name']}") as progress:
                 # A tuned build runs here, never forked (jobs 1): the search reports to the caller's own progress.
+                # The weights leave the library: saved next to it, for the parent to store once.
                 executable = pipeline.build(prepared, make_target(tdict),
-                                            {**own, "stats": own_stats, "stage": progress.stage}, prepared=True)
+                                            {**own, "stats": own_stats, "stage": progress.stage,
+                                             "before_codegen": params.saving_hook(path + PARAMS_SUFFIX)},
+                                            prepared=True)
                 progress.stage("writing the library (machine code, link)...")
                 executable.export_library(path)
             return own_stats
@@ -272,10 +283,17 @@ def _build_cpu_variants(mod, options: dict[str, Any], info: dict[str, Any]):
         paths = [os.path.join(tmp, variant["library"]) for variant in variants]
         all_stats = run_builds([builder(v) for v in variants], paths, jobs, say,
                                [f"llvm {v['name']}" for v in variants])
-        payload: dict[str, bytes] = {}
+        payload: dict[str, Any] = {}
         for variant, path in zip(variants, paths):
             with open(path, "rb") as f:
                 payload[variant["library"]] = f.read()
+        # Memory-mapped: the mappings outlive the folder's removal; the writer streams from them.
+        weights, lists = params.weights_payload({v["library"]: params.saved_arrays(p + PARAMS_SUFFIX)
+                                                 for v, p in zip(variants, paths)})
+    payload.update(weights)
+    for variant in variants:
+        if lists[variant["library"]]:
+            variant["params"] = lists[variant["library"]]
     stats = all_stats[variants.index(tuned)] if tuned is not None else all_stats[0]
     info["variants"] = variants
     info["requires"] = {**build_platform(), "cpu_features": min((v["features"] for v in variants), key=len)}

@@ -25,7 +25,9 @@ def build(mod, target, options: dict[str, Any] | None = None, prepared: bool = F
     """Compile the Relax module ``mod`` for ``target`` (a ``tvm.target.Target``) into a VM
     executable. ``options``: ``tune`` (trial budget or None), ``tuning_db`` (directory or None),
     ``progress`` (callable taking one line: the search's), ``stage`` (callable taking the name of
-    each build stage as it starts: kernels scheduled, lowering and LLVM), ``cpu`` (informational). ``prepared``: ``mod`` is
+    each build stage as it starts: kernels scheduled, lowering and LLVM), ``cpu`` (informational),
+    ``before_codegen`` (module -> module, run on the final Relax module before TVM compiles it:
+    the weights lifted into parameters, ``params.py``). ``prepared``: ``mod`` is
     already ``prepare_portable``'s output (shared by the builds of several CPU variants)."""
     import tvm
     from tvm import relax
@@ -34,8 +36,10 @@ def build(mod, target, options: dict[str, Any] | None = None, prepared: bool = F
     stage = options.get("stage") or (lambda text: None)
     if target.kind.name == "cuda":
         stage("scheduling (GPU rules), TIR lowering, CUDA and LLVM codegen...")
-        return _build_cuda(mod, target)  # the registry lets no tuning option through for cuda
+        return _build_cuda(mod, target, options.get("before_codegen"))  # no tuning option reaches cuda
     mod = lower(mod, target, options, prepared)
+    if options.get("before_codegen"):
+        mod = options["before_codegen"](mod)
     functions, scheduled = scheduled_counts(mod)
     stage(f"scheduled {scheduled}/{functions} kernels")
     stage("building (TIR lowering, LLVM codegen)...")
@@ -306,7 +310,7 @@ def _has_conv2d(mod) -> bool:
     return bool(found)
 
 
-def _build_cuda(mod, target):
+def _build_cuda(mod, target, before_codegen=None):
     """TVM's zero pipeline (legalize, fold, fuse), every fused function scheduled by the GPU rules
     (``schedules.gpu_rules``: dlight's, each handing a function it cannot schedule to the next),
     then TVM's lowering. ``target`` carries the arch's limits (``emit.cuda_arch_attrs``) that the
@@ -326,6 +330,8 @@ def _build_cuda(mod, target):
     if missing:  # TVM's own lowering would apply its unguarded rules to them and fail obscurely
         raise CompileError(f"no GPU schedule fits the fused kernel(s) {', '.join(missing[:3])}; "
                            "compile this model for --target llvm or onnx")
+    if before_codegen is not None:
+        mod = before_codegen(mod)
     return tvm.compile(mod, target=target)
 
 

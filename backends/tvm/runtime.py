@@ -214,6 +214,7 @@ def load_runner(manifest: dict, payload: dict[str, bytes],
         raise ArtifactError(f"TVM cannot load {library} ({path}): {first}") from None
     n_inputs = len(manifest.get("inputs") or [])
     main = vm["main"]
+    weights = [_tensor(tvm, a, dev) for a in library_params(manifest, payload, library)]
 
     lock = threading.Lock()
     on_cpu = dev.dlpack_device_type() == tvm.cpu(0).dlpack_device_type()
@@ -250,7 +251,7 @@ def load_runner(manifest: dict, payload: dict[str, bytes],
         if n_inputs and len(inputs) != n_inputs:
             raise InputError(f"the model takes {n_inputs} inputs, got {len(inputs)}")
         with lock:  # the staging tensors are shared between calls
-            out = main(*[device_tensor(i, a) for i, a in enumerate(inputs)])
+            out = main(*[device_tensor(i, a) for i, a in enumerate(inputs)], *weights)
             items = [out] if hasattr(out, "numpy") else list(out)
             return [host_array(o) for o in items]
 
@@ -258,6 +259,112 @@ def load_runner(manifest: dict, payload: dict[str, bytes],
     run.library_path = path  # type: ignore[attr-defined]
     run.library = library  # type: ignore[attr-defined]  # the variant's file in the artifact
     return run
+
+
+WEIGHTS_FILE = "weights.bin"
+WEIGHTS_TABLE = "weights.json"
+_WEIGHT_KINDS = {"b", "i", "u", "f"}
+
+
+def library_params(manifest: dict, payload: dict, library: str) -> list[np.ndarray]:
+    """The weights ``library`` takes after the inputs (its ``params`` list in the manifest), as
+    arrays over ``weights.bin``: copy-on-write memory maps of the artifact file (pages shared with
+    the page cache, never written: the kernels only read them), used in place; a weight stored in
+    another variant's GEMM panels (``{"tensor", "panels"}``) repacked, one copy. ArtifactError for
+    a list or table that does not fit the entry."""
+    info = manifest.get("target_info") or {}
+    variants = info.get("variants")
+    if isinstance(variants, list):
+        entry = next((v for v in variants if isinstance(v, dict) and v.get("library") == library), {})
+        wanted = entry.get("params", [])
+    else:
+        wanted = info.get("params", [])
+    if not wanted:
+        return []
+    if not isinstance(wanted, list):
+        raise ArtifactError(f"the TVM artifact has a malformed manifest: the params of {library} are not a list; "
+                            "recompile it")
+    table = _weight_table(payload)
+    blob = _blob_array(payload[WEIGHTS_FILE])
+    arrays = []
+    for item in wanted:
+        name, panels = (item, None) if isinstance(item, str) else (
+            (item.get("tensor"), item.get("panels")) if isinstance(item, dict) else (None, None))
+        if name not in table or not (panels is None or (isinstance(panels, int) and panels > 0)):
+            raise ArtifactError(f"the TVM artifact's manifest names weight {item!r}, which {WEIGHTS_TABLE} does not "
+                                "hold; recompile it")
+        dtype, shape, offset, length = table[name]
+        array = blob[offset:offset + length].view(dtype).reshape(shape)
+        if panels is not None:
+            array = _repacked(array, panels, name)
+        arrays.append(array)
+    return arrays
+
+
+def _repacked(stored: np.ndarray, panels: int, name: str) -> np.ndarray:
+    """A GEMM weight stored as [N / P, K, P] in panels of ``panels`` columns instead."""
+    if stored.ndim != 3 or (stored.shape[0] * stored.shape[2]) % panels:
+        raise ArtifactError(f"the TVM artifact's weight {name} {list(stored.shape)} cannot be repacked into panels "
+                            f"of {panels}; recompile it")
+    k, n = stored.shape[1], stored.shape[0] * stored.shape[2]
+    flat = stored.transpose(1, 0, 2).reshape(k, n)  # [K, N]: a copy
+    return np.ascontiguousarray(flat.reshape(k, n // panels, panels).transpose(1, 0, 2))
+
+
+def _weight_table(payload: dict) -> dict[str, tuple[np.dtype, tuple[int, ...], int, int]]:
+    """``weights.json`` checked against the ``weights.bin`` entry: id -> (dtype, shape, offset,
+    length)."""
+    try:
+        table = json.loads(payload[WEIGHTS_TABLE])
+        tensors = table["tensors"]
+        if table.get("file") != WEIGHTS_FILE or not isinstance(tensors, dict):
+            raise ValueError("no tensor table")
+    except (ValueError, TypeError, KeyError) as exc:
+        raise ArtifactError(f"the TVM artifact's {WEIGHTS_TABLE} is missing or malformed ({exc}); "
+                            "recompile it") from None
+    if WEIGHTS_FILE not in payload:
+        raise ArtifactError(f"the TVM artifact has {WEIGHTS_TABLE} but no {WEIGHTS_FILE}; recompile it")
+    entry = payload[WEIGHTS_FILE]
+    size = len(entry) if isinstance(entry, (bytes, bytearray, memoryview)) else int(entry.size)
+    checked = {}
+    for name, item in tensors.items():
+        try:
+            dtype = np.dtype(item["dtype"])
+            shape = tuple(item["shape"])
+            offset, length = item["offset"], item["length"]
+            valid = (dtype.kind in _WEIGHT_KINDS and dtype.byteorder != ">"
+                     and all(isinstance(d, int) and not isinstance(d, bool) and d >= 0 for d in shape)
+                     and all(isinstance(x, int) and not isinstance(x, bool) for x in (offset, length)))
+        except (TypeError, KeyError, ValueError):
+            valid = False
+        if not valid:
+            raise ArtifactError(f"the TVM artifact's {WEIGHTS_TABLE} has a malformed entry for {name}; recompile it")
+        if offset < 0 or length != int(np.prod(shape, dtype=np.int64)) * dtype.itemsize or offset + length > size:
+            raise ArtifactError(f"the TVM artifact's weight {name} (offset {offset}, {length} bytes) does not fit "
+                                f"{WEIGHTS_FILE} ({size} bytes) or its shape; the file is damaged, recompile it")
+        checked[name] = (dtype, shape, offset, length)
+    return checked
+
+
+def _blob_array(entry) -> np.ndarray:
+    """``weights.bin`` as writable bytes: a copy-on-write map of the artifact file where the reader
+    left it there (checked to lie inside the file and hashed), else a copy of the bytes."""
+    if isinstance(entry, (bytes, bytearray, memoryview)):
+        return np.frombuffer(bytearray(entry), dtype=np.uint8)
+    if entry.size == 0:
+        return np.zeros(0, dtype=np.uint8)
+    return np.memmap(entry.path, dtype=np.uint8, mode="c", offset=entry.offset, shape=(entry.size,))
+
+
+def _tensor(tvm, array: np.ndarray, dev):
+    """A TVM tensor of ``array`` on ``dev``: on the CPU the same memory (DLPack, no copy) where TVM
+    takes it, else one copy (a GPU: uploaded once, here)."""
+    if dev.dlpack_device_type() == tvm.cpu(0).dlpack_device_type():
+        try:
+            return tvm.runtime.from_dlpack(array)
+        except Exception:  # noqa: BLE001 - e.g. an alignment TVM refuses: fall back to a copy
+            pass
+    return tvm.runtime.tensor(np.ascontiguousarray(array), dev)
 
 
 def select_library(manifest: dict, payload: dict[str, bytes], host: frozenset[str] | None = None) -> str:
@@ -331,5 +438,5 @@ def _numpy_view(tensor) -> np.ndarray | None:
         return None
 
 
-__all__ = ["allow_all_cores", "bundle_problem", "cache_dir", "cached_library", "import_tvm", "load_runner", "running_only",
-           "select_library", "set_threads", "usable_cores"]
+__all__ = ["allow_all_cores", "bundle_problem", "cache_dir", "cached_library", "import_tvm", "library_params",
+           "load_runner", "running_only", "select_library", "set_threads", "usable_cores"]

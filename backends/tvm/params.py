@@ -1,0 +1,180 @@
+"""Weights as parameters: the big constants of a built Relax ``main`` lifted into parameters.
+
+``lift_constants(mod, min_bytes)`` runs on the module the pipeline is about to compile (every
+rewrite done: weights packed into GEMM panels, Winograd-transformed, folded), so the constants it
+lifts are exactly the arrays the kernels read. Each constant of at least ``min_bytes`` (one
+object used in several places is lifted once) becomes a parameter of ``main`` after the graph
+inputs (attribute ``num_input`` = the inputs' count, TVM's convention for "the rest are
+weights"), and its array is returned in parameter order. The library then holds code and small
+constants only; the artifact stores the arrays once (``emit.py``, ``weights.bin``) and the
+runtime passes them after the inputs on every call (``runtime.py``).
+
+Without this the VM executable serializes every constant into the shared library: the weights
+were in each CPU variant's ``.so`` (twice per portable artifact), loaded by copying, and a model
+of a few GB could not be linked.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+
+import numpy as np
+
+# Constants below this stay in the library: they cost less there than a parameter does per call.
+MIN_BYTES = 4096
+# dtypes the artifact's table and the runtime's numpy views can hold (bfloat16 etc. stay inline).
+_LIFTABLE_KINDS = {"b", "i", "u", "f"}
+
+
+def lift_constants(mod, sink, min_bytes: int = MIN_BYTES, func_name: str = "main"):
+    """``mod`` with ``func_name``'s constants of at least ``min_bytes`` as trailing parameters;
+    ``sink(array)`` gets each one's array (numpy, C order, possibly a view of the constant's
+    memory: valid during the call only) in parameter order. Returns (module, count); ``mod``
+    itself when nothing qualifies."""
+    import tvm
+    from tvm import relax
+
+    gv = mod.get_global_var(func_name)
+    func = mod[gv]
+    lifted: dict = {}  # the Constant object -> its parameter Var
+
+    def liftable(const) -> bool:
+        data = const.value
+        if not isinstance(data, tvm.runtime.Tensor):  # scalars, strings: not weights
+            return False
+        try:
+            dtype = np.dtype(str(data.dtype))
+        except TypeError:
+            return False
+        size = int(np.prod([int(d) for d in data.shape], dtype=np.int64)) * dtype.itemsize
+        return dtype.kind in _LIFTABLE_KINDS and size >= min_bytes and len(data.shape) > 0
+
+    @relax.expr_functor.mutator
+    class Lift(relax.PyExprMutator):
+        def visit_generic_const_(self, const):
+            var = lifted.get(const)
+            if var is None:
+                if not liftable(const):
+                    return const
+                var = relax.Var(f"weight{len(lifted)}", const.ty)
+                lifted[const] = var
+                sink(_array(const.value))
+            return var
+
+    body = Lift(mod).visit_expr(func.body)
+    if not lifted:
+        return mod, 0
+    attrs = dict(func.attrs) if func.attrs is not None else {}
+    num_input = int(attrs.get("num_input", len(func.params)))
+    attrs["num_input"] = num_input
+    new = relax.Function([*func.params, *lifted.values()], body, func.ret_ty, func.is_pure,
+                         tvm.ir.make_node("ir.DictAttrs", **attrs), func.span)
+    out = mod.clone() if hasattr(mod, "clone") else mod
+    out[gv] = new
+    return out, len(lifted)
+
+
+def _array(tensor) -> np.ndarray:
+    """A CPU tensor's array: a view of its memory (DLPack) where possible, else a copy."""
+    try:
+        return np.ascontiguousarray(np.from_dlpack(tensor))
+    except (TypeError, ValueError, BufferError, RuntimeError):
+        return np.ascontiguousarray(tensor.numpy())
+
+
+
+
+# -- the artifact's copy: weights.bin + weights.json ---------------------------------------------
+WEIGHTS_FILE = "weights.bin"
+WEIGHTS_TABLE = "weights.json"
+TENSOR_ALIGN = 64  # each tensor's offset in weights.bin (the entry itself starts on a page)
+
+
+def saving_hook(folder: str):
+    """A ``before_codegen`` hook for ``pipeline.build``: lift the big constants, each array saved
+    as ``folder/NNNNN.npy`` in parameter order (the variant builds run in forked processes: the
+    parent reads them back with ``saved_arrays``)."""
+    def hook(mod):
+        os.makedirs(folder, exist_ok=True)
+        count = [0]
+
+        def sink(array: np.ndarray) -> None:
+            np.save(os.path.join(folder, f"{count[0]:05d}.npy"), array, allow_pickle=False)
+            count[0] += 1
+
+        return lift_constants(mod, sink)[0]
+
+    return hook
+
+
+def saved_arrays(folder: str) -> list[np.ndarray]:
+    """The arrays ``saving_hook`` saved, in parameter order, memory-mapped read-only (not read
+    into memory: the artifact writer streams them into the file)."""
+    if not os.path.isdir(folder):
+        return []
+    names = sorted(n for n in os.listdir(folder) if n.endswith(".npy"))
+    return [np.load(os.path.join(folder, n), mmap_mode="r", allow_pickle=False) for n in names]
+
+
+def weights_payload(per_library: dict[str, list[np.ndarray]]) -> tuple[dict, dict[str, list]]:
+    """(``{weights.bin: StoredBlob, weights.json: table}``, library -> its parameter list) for
+    the lifted arrays of each library. Arrays with the same dtype, shape and bytes are stored
+    once. A packed GEMM weight (``[N / P, K, P]``, gemm.py) that another library holds in panels
+    of another width (AVX2's 16 columns, AVX-512's 32) is stored once too: that library's entry
+    is ``{"tensor": id, "panels": P}``, repacked at load. A parameter list entry is a tensor id
+    (used as stored) or such a dict. Empty payload when no library has parameters."""
+    import hashlib
+
+    from compiler.payload import StoredBlob
+
+    tensors: dict[str, dict] = {}
+    parts: list[tuple[int, np.ndarray]] = []
+    exact: dict[tuple, str] = {}  # (dtype, shape, sha256) -> tensor id
+    panelled: dict[tuple, str] = {}  # (dtype, K, N, sha256 of the [K, N] form) -> tensor id
+    end = 0
+    lists: dict[str, list] = {}
+    several = len(per_library) > 1
+
+    def digest(array: np.ndarray) -> str:
+        return hashlib.sha256(memoryview(np.ascontiguousarray(array).reshape(-1).view(np.uint8))).hexdigest()
+
+    def unpacked_key(array: np.ndarray):
+        if not several or array.ndim != 3:
+            return None
+        panels, k, width = array.shape
+        return (array.dtype.str, k, panels * width, digest(array.transpose(1, 0, 2)))
+
+    # The last library (the widest vectors: AVX-512 machines) keeps its own layout, used in place.
+    for library in reversed(list(per_library)):
+        entries = []
+        for array in per_library[library]:
+            array = array if array.dtype.byteorder != ">" else array.astype(array.dtype.newbyteorder("<"))
+            key = (array.dtype.str, tuple(array.shape), digest(array))
+            if key in exact:
+                entries.append(exact[key])
+                continue
+            unpacked = unpacked_key(array)
+            if unpacked is not None and unpacked in panelled:
+                entries.append({"tensor": panelled[unpacked], "panels": int(array.shape[2])})
+                continue
+            name = f"t{len(tensors)}"
+            offset = -(-end // TENSOR_ALIGN) * TENSOR_ALIGN
+            parts.append((offset, array.reshape(-1).view(np.uint8)))
+            tensors[name] = {"dtype": array.dtype.str, "shape": list(array.shape), "offset": offset,
+                             "length": int(array.nbytes)}
+            end = offset + int(array.nbytes)
+            exact[key] = name
+            if unpacked is not None:
+                panelled[unpacked] = name
+            entries.append(name)
+        lists[library] = entries
+    lists = {library: lists[library] for library in per_library}
+    if not tensors:
+        return {}, {library: [] for library in per_library}
+    table = json.dumps({"file": WEIGHTS_FILE, "tensors": tensors}, sort_keys=True).encode()
+    return {WEIGHTS_FILE: StoredBlob(parts, end), WEIGHTS_TABLE: table}, lists
+
+
+__all__ = ["MIN_BYTES", "TENSOR_ALIGN", "WEIGHTS_FILE", "WEIGHTS_TABLE", "lift_constants", "saved_arrays", "saving_hook",
+           "weights_payload"]
