@@ -19,11 +19,16 @@ adds on top of the model the user already holds (compile) or of a bare runtime p
     python bench/bench_scale.py --kinds mlp --sizes 2200  # the > 2 GB case (needs ~10 GB free)
     python bench/bench_scale.py --kinds bert,gpt2        # BERT-base- and GPT-2-sized encoders
     python bench/bench_scale.py --no-torch               # skip the anchor (e.g. when it runs out of memory)
+    python bench/bench_scale.py --targets onnx,llvm      # also (or only) the llvm target
+
+llvm artifacts are compiled with the default options (both portable CPU variants) and loaded on
+this machine (its best variant).
 """
 
 from __future__ import annotations
 
 import argparse
+import importlib
 import json
 import math
 import os
@@ -90,7 +95,8 @@ def _reset_peak() -> None:
         f.write("5")
 
 
-def measure_compile(kind: str, size_mb: float, path: str, torch_anchor: bool, rounds: int) -> dict:
+def measure_compile(kind: str, size_mb: float, path: str, torch_anchor: bool, rounds: int,
+                    target: str = "onnx") -> dict:
     """Ours and the anchor alternately, ``rounds`` times each (the first pays torch.export's and
     the exporters' one-time start-up, whichever runs first): the minimum of each, and the peak RSS
     of our first compile."""
@@ -106,7 +112,7 @@ def measure_compile(kind: str, size_mb: float, path: str, torch_anchor: bool, ro
         _reset_peak()
         t0 = time.perf_counter()
         with torch.no_grad():
-            art = compiler.compile(model, inputs, target="onnx", output=path, verify=False)
+            art = compiler.compile(model, inputs, target=target, output=path, verify=False)
         ours.append(time.perf_counter() - t0)
         if i == 0:
             peak = _peak() - before
@@ -136,11 +142,18 @@ def _torch_export(model, inputs, path: str) -> None:
         torch.onnx.export(model, inputs, path, dynamo=True, optimize=True)
 
 
-def measure_load(path: str, kind: str, size_mb: float) -> dict:
+def measure_load(path: str, kind: str, size_mb: float, target: str = "onnx") -> dict:
     import numpy as np
 
     import compiler
-    import onnxruntime  # noqa: F401  (a bare runtime process: imports done before the baseline)
+
+    # A bare runtime process: the runtime's imports done before the baseline.
+    if target == "onnx":
+        importlib.import_module("onnxruntime")
+    else:
+        from backends.tvm.runtime import import_tvm
+
+        import_tvm()
 
     _model_inputs = None
     if kind == "mlp":
@@ -163,15 +176,16 @@ def measure_load(path: str, kind: str, size_mb: float) -> dict:
 
 def _child(args) -> None:
     if args.child == "compile":
-        out = measure_compile(args.kind, args.size, args.path, not args.no_torch, args.rounds)
+        out = measure_compile(args.kind, args.size, args.path, not args.no_torch, args.rounds, args.target)
     else:
-        out = measure_load(args.path, args.kind, args.size)
+        out = measure_load(args.path, args.kind, args.size, args.target)
     print("RESULT " + json.dumps(out))
 
 
-def _run_child(phase: str, kind: str, size: float, path: str, no_torch: bool, rounds: int = 1) -> dict:
+def _run_child(phase: str, kind: str, size: float, path: str, no_torch: bool, rounds: int = 1,
+               target: str = "onnx") -> dict:
     cmd = [sys.executable, __file__, "--child", phase, "--kind", kind, "--size", str(size), "--path", path,
-           "--rounds", str(rounds)]
+           "--rounds", str(rounds), "--target", target]
     if no_torch:
         cmd.append("--no-torch")
     proc = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, "PYTHONPATH": str(ROOT)})
@@ -191,6 +205,8 @@ def main() -> None:
     parser.add_argument("--no-torch", action="store_true", help="skip the torch.onnx.export anchor")
     parser.add_argument("--rounds", type=int, default=2,
                         help="compile rounds per model, ours and torch's alternating; the minimum counts")
+    parser.add_argument("--targets", default="onnx", help="onnx, llvm (comma list)")
+    parser.add_argument("--target", default="onnx", help=argparse.SUPPRESS)
     parser.add_argument("--child", help=argparse.SUPPRESS)
     parser.add_argument("--kind", help=argparse.SUPPRESS)
     parser.add_argument("--size", type=float, help=argparse.SUPPRESS)
@@ -200,31 +216,31 @@ def main() -> None:
         _child(args)
         return
 
-    header = (f"{'model':<20}{'params MB':>10}{'artifact MB':>12}{'compile s':>10}{'torch s':>9}{'ratio':>7}"
+    header = (f"{'model':<26}{'params MB':>10}{'artifact MB':>12}{'compile s':>10}{'torch s':>9}{'ratio':>7}"
               f"{'compile RSS':>12}{'load s':>8}{'1st run s':>10}{'load RSS':>9}{'held':>7}")
     print(header + "\n" + "-" * len(header))
-    for kind in args.kinds.split(","):
+    for kind, target in [(k, t) for k in args.kinds.split(",") for t in args.targets.split(",")]:
         sizes = [0.0] if kind in FIXED else [float(s) for s in args.sizes.split(",")]
         for size in sizes:
-            label = kind if kind in FIXED else f"{kind}-{size:g}MB"
+            label = (kind if kind in FIXED else f"{kind}-{size:g}MB") + f" {target}"
             with tempfile.TemporaryDirectory() as tmp:
                 path = os.path.join(tmp, "model.aot")
-                c = _run_child("compile", kind, size, path, args.no_torch, args.rounds)
+                c = _run_child("compile", kind, size, path, args.no_torch, args.rounds, target)
                 if "error" in c:
-                    print(f"{label:<20}{c['error']}")
+                    print(f"{label:<26}{c['error']}")
                     continue
-                ld = _run_child("load", kind, size, path, args.no_torch)
+                ld = _run_child("load", kind, size, path, args.no_torch, target=target)
             pb = c["param_bytes"]
             torch_s = c.get("torch_s")
             ratio = f"{c['compile_s'] / torch_s:>6.2f}x" if torch_s else f"{'-':>7}"
             load = (f"{ld['load_s']:>8.2f}{ld['first_run_s']:>10.3f}{ld['load_peak'] / pb:>8.2f}x"
                     f"{ld['load_held'] / pb:>6.2f}x"
                     if "error" not in ld else "  " + ld["error"])
-            print(f"{label:<20}{pb / 1e6:>10.1f}{c['artifact_bytes'] / 1e6:>12.1f}{c['compile_s']:>10.2f}"
+            print(f"{label:<26}{pb / 1e6:>10.1f}{c['artifact_bytes'] / 1e6:>12.1f}{c['compile_s']:>10.2f}"
                   f"{torch_s if torch_s else float('nan'):>9.2f}{ratio}{c['compile_peak'] / pb:>11.2f}x{load}",
                   flush=True)
             phases = " ".join(f"{k} {v:.2f}" for k, v in c["phases"].items())
-            print(f"{'':<20}phases: {phases}", flush=True)
+            print(f"{'':<26}phases: {phases}", flush=True)
     print("\nRSS columns: peak resident memory the phase adds, over the parameter bytes "
           "(compile on top of the model; load on top of a bare runtime process; held: what load still "
           "holds when it returns).")

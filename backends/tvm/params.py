@@ -27,7 +27,7 @@ MIN_BYTES = 4096
 _LIFTABLE_KINDS = {"b", "i", "u", "f"}
 
 
-def lift_constants(mod, sink, min_bytes: int = MIN_BYTES, func_name: str = "main"):
+def lift_constants(mod, sink, min_bytes: int | None = None, func_name: str = "main"):
     """``mod`` with ``func_name``'s constants of at least ``min_bytes`` as trailing parameters;
     ``sink(array)`` gets each one's array (numpy, C order, possibly a view of the constant's
     memory: valid during the call only) in parameter order. Returns (module, count); ``mod``
@@ -35,6 +35,7 @@ def lift_constants(mod, sink, min_bytes: int = MIN_BYTES, func_name: str = "main
     import tvm
     from tvm import relax
 
+    min_bytes = MIN_BYTES if min_bytes is None else min_bytes
     gv = mod.get_global_var(func_name)
     func = mod[gv]
     lifted: dict = {}  # the Constant object -> its parameter Var

@@ -1,0 +1,163 @@
+"""llvm artifacts with the weights as parameters (backends/tvm/params.py): the libraries hold code,
+``weights.bin`` holds each weight once for all CPU variants (GEMM panels of another width repacked
+at load), the runtime maps it from the artifact and refuses a table that points outside it."""
+
+from __future__ import annotations
+
+import json
+import os
+
+import numpy as np
+import pytest
+import torch
+
+pytest.importorskip("tvm")
+
+import compiler  # noqa: E402
+from backends.tvm import cpu  # noqa: E402
+from backends.tvm import params as tvm_params  # noqa: E402
+from backends.tvm import runtime as tvm_runtime  # noqa: E402
+from compiler.driver.artifact import read_artifact, write_artifact  # noqa: E402
+from compiler.errors import ArtifactError  # noqa: E402
+from compiler.payload import StoredBlob  # noqa: E402
+
+
+class ConvLinear(torch.nn.Module):
+    """A 3x3 conv (Winograd), a 1x1 conv (packed GEMM), a wide linear (packed GEMM, 32-column
+    panels on AVX-512, 16 or 24 on AVX2) and a small head (inline)."""
+
+    def __init__(self):
+        super().__init__()
+        gen = torch.Generator().manual_seed(0)
+        self.conv = torch.nn.Conv2d(8, 32, 3, padding=1)
+        self.pointwise = torch.nn.Conv2d(32, 64, 1)
+        self.fc = torch.nn.Linear(64 * 6 * 6, 512)
+        self.head = torch.nn.Linear(512, 3)
+        with torch.no_grad():
+            for p in self.parameters():
+                p.copy_(torch.randn(p.shape, generator=gen) * 0.1)
+
+    def forward(self, x):
+        y = torch.relu(self.pointwise(torch.relu(self.conv(x))))
+        return self.head(torch.relu(self.fc(y.flatten(1))))
+
+
+X = torch.from_numpy(np.random.default_rng(0).standard_normal((2, 8, 6, 6)).astype(np.float32))
+
+
+def param_bytes(model: torch.nn.Module) -> int:
+    return sum(p.numel() * p.element_size() for p in model.parameters())
+
+
+@pytest.fixture(scope="module")
+def artifact(tmp_path_factory):
+    path = tmp_path_factory.mktemp("params") / "convlinear.aot"
+    compiler.compile(ConvLinear().eval(), (X,), target="llvm", output=path, verify=False)
+    return path
+
+
+def expected() -> np.ndarray:
+    with torch.no_grad():
+        return ConvLinear().eval()(X).numpy()
+
+
+def test_every_variant_runs_its_lifted_weights_like_eager(artifact, monkeypatch):
+    manifest, payload = read_artifact(artifact)
+    variants = manifest["target_info"]["variants"]
+    assert len(variants) == 2 and all(v.get("params") for v in variants)
+    ran = 0
+    for variant in variants:
+        if cpu.missing_features(variant["features"]):
+            continue  # this machine cannot run it
+        ran += 1
+        # Force each library (the host runs only its best one): the other one's weights include
+        # GEMM panels repacked from the stored width.
+        monkeypatch.setattr(tvm_runtime, "select_library", lambda m, p, h=None, lib=variant["library"]: lib)
+        run = compiler.load(artifact)
+        np.testing.assert_allclose(run(X.numpy()), expected(), rtol=1e-4, atol=1e-4)
+        monkeypatch.undo()
+    assert ran
+
+
+def test_weights_are_stored_once_for_both_variants(artifact):
+    manifest, payload = read_artifact(artifact)
+    weights = param_bytes(ConvLinear())
+    blob = payload[tvm_params.WEIGHTS_FILE]
+    # The Winograd-transformed 3x3 weight is 36/9 times the original: count what was stored.
+    table = json.loads(payload[tvm_params.WEIGHTS_TABLE])["tensors"]
+    stored = sum(t["length"] for t in table.values())
+    assert blob.size < stored + 64 * len(table)
+    assert stored < 1.5 * weights
+    # The libraries hold code, not weights: the artifact is about one copy of them.
+    libraries = sum(len(payload[v["library"]]) for v in manifest["target_info"]["variants"])
+    assert libraries < weights
+    assert os.path.getsize(artifact) < stored + libraries + (64 << 10)
+    # The widest variant uses every stored tensor as it is; the other repacks at least one GEMM panel.
+    first, last = manifest["target_info"]["variants"]
+    assert all(isinstance(p, str) for p in last["params"])
+    assert any(isinstance(p, dict) and p["panels"] != table[p["tensor"]]["shape"][2] for p in first["params"])
+
+
+def test_weights_are_used_in_place_from_the_artifact_file(artifact):
+    manifest, payload = read_artifact(artifact)
+    last = manifest["target_info"]["variants"][-1]
+    arrays = tvm_runtime.library_params(manifest, payload, last["library"])
+    assert arrays and all(isinstance(a.base, np.memmap) or isinstance(a.base.base, np.memmap) for a in arrays)
+    import tvm
+
+    tensor = tvm_runtime._tensor(tvm, arrays[0], tvm.cpu(0))
+    assert np.from_dlpack(tensor).ctypes.data == arrays[0].ctypes.data  # zero-copy
+
+
+def _rewrite_table(src, dst, change) -> None:
+    """Copy ``src`` to ``dst`` with ``change`` applied to its weights table, hashes redone (an
+    artifact that passes the integrity check but lies about its offsets)."""
+    manifest, payload = read_artifact(src)
+    table = json.loads(payload[tvm_params.WEIGHTS_TABLE])
+    change(table["tensors"])
+    payload[tvm_params.WEIGHTS_TABLE] = json.dumps(table).encode()
+    entry = payload[tvm_params.WEIGHTS_FILE]
+    payload[tvm_params.WEIGHTS_FILE] = StoredBlob([(0, entry.read())], entry.size)
+    keep = {k: v for k, v in manifest.items() if k not in ("format", "format_version", "payload")}
+    write_artifact(dst, keep, payload)
+
+
+@pytest.mark.parametrize("change, message", [
+    (lambda t: t["t0"].update(offset=1 << 40), "does not fit"),
+    (lambda t: t["t0"].update(offset=-64), "does not fit"),
+    (lambda t: t["t0"].update(length=t["t0"]["length"] * 2), "does not fit"),
+    (lambda t: t["t0"].update(shape=[1 << 30, 1 << 30]), "does not fit"),
+    (lambda t: t["t0"].update(dtype="object"), "malformed entry"),
+    (lambda t: t.pop("t0"), "does not hold"),
+])
+def test_weight_entry_outside_the_file_is_refused(artifact, tmp_path, change, message):
+    _rewrite_table(artifact, tmp_path / "bad.aot", change)
+    with pytest.raises(ArtifactError, match=message):
+        compiler.load(tmp_path / "bad.aot")
+
+
+def test_small_constants_stay_in_the_library():
+    """Below MIN_BYTES a constant stays inline; the one above becomes the parameter after the input."""
+    import tvm
+    from tvm import relax
+
+    bb = relax.BlockBuilder()
+    x = relax.Var("x", relax.TensorType([2, 16], "float32"))
+    big, small = np.ones((16, 128), "float32"), np.ones((16,), "float32")
+    with bb.function("main", [x]):
+        with bb.dataflow():
+            y = bb.emit(relax.op.matmul(x, relax.const(big)))
+            z = bb.emit_output(relax.op.add(relax.op.matmul(x, relax.const(big[:, :16].copy())), relax.const(small)))
+            w = bb.emit_output(relax.Tuple([y, z]))
+        bb.emit_func_output(w)
+    got: list[np.ndarray] = []
+    mod, count = tvm_params.lift_constants(bb.get(), got.append)
+    assert count == 1 and len(got) == 1 and got[0].shape == (16, 128)
+    main = mod["main"]
+    assert len(main.params) == 2 and int(main.attrs["num_input"]) == 1
+    ex = tvm.compile(mod, target="llvm")
+    vm = relax.VirtualMachine(ex, tvm.cpu())
+    xs = np.random.default_rng(1).standard_normal((2, 16)).astype("float32")
+    out = vm["main"](tvm.runtime.tensor(xs), tvm.runtime.tensor(got[0]))
+    np.testing.assert_allclose(out[0].numpy(), xs @ big, rtol=1e-5)
+    np.testing.assert_allclose(out[1].numpy(), xs @ big[:, :16] + small, rtol=1e-5)
