@@ -94,7 +94,7 @@ def _cuda_prim_funcs(model, batch):
 
     captured = {}
 
-    def capture(mod, target):
+    def capture(mod, target, *_hook):
         captured.update(mod=mod, target=target)
         raise _Captured
 

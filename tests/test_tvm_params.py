@@ -91,6 +91,10 @@ def test_weights_are_stored_once_for_both_variants(artifact):
     # The libraries hold code, not weights: the artifact is about one copy of them.
     libraries = sum(len(payload[v["library"]]) for v in manifest["target_info"]["variants"])
     assert libraries < weights
+    data = blob.read()
+    for t in table.values():
+        needle = data[t["offset"]:t["offset"] + min(t["length"], 4096)]
+        assert not any(needle in payload[v["library"]] for v in manifest["target_info"]["variants"])
     assert os.path.getsize(artifact) < stored + libraries + (64 << 10)
     # The widest variant uses every stored tensor as it is; the other repacks at least one GEMM panel.
     first, last = manifest["target_info"]["variants"]
@@ -151,7 +155,9 @@ def test_small_constants_stay_in_the_library():
             w = bb.emit_output(relax.Tuple([y, z]))
         bb.emit_func_output(w)
     got: list[np.ndarray] = []
-    mod, count = tvm_params.lift_constants(bb.get(), got.append)
+    module = bb.get()
+    assert tvm_params.lift_constants(module, got.append)[1] == 0 and not got  # under MIN_TOTAL_BYTES
+    mod, count = tvm_params.lift_constants(module, got.append, min_total=0)
     assert count == 1 and len(got) == 1 and got[0].shape == (16, 128)
     main = mod["main"]
     assert len(main.params) == 2 and int(main.attrs["num_input"]) == 1
@@ -161,3 +167,30 @@ def test_small_constants_stay_in_the_library():
     out = vm["main"](tvm.runtime.tensor(xs), tvm.runtime.tensor(got[0]))
     np.testing.assert_allclose(out[0].numpy(), xs @ big, rtol=1e-5)
     np.testing.assert_allclose(out[1].numpy(), xs @ big[:, :16] + small, rtol=1e-5)
+
+
+def test_cuda_library_takes_its_weights_as_parameters():
+    """Compile-only (no GPU needed): the cuda module's big weights leave the library for
+    weights.bin, listed in ``target_info["params"]``, each one the graph's weight or its transpose
+    (legalization folds a linear's transpose into the constant)."""
+    from backends.tvm import emit as tvm_emit
+    from compiler.ir import DType, Graph, TensorType
+
+    rng = np.random.default_rng(3)
+    g = Graph("mlp")
+    x = g.add_input("x", TensorType(DType.float32, ("batch", 512)))
+    w1 = (rng.standard_normal((1024, 512)) / 8).astype(np.float32)
+    w2 = (rng.standard_normal((8, 1024)) / 16).astype(np.float32)
+    h = g.op("linear", x, g.add_constant(w1, "w1"), None,
+             activation="relu")
+    g.set_outputs([g.op("linear", h, g.add_constant(w2, "w2"), None)])
+    payload, info = tvm_emit.emit_target(g, {"target": "cuda", "cuda_arch": "sm_80"})
+    assert info["params"] and tvm_params.WEIGHTS_FILE in payload
+    blob = payload[tvm_params.WEIGHTS_FILE]
+    in_memory = {**payload, tvm_params.WEIGHTS_FILE: b"".join(bytes(c) for c in blob.chunks())}
+    arrays = tvm_runtime.library_params({"target": "cuda", "target_info": info}, in_memory, "model.so")
+    assert len(arrays) == 2  # w1 (2 MiB) and w2 (32 KiB)
+    for array in arrays:
+        assert any(np.array_equal(array, w) or np.array_equal(array, w.T) for w in (w1, w2))
+    library = payload["model.so"]
+    assert all(w.tobytes()[:4096] not in library and w.T.copy().tobytes()[:4096] not in library for w in (w1, w2))

@@ -23,33 +23,52 @@ import numpy as np
 
 # Constants below this stay in the library: they cost less there than a parameter does per call.
 MIN_BYTES = 4096
+# A module whose liftable constants add up to less keeps them all: a small model stays one
+# library (as the ONNX target keeps small models' weights in model.onnx), at no cost to load.
+MIN_TOTAL_BYTES = 1 << 20
 # dtypes the artifact's table and the runtime's numpy views can hold (bfloat16 etc. stay inline).
 _LIFTABLE_KINDS = {"b", "i", "u", "f"}
 
 
-def lift_constants(mod, sink, min_bytes: int | None = None, func_name: str = "main"):
-    """``mod`` with ``func_name``'s constants of at least ``min_bytes`` as trailing parameters;
-    ``sink(array)`` gets each one's array (numpy, C order, possibly a view of the constant's
-    memory: valid during the call only) in parameter order. Returns (module, count); ``mod``
-    itself when nothing qualifies."""
+def lift_constants(mod, sink, min_bytes: int | None = None, min_total: int | None = None,
+                   func_name: str = "main"):
+    """``mod`` with ``func_name``'s constants of at least ``min_bytes`` as trailing parameters,
+    when they add up to ``min_total`` or more; ``sink(array)`` gets each one's array (numpy, C
+    order, possibly a view of the constant's memory: valid during the call only) in parameter
+    order. Returns (module, count); ``mod`` itself when nothing is lifted."""
     import tvm
     from tvm import relax
 
     min_bytes = MIN_BYTES if min_bytes is None else min_bytes
+    min_total = MIN_TOTAL_BYTES if min_total is None else min_total
     gv = mod.get_global_var(func_name)
     func = mod[gv]
     lifted: dict = {}  # the Constant object -> its parameter Var
 
-    def liftable(const) -> bool:
+    def size(const) -> int:
+        """The constant's bytes if it may be lifted, else 0."""
         data = const.value
-        if not isinstance(data, tvm.runtime.Tensor):  # scalars, strings: not weights
-            return False
+        if not isinstance(data, tvm.runtime.Tensor) or len(data.shape) == 0:  # scalars, strings: not weights
+            return 0
         try:
             dtype = np.dtype(str(data.dtype))
         except TypeError:
-            return False
-        size = int(np.prod([int(d) for d in data.shape], dtype=np.int64)) * dtype.itemsize
-        return dtype.kind in _LIFTABLE_KINDS and size >= min_bytes and len(data.shape) > 0
+            return 0
+        nbytes = int(np.prod([int(d) for d in data.shape], dtype=np.int64)) * dtype.itemsize
+        return nbytes if dtype.kind in _LIFTABLE_KINDS and nbytes >= min_bytes else 0
+
+    def liftable(const) -> bool:
+        return size(const) > 0
+
+    found: dict = {}
+
+    def visit(expr):
+        if isinstance(expr, tvm.ir.GenericConst):
+            found[expr] = size(expr)
+
+    relax.analysis.post_order_visit(func.body, visit)
+    if sum(found.values()) < max(min_total, 1):
+        return mod, 0
 
     @relax.expr_functor.mutator
     class Lift(relax.PyExprMutator):

@@ -14,6 +14,11 @@ temporary name and renamed, so concurrent loads never see a half-written library
 load reuses it once its bytes are compared with the artifact's (``compiler.cache``). tvm is
 imported only here, when a TVM artifact is loaded.
 
+Weights (``weights.bin``, see ``emit.py``) are not in the libraries: ``library_params`` maps the
+entry from the artifact file copy-on-write (bounds-checked against the entry, after the reader's
+sha256 check), the tensors are made from those pages without a copy (DLPack; a GPU gets one
+upload at load) and passed after the inputs on every call.
+
 Running never needs TVM's compiler library (``libtvm_compiler.so``, 250 MB): the VM is
 ``tvm.runtime.vm.VirtualMachine``, which the runtime library alone provides. Where this process
 cannot compile for TVM anyway (the runtime bundle, no torch, or ``TVM_USE_RUNTIME_LIB=1``), tvm is
