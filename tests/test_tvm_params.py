@@ -24,7 +24,8 @@ from compiler.payload import StoredBlob  # noqa: E402
 
 class ConvLinear(torch.nn.Module):
     """A 3x3 conv (Winograd), a 1x1 conv (packed GEMM), a wide linear (packed GEMM, 32-column
-    panels on AVX-512, 16 or 24 on AVX2) and a small head (inline)."""
+    panels on AVX-512, 16 or 24 on AVX2) and a 300-wide head (zero-padded to 320 columns on
+    AVX-512, to 304 on AVX2)."""
 
     def __init__(self):
         super().__init__()
@@ -32,7 +33,7 @@ class ConvLinear(torch.nn.Module):
         self.conv = torch.nn.Conv2d(8, 32, 3, padding=1)
         self.pointwise = torch.nn.Conv2d(32, 64, 1)
         self.fc = torch.nn.Linear(64 * 6 * 6, 512)
-        self.head = torch.nn.Linear(512, 3)
+        self.head = torch.nn.Linear(512, 300)
         with torch.no_grad():
             for p in self.parameters():
                 p.copy_(torch.randn(p.shape, generator=gen) * 0.1)
@@ -99,7 +100,10 @@ def test_weights_are_stored_once_for_both_variants(artifact):
     # The widest variant uses every stored tensor as it is; the other repacks at least one GEMM panel.
     first, last = manifest["target_info"]["variants"]
     assert all(isinstance(p, str) for p in last["params"])
-    assert any(isinstance(p, dict) and p["panels"] != table[p["tensor"]]["shape"][2] for p in first["params"])
+    repacked = [p for p in first["params"] if isinstance(p, dict)]
+    assert any(p["panels"] != table[p["tensor"]]["shape"][2] for p in repacked)
+    stored_columns = {p["tensor"]: table[p["tensor"]]["shape"][0] * table[p["tensor"]]["shape"][2] for p in repacked}
+    assert any(p["columns"] < stored_columns[p["tensor"]] for p in repacked)  # the head: 304 of 320
 
 
 def test_weights_are_used_in_place_from_the_artifact_file(artifact):
@@ -194,3 +198,20 @@ def test_cuda_library_takes_its_weights_as_parameters():
         assert any(np.array_equal(array, w) or np.array_equal(array, w.T) for w in (w1, w2))
     library = payload["model.so"]
     assert all(w.tobytes()[:4096] not in library and w.T.copy().tobytes()[:4096] not in library for w in (w1, w2))
+
+
+@pytest.mark.parametrize("stored, wanted", [((320, 32), (304, 16)), ((304, 16), (320, 32)), ((320, 32), (320, 16))])
+def test_repacking_between_panel_widths_and_paddings(stored, wanted):
+    """The load-time repack against packing the original weight directly (gemm.py's layout)."""
+    w = np.random.default_rng(2).standard_normal((40, 300)).astype(np.float32)
+
+    def packed(columns, panels):
+        padded = np.concatenate([w, np.zeros((40, columns - 300), np.float32)], axis=1)
+        return np.ascontiguousarray(padded.reshape(40, columns // panels, panels).transpose(1, 0, 2))
+
+    got = tvm_runtime._repacked(packed(*stored), wanted[1], wanted[0], "t0")
+    np.testing.assert_array_equal(got, packed(*wanted))
+    # The emitter pairs them: the same key for both layouts, so one is stored.
+    payload, lists = tvm_params.weights_payload({"a.so": [packed(*wanted)], "b.so": [packed(*stored)]})
+    assert len(json.loads(payload[tvm_params.WEIGHTS_TABLE])["tensors"]) == 1
+    assert lists["b.so"] == ["t0"] and lists["a.so"] == [{"tensor": "t0", "panels": wanted[1], "columns": wanted[0]}]

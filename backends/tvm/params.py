@@ -141,9 +141,11 @@ def weights_payload(per_library: dict[str, list[np.ndarray]]) -> tuple[dict, dic
     """(``{weights.bin: StoredBlob, weights.json: table}``, library -> its parameter list) for
     the lifted arrays of each library. Arrays with the same dtype, shape and bytes are stored
     once. A packed GEMM weight (``[N / P, K, P]``, gemm.py) that another library holds in panels
-    of another width (AVX2's 16 columns, AVX-512's 32) is stored once too: that library's entry
-    is ``{"tensor": id, "panels": P}``, repacked at load. A parameter list entry is a tensor id
-    (used as stored) or such a dict. Empty payload when no library has parameters."""
+    of another width (AVX2's 16 columns, AVX-512's 32), or with other zero columns of padding
+    (a width padded to 2 vectors: 1584 vs 1600 for 1581), is stored once too: that library's
+    entry is ``{"tensor": id, "panels": P, "columns": N}``, repacked at load (the stored weight
+    as [K, N'] cut or zero-padded to N columns, in panels of P). A parameter list entry is a
+    tensor id (used as stored) or such a dict. Empty payload when no library has parameters."""
     import hashlib
 
     from compiler.payload import StoredBlob
@@ -151,7 +153,7 @@ def weights_payload(per_library: dict[str, list[np.ndarray]]) -> tuple[dict, dic
     tensors: dict[str, dict] = {}
     parts: list[tuple[int, np.ndarray]] = []
     exact: dict[tuple, str] = {}  # (dtype, shape, sha256) -> tensor id
-    panelled: dict[tuple, str] = {}  # (dtype, K, N, sha256 of the [K, N] form) -> tensor id
+    panelled: dict[tuple, str] = {}  # (dtype, K, used columns, sha256 of them as [K, N]) -> tensor id
     end = 0
     lists: dict[str, list] = {}
     several = len(per_library) > 1
@@ -160,14 +162,18 @@ def weights_payload(per_library: dict[str, list[np.ndarray]]) -> tuple[dict, dic
         return hashlib.sha256(memoryview(np.ascontiguousarray(array).reshape(-1).view(np.uint8))).hexdigest()
 
     def unpacked_key(array: np.ndarray):
-        if not several or array.ndim != 3:
+        """The weight as a [K, N] matrix without its trailing zero columns, hashed."""
+        if not several or array.ndim != 3 or array.dtype.kind != "f":
             return None
         panels, k, width = array.shape
-        return (array.dtype.str, k, panels * width, digest(array.transpose(1, 0, 2)))
+        flat = np.ascontiguousarray(array.transpose(1, 0, 2)).reshape(k, panels * width)
+        used = np.flatnonzero(np.any(flat != 0, axis=0))
+        columns = int(used[-1]) + 1 if used.size else 0
+        return (array.dtype.str, k, columns, digest(flat[:, :columns]))
 
     # The last library (the widest vectors: AVX-512 machines) keeps its own layout, used in place.
     for library in reversed(list(per_library)):
-        entries = []
+        entries: list = []
         for array in per_library[library]:
             array = array if array.dtype.byteorder != ">" else array.astype(array.dtype.newbyteorder("<"))
             key = (array.dtype.str, tuple(array.shape), digest(array))
@@ -176,7 +182,8 @@ def weights_payload(per_library: dict[str, list[np.ndarray]]) -> tuple[dict, dic
                 continue
             unpacked = unpacked_key(array)
             if unpacked is not None and unpacked in panelled:
-                entries.append({"tensor": panelled[unpacked], "panels": int(array.shape[2])})
+                entries.append({"tensor": panelled[unpacked], "panels": int(array.shape[2]),
+                                "columns": int(array.shape[0] * array.shape[2])})
                 continue
             name = f"t{len(tensors)}"
             offset = -(-end // TENSOR_ALIGN) * TENSOR_ALIGN

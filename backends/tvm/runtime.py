@@ -275,7 +275,7 @@ def library_params(manifest: dict, payload: dict, library: str) -> list[np.ndarr
     """The weights ``library`` takes after the inputs (its ``params`` list in the manifest), as
     arrays over ``weights.bin``: copy-on-write memory maps of the artifact file (pages shared with
     the page cache, never written: the kernels only read them), used in place; a weight stored in
-    another variant's GEMM panels (``{"tensor", "panels"}``) repacked, one copy. ArtifactError for
+    another variant's GEMM panels (``{"tensor", "panels", "columns"}``) repacked, one copy. ArtifactError for
     a list or table that does not fit the entry."""
     info = manifest.get("target_info") or {}
     variants = info.get("variants")
@@ -293,27 +293,33 @@ def library_params(manifest: dict, payload: dict, library: str) -> list[np.ndarr
     blob = _blob_array(payload[WEIGHTS_FILE])
     arrays = []
     for item in wanted:
-        name, panels = (item, None) if isinstance(item, str) else (
-            (item.get("tensor"), item.get("panels")) if isinstance(item, dict) else (None, None))
-        if name not in table or not (panels is None or (isinstance(panels, int) and panels > 0)):
+        name, panels, columns = (item, None, None) if isinstance(item, str) else (
+            (item.get("tensor"), item.get("panels"), item.get("columns")) if isinstance(item, dict) else (None,) * 3)
+        if name not in table or not (panels is None or all(isinstance(x, int) and not isinstance(x, bool) and x > 0
+                                                            for x in (panels, columns))):
             raise ArtifactError(f"the TVM artifact's manifest names weight {item!r}, which {WEIGHTS_TABLE} does not "
                                 "hold; recompile it")
         dtype, shape, offset, length = table[name]
         array = blob[offset:offset + length].view(dtype).reshape(shape)
         if panels is not None:
-            array = _repacked(array, panels, name)
+            array = _repacked(array, panels, columns, name)
         arrays.append(array)
     return arrays
 
 
-def _repacked(stored: np.ndarray, panels: int, name: str) -> np.ndarray:
-    """A GEMM weight stored as [N / P, K, P] in panels of ``panels`` columns instead."""
-    if stored.ndim != 3 or (stored.shape[0] * stored.shape[2]) % panels:
-        raise ArtifactError(f"the TVM artifact's weight {name} {list(stored.shape)} cannot be repacked into panels "
-                            f"of {panels}; recompile it")
+def _repacked(stored: np.ndarray, panels: int, columns: int, name: str) -> np.ndarray:
+    """A GEMM weight stored as [N' / P', K, P] (gemm.py's panels) as [columns / panels, K, panels]:
+    its [K, N'] matrix cut or zero-padded to ``columns`` (the columns cut are zeros: the emitter
+    paired the two layouts by their columns up to the last nonzero one). One copy."""
+    if stored.ndim != 3 or columns % panels:
+        raise ArtifactError(f"the TVM artifact's weight {name} {list(stored.shape)} cannot be repacked into "
+                            f"{columns} columns in panels of {panels}; recompile it")
     k, n = stored.shape[1], stored.shape[0] * stored.shape[2]
-    flat = stored.transpose(1, 0, 2).reshape(k, n)  # [K, N]: a copy
-    return np.ascontiguousarray(flat.reshape(k, n // panels, panels).transpose(1, 0, 2))
+    flat = stored.transpose(1, 0, 2).reshape(k, n)  # [K, N']: a copy
+    if columns != n:
+        flat = np.concatenate([flat, np.zeros((k, columns - n), stored.dtype)], axis=1) if columns > n \
+            else flat[:, :columns]
+    return np.ascontiguousarray(flat.reshape(k, columns // panels, panels).transpose(1, 0, 2))
 
 
 def _weight_table(payload: dict) -> dict[str, tuple[np.dtype, tuple[int, ...], int, int]]:
