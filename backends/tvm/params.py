@@ -109,6 +109,7 @@ def _array(tensor) -> np.ndarray:
 WEIGHTS_FILE = "weights.bin"
 WEIGHTS_TABLE = "weights.json"
 TENSOR_ALIGN = 64  # each tensor's offset in weights.bin (the entry itself starts on a page)
+KEYS_FILE = "keys.json"
 
 
 def saving_hook(folder: str):
@@ -119,35 +120,62 @@ def saving_hook(folder: str):
         os.makedirs(folder, exist_ok=True)
         count = [0]
 
+        keys: list = []
+
         def sink(array: np.ndarray) -> None:
             np.save(os.path.join(folder, f"{count[0]:05d}.npy"), array, allow_pickle=False)
+            keys.append(array_keys(array))  # hashed here, in the build's process, while in memory
             count[0] += 1
 
-        return lift_constants(mod, sink)[0]
+        lifted = lift_constants(mod, sink)[0]
+        with open(os.path.join(folder, KEYS_FILE), "w") as f:
+            json.dump(keys, f)
+        return lifted
 
     return hook
 
 
-def saved_arrays(folder: str) -> list[np.ndarray]:
-    """The arrays ``saving_hook`` saved, in parameter order, memory-mapped read-only (not read
-    into memory: the artifact writer streams them into the file)."""
+def saved_arrays(folder: str) -> list[tuple[np.ndarray, tuple]]:
+    """The arrays ``saving_hook`` saved with their ``array_keys``, in parameter order,
+    memory-mapped read-only (not read into memory: the artifact writer streams them into the
+    file)."""
     if not os.path.isdir(folder):
         return []
     names = sorted(n for n in os.listdir(folder) if n.endswith(".npy"))
-    return [np.load(os.path.join(folder, n), mmap_mode="r", allow_pickle=False) for n in names]
+    with open(os.path.join(folder, KEYS_FILE)) as f:
+        keys = [(tuple(e), tuple(u) if u else None) for e, u in json.load(f)]
+    return [(np.load(os.path.join(folder, n), mmap_mode="r", allow_pickle=False), k) for n, k in zip(names, keys)]
 
 
-def weights_payload(per_library: dict[str, list[np.ndarray]]) -> tuple[dict, dict[str, list]]:
-    """(``{weights.bin: StoredBlob, weights.json: table}``, library -> its parameter list) for
-    the lifted arrays of each library. Arrays with the same dtype, shape and bytes are stored
-    once. A packed GEMM weight (``[N / P, K, P]``, gemm.py) that another library holds in panels
-    of another width (AVX2's 16 columns, AVX-512's 32), or with other zero columns of padding
-    (a width padded to 2 vectors: 1584 vs 1600 for 1581), is stored once too: that library's
-    entry is ``{"tensor": id, "panels": P, "columns": N}``, repacked at load (the stored weight
-    as [K, N'] cut or zero-padded to N columns, in panels of P). A parameter list entry is a
-    tensor id (used as stored) or such a dict. Empty payload when no library has parameters."""
+def array_keys(array: np.ndarray) -> tuple:
+    """(exact key, unpacked key) of a lifted array: its dtype, shape and sha256; and, for a
+    packed GEMM weight ``[N / P, K, P]``, its [K, N] matrix without its trailing zero columns,
+    hashed (None for other arrays): equal keys, equal weights (``weights_payload``)."""
     import hashlib
 
+    def digest(a: np.ndarray) -> str:
+        return hashlib.sha256(memoryview(np.ascontiguousarray(a).reshape(-1).view(np.uint8))).hexdigest()
+
+    exact = (array.dtype.str, list(array.shape), digest(array))
+    if array.ndim != 3 or array.dtype.kind != "f":
+        return exact, None
+    panels, k, width = array.shape
+    flat = np.ascontiguousarray(array.transpose(1, 0, 2)).reshape(k, panels * width)
+    used = np.flatnonzero(np.any(flat != 0, axis=0))
+    columns = int(used[-1]) + 1 if used.size else 0
+    return exact, (array.dtype.str, k, columns, digest(flat[:, :columns]))
+
+
+def weights_payload(per_library: dict[str, list]) -> tuple[dict, dict[str, list]]:
+    """(``{weights.bin: StoredBlob, weights.json: table}``, library -> its parameter list) for
+    the lifted arrays of each library (``saved_arrays``' (array, keys) pairs, or bare arrays).
+    Arrays with the same dtype, shape and bytes are stored once. A packed GEMM weight
+    (``[N / P, K, P]``, gemm.py) that another library holds in panels of another width (AVX2's
+    16 columns, AVX-512's 32), or with other zero columns of padding (a width padded to 2 vectors:
+    1584 vs 1600 for 1581), is stored once too: that library's entry is ``{"tensor": id,
+    "panels": P, "columns": N}``, repacked at load (the stored weight as [K, N'] cut or
+    zero-padded to N columns, in panels of P). A parameter list entry is a tensor id (used as
+    stored) or such a dict. Empty payload when no library has parameters."""
     from compiler.payload import StoredBlob
 
     tensors: dict[str, dict] = {}
@@ -158,29 +186,17 @@ def weights_payload(per_library: dict[str, list[np.ndarray]]) -> tuple[dict, dic
     lists: dict[str, list] = {}
     several = len(per_library) > 1
 
-    def digest(array: np.ndarray) -> str:
-        return hashlib.sha256(memoryview(np.ascontiguousarray(array).reshape(-1).view(np.uint8))).hexdigest()
-
-    def unpacked_key(array: np.ndarray):
-        """The weight as a [K, N] matrix without its trailing zero columns, hashed."""
-        if not several or array.ndim != 3 or array.dtype.kind != "f":
-            return None
-        panels, k, width = array.shape
-        flat = np.ascontiguousarray(array.transpose(1, 0, 2)).reshape(k, panels * width)
-        used = np.flatnonzero(np.any(flat != 0, axis=0))
-        columns = int(used[-1]) + 1 if used.size else 0
-        return (array.dtype.str, k, columns, digest(flat[:, :columns]))
-
     # The last library (the widest vectors: AVX-512 machines) keeps its own layout, used in place.
     for library in reversed(list(per_library)):
         entries: list = []
-        for array in per_library[library]:
+        for item in per_library[library]:
+            array, keys = item if isinstance(item, tuple) else (item, None)
             array = array if array.dtype.byteorder != ">" else array.astype(array.dtype.newbyteorder("<"))
-            key = (array.dtype.str, tuple(array.shape), digest(array))
+            key, unpacked = array_keys(array) if keys is None else keys
+            key, unpacked = _hashable(key), (_hashable(unpacked) if several and unpacked else None)
             if key in exact:
                 entries.append(exact[key])
                 continue
-            unpacked = unpacked_key(array)
             if unpacked is not None and unpacked in panelled:
                 entries.append({"tensor": panelled[unpacked], "panels": int(array.shape[2]),
                                 "columns": int(array.shape[0] * array.shape[2])})
@@ -201,6 +217,10 @@ def weights_payload(per_library: dict[str, list[np.ndarray]]) -> tuple[dict, dic
         return {}, {library: [] for library in per_library}
     table = json.dumps({"file": WEIGHTS_FILE, "tensors": tensors}, sort_keys=True).encode()
     return {WEIGHTS_FILE: StoredBlob(parts, end), WEIGHTS_TABLE: table}, lists
+
+
+def _hashable(key):
+    return tuple(tuple(x) if isinstance(x, list) else x for x in key)
 
 
 __all__ = ["MIN_BYTES", "TENSOR_ALIGN", "WEIGHTS_FILE", "WEIGHTS_TABLE", "lift_constants", "saved_arrays", "saving_hook",
