@@ -17,8 +17,9 @@ also ``gpu_arch``), the TVM version, and
 ``runnable_here`` / ``not_runnable_reason`` when this machine cannot run it (cuda without a GPU,
 a CPU lacking the features), so ``compile()`` skips verification with that note.
 
-Weights: every constant of 4 KiB or more leaves the libraries (``params.py``: lifted into
-parameters of ``main`` once the pipeline's rewrites have made it final, packed or transformed);
+Weights: every constant of 4 KiB or more leaves the libraries when they add up to 1 MiB or more
+(``params.py``: lifted into parameters of ``main`` once the pipeline's rewrites have made it
+final, packed or transformed);
 the payload stores each once in ``weights.bin`` (stored, page-aligned, each tensor 64-byte
 aligned; ``weights.json`` its table), and each variant's manifest entry (cuda: target_info) lists
 under ``params`` the tensors its library takes after the inputs, in order.
