@@ -135,7 +135,8 @@ def _bare_vm_call(ours, feeds):
     import tvm
 
     main = vm["main"]
-    args = [tvm.runtime.tensor(a) for a in feeds]
+    # main takes the artifact's weights after the inputs
+    args = [tvm.runtime.tensor(a) for a in feeds] + list(getattr(ours._runner, "weights", ()))
     return lambda: main(*args)
 
 

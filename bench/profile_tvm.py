@@ -98,7 +98,8 @@ def profile(loaded, feeds: list[np.ndarray], runs: int) -> tuple[dict, float]:
 
     vm = loaded._runner.vm
     main = vm["main"]
-    args = [tvm.runtime.tensor(a) for a in feeds]
+    # main takes the artifact's weights after the inputs
+    args = [tvm.runtime.tensor(a) for a in feeds] + list(getattr(loaded._runner, "weights", ()))
     main(*args)  # warm-up: first-call allocations and page faults stay out of the profile
     walls = []
     for _ in range(max(3, runs)):

@@ -1,17 +1,17 @@
 """Weights as parameters: the big constants of a built Relax ``main`` lifted into parameters.
 
-``lift_constants(mod, min_bytes)`` runs on the module the pipeline is about to compile (every
-rewrite done: weights packed into GEMM panels, Winograd-transformed, folded), so the constants it
-lifts are exactly the arrays the kernels read. Each constant of at least ``min_bytes`` (one
-object used in several places is lifted once) becomes a parameter of ``main`` after the graph
-inputs (attribute ``num_input`` = the inputs' count, TVM's convention for "the rest are
-weights"), and its array is returned in parameter order. The library then holds code and small
-constants only; the artifact stores the arrays once (``emit.py``, ``weights.bin``) and the
-runtime passes them after the inputs on every call (``runtime.py``).
+``lift_constants(mod, sink)`` runs on the module the pipeline is about to compile (every rewrite
+done: weights packed into GEMM panels, Winograd-transformed, folded), so the constants it lifts
+are exactly the arrays the kernels read. Each constant of at least ``MIN_BYTES`` (one object used
+in several places is lifted once), when they add up to ``MIN_TOTAL_BYTES``, becomes a parameter
+of ``main`` after the graph inputs (attribute ``num_input`` = the inputs' count, TVM's convention
+for "the rest are weights"), and its array goes to ``sink`` in parameter order. The library then
+holds code and small constants only; the artifact stores the arrays once (``weights_payload``:
+``weights.bin`` + ``weights.json``) and the runtime passes them after the inputs on every call
+(``runtime.py``).
 
-Without this the VM executable serializes every constant into the shared library: the weights
-were in each CPU variant's ``.so`` (twice per portable artifact), loaded by copying, and a model
-of a few GB could not be linked.
+Without this the VM executable serialized every constant into the shared library: the weights
+were in each CPU variant's ``.so`` (twice per portable artifact) and were copied at load.
 """
 
 from __future__ import annotations
@@ -21,7 +21,8 @@ import os
 
 import numpy as np
 
-# Constants below this stay in the library: they cost less there than a parameter does per call.
+# Constants below this (biases, norm scales) stay in the library: lifting them would save little
+# and add a parameter to every call.
 MIN_BYTES = 4096
 # A module whose liftable constants add up to less keeps them all: a small model stays one
 # library (as the ONNX target keeps small models' weights in model.onnx), at no cost to load.
@@ -220,8 +221,9 @@ def weights_payload(per_library: dict[str, list]) -> tuple[dict, dict[str, list]
 
 
 def _hashable(key):
+    """A key read back from JSON (lists) as a dict key."""
     return tuple(tuple(x) if isinstance(x, list) else x for x in key)
 
 
-__all__ = ["MIN_BYTES", "TENSOR_ALIGN", "WEIGHTS_FILE", "WEIGHTS_TABLE", "lift_constants", "saved_arrays", "saving_hook",
-           "weights_payload"]
+__all__ = ["MIN_BYTES", "MIN_TOTAL_BYTES", "TENSOR_ALIGN", "WEIGHTS_FILE", "WEIGHTS_TABLE", "array_keys",
+           "lift_constants", "saved_arrays", "saving_hook", "weights_payload"]

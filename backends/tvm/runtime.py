@@ -261,6 +261,7 @@ def load_runner(manifest: dict, payload: dict[str, bytes],
             return [host_array(o) for o in items]
 
     run.vm = vm  # type: ignore[attr-defined]  # for benchmarks and tests
+    run.weights = weights  # type: ignore[attr-defined]  # what vm["main"] takes after the inputs
     run.library_path = path  # type: ignore[attr-defined]
     run.library = library  # type: ignore[attr-defined]  # the variant's file in the artifact
     return run

@@ -85,7 +85,8 @@ def device_resident_ms(loaded, arrays, on_gpu: bool, budget_s: float):
     if vm is None:
         return None
     dev = tvm.cuda(0) if on_gpu else tvm.cpu(0)
-    tensors = [tvm.runtime.tensor(a, dev) for a in arrays]
+    # main takes the artifact's weights after the inputs
+    tensors = [tvm.runtime.tensor(a, dev) for a in arrays] + list(getattr(loaded._runner, "weights", ()))
     main = vm["main"]
     return median_ms(lambda: main(*tensors), dev.sync, budget_s)
 
