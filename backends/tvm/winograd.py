@@ -120,29 +120,10 @@ def _select(index, exprs):
 
 
 def geometry(h, w, padding, m):
-    """(output height, width, tile rows, tile columns); symbolic where h, w are."""
     pt, pl, pb, pr = padding
     ho, wo = h + pt + pb - 2, w + pl + pr - 2
-    return ho, wo, _ceil_div(ho, m), _ceil_div(wo, m)
-
-
-def _ceil_div(a, b: int):
-    from tvm import tirx
-
-    # floor((a - 1) / b) + 1, not floor((a + b - 1) / b): in this form the analyzer proves that
-    # index // b of an index below a stays below it (the transforms' region cover checks).
-    return -(-a // b) if isinstance(a, int) else tirx.floordiv(a - 1, b) + 1
-
-
-def _static(*values) -> bool:
-    return all(isinstance(v, int) for v in values)
-
-
-def _dims(shape) -> list:
-    """A TE shape with its static entries as Python ints (symbolic ones stay expressions)."""
-    from tvm import tirx
-
-    return [int(s) if isinstance(s, (int, tirx.IntImm)) else s for s in shape]
+    th, tw = -(-ho // m), -(-wo // m)
+    return ho, wo, th, tw
 
 
 def input_transform(x, padding, m):
@@ -151,7 +132,7 @@ def input_transform(x, padding, m):
 
     bt, _, _ = matrices(m)
     alpha = m + 2
-    n_, h, w, c_ = _dims(x.shape)
+    n_, h, w, c_ = [int(s) for s in x.shape]
     pt, pl, _, _ = padding
     _, _, th, tw = geometry(h, w, padding, m)
     hp, wp = th * m + 2, tw * m + 2
@@ -159,19 +140,16 @@ def input_transform(x, padding, m):
     xp = te.compute((n_, hp, wp, c_), lambda n, y, z, c: tirx.if_then_else(
         tirx.all(y >= pt, y < pt + h, z >= pl, z < pl + w), x[n, y - pt, z - pl, c], zero), name=PREFIX + "pad")
     tiles = th * tw
-    # A symbolic tile count: blocks of SYMBOLIC_TILE_BLOCK tiles, the last one completed with
-    # copies of the last tile (whose GEMM rows the output transform never reads).
-    count = n_ * tiles
-    tp = tile_block(count) if _static(count) else SYMBOLIC_TILE_BLOCK
+    tp = tile_block(n_ * tiles)
     t = te.compute((n_, th, tw, alpha, alpha, c_), lambda n, i, j, a, z, c: _select(
         a, [_sparse_sum(bt[r], lambda k: xp[n, i * m + k, j * m + z, c]) for r in range(alpha)]), name=PREFIX + "T")
 
     def v_at(po, a, b, pi, c):
-        p = po * tp + pi if _static(count) else tirx.min(po * tp + pi, count - 1)
+        p = po * tp + pi
         return _select(b, [_sparse_sum(bt[r], lambda k: t[p // tiles, p % tiles // tw, p % tw, a, k, c])
                            for r in range(alpha)])
 
-    return te.compute((_ceil_div(count, tp), alpha, alpha, tp, c_), v_at, name=PREFIX + "V")
+    return te.compute((n_ * tiles // tp, alpha, alpha, tp, c_), v_at, name=PREFIX + "V")
 
 
 def tile_block(tiles: int) -> int:
@@ -185,7 +163,7 @@ def batched_gemm(v, u):
     """M[po, a, b, pi, k] = sum_c V[po, a, b, pi, c] U[a, b, c, k]."""
     from tvm import te
 
-    po_, alpha, _, tp, c_ = _dims(v.shape)
+    po_, alpha, _, tp, c_ = [int(s) for s in v.shape]
     k_ = int(u.shape[3])
     rc = te.reduce_axis((0, c_), name="rc")
     return te.compute((po_, alpha, alpha, tp, k_),
@@ -201,7 +179,7 @@ def output_transform(mm, n_, ho, wo, m):
     alpha = m + 2
     tp = int(mm.shape[3])
     k_ = int(mm.shape[4])
-    th, tw = _ceil_div(ho, m), _ceil_div(wo, m)
+    th, tw = -(-ho // m), -(-wo // m)
     tiles = th * tw
 
     def mo_at(n, i, j, a, z, k):
@@ -233,7 +211,7 @@ def eligible(call):
     if a.out_dtype is not None and str(a.out_dtype) not in ("", "void", "float32"):
         return False
     shape = getattr(x.ty, "shape", None)
-    if shape is None or len(shape.values) != 4 or not all(isinstance(shape.values[i], tvm.tirx.IntImm) for i in (0, 3)):
+    if shape is None or len(shape.values) != 4 or not all(isinstance(s, tvm.tirx.IntImm) for s in shape.values):
         return False
     return tuple(w.value.shape[:2]) == (3, 3)
 
@@ -243,12 +221,10 @@ def choose_m(x_shape, padding):
     output is at least MIN_OUTPUT x MIN_OUTPUT and the input has at least MIN_CHANNELS channels
     (measured faster on every such ResNet conv; smaller outputs waste most of a 6x6 tile and
     were not measured)."""
-    if MODE["m"] is None or x_shape[3] < MIN_CHANNELS:
+    if MODE["m"] is None:
         return None
     ho, wo, _, _ = geometry(x_shape[1], x_shape[2], padding, MODE["m"])
-    if not _static(ho, wo):
-        return MODE["m"] if x_shape[3] <= SYMBOLIC_MAX_CHANNELS else None
-    if ho < MIN_OUTPUT or wo < MIN_OUTPUT:
+    if ho < MIN_OUTPUT or wo < MIN_OUTPUT or x_shape[3] < MIN_CHANNELS:
         return None
     return MODE["m"]
 
@@ -259,11 +235,6 @@ MIN_OUTPUT = 8
 # Fewer input channels stay direct: the 3-channel ResNet stem was measured faster (12 -> 8 us);
 # 1 and 2 channels were not measured.
 MIN_CHANNELS = 3
-# A symbolic image size: tiles in blocks of this many (the GEMM's row blocks), and Winograd only up
-# to this many input channels (the size is unknown; CNNs reach 512 channels at their smallest
-# maps, under MIN_OUTPUT, where the direct packed conv stays).
-SYMBOLIC_TILE_BLOCK = 16
-SYMBOLIC_MAX_CHANNELS = 256
 
 
 def rewrite_pass():
@@ -280,7 +251,7 @@ def rewrite_pass():
             if not eligible(call):
                 return call
             x, w = call.args
-            xs = _dims(x.ty.shape.values)
+            xs = [int(s) for s in x.ty.shape.values]
             wn = w.value.numpy()
             padding = [int(p) for p in call.attrs.padding]
             m = choose_m(xs, padding)
@@ -442,12 +413,7 @@ def _schedule_output(sch, blocks, lanes):
     wo, wi = sch.split(w, [None, m])
     ko, k = _split_channels(sch, k, lanes)
     sch.reorder(n, ho, wo, ko, hi, wi, k)
-    from .schedules import _int
-
-    if all(_int(sch.get(lp).extent) is not None for lp in (n, ho, wo)):
-        fused = sch.fuse(n, ho, wo)
-    else:  # symbolic extents stay unfused (a fused index would divide by them)
-        fused = next((lp for lp in (n, ho, wo) if _int(sch.get(lp).extent) != 1), ho)
+    fused = sch.fuse(n, ho, wo)
     sch.compute_at(mo, ko, preserve_unit_loops=False)
     _unroll_tile(sch, *sch.get_loops(mo)[-3:], lanes)
     _unroll_tile(sch, hi, wi, k, lanes)
