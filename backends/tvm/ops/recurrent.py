@@ -1,6 +1,8 @@
-"""TVM lowerings of the recurrent layers (``compiler/ops/recurrent.py``), unrolled in Relax over
-a static sequence length: the input projection of every step is one matmul ([T*B, I] x [I, G*H]),
-only the hidden-state matmul and the gate arithmetic are emitted per step."""
+"""TVM lowerings of the recurrent layers (``compiler/ops/recurrent.py``): the input projection of
+every step and direction is one matmul ([T*B, I] x [I, D*G*H]), then one TIR function runs the
+whole layer (every time step of every direction: the hidden-state product, the gates and the
+state update; ``backends/tvm/recurrent_kernel.py``), so a layer is two kernel calls however
+long the sequence."""
 
 from __future__ import annotations
 
@@ -8,7 +10,41 @@ import numpy as np
 from tvm import relax
 from tvm.relax import op as R
 
+from .. import recurrent_kernel
 from .common import Emitter, tvm_dtype
+
+
+def _input_weights(ctx, w_ih):
+    """w_ih [D, G*H, I] as [I, D*G*H]: every direction's projection in one matmul."""
+    d, gh, i = w_ih.shape
+    if w_ih.is_const:
+        return ctx.const(np.ascontiguousarray(w_ih.const.reshape(d * gh, i).T), w_ih.dtype)
+    return ctx.emit(R.permute_dims(R.reshape(ctx.value(w_ih), (d * gh, i))))
+
+
+def _hidden_weights(ctx, w_hh, gates: int, hidden: int):
+    """w_hh [D, G*H, H] packed as the kernel reads it, [D, NT, H, TILE] (zero rows padding G*H)."""
+    d, gh, h = w_hh.shape
+    tile, width = recurrent_kernel.TILE, recurrent_kernel.packed_width(gates, hidden)
+    if w_hh.is_const:
+        padded = np.zeros((d, width, h), w_hh.const.dtype)
+        padded[:, :gh] = w_hh.const
+        return ctx.const(np.ascontiguousarray(padded.reshape(d, width // tile, tile, h).transpose(0, 1, 3, 2)),
+                         w_hh.dtype)
+    padded = R.nn.pad(ctx.value(w_hh), [0, 0, 0, width - gh, 0, 0])
+    return ctx.emit(R.permute_dims(R.reshape(padded, (d, width // tile, tile, h)), [0, 1, 3, 2]))
+
+
+def _hidden_bias(ctx, b_hh, shape, gates: int, hidden: int, dtype):
+    """b_hh [D, G*H] zero-padded to [D, NT*TILE] (zeros without a bias)."""
+    width = recurrent_kernel.packed_width(gates, hidden)
+    if b_hh is None:
+        return ctx.const(np.zeros((shape[0], width)), dtype)
+    if b_hh.is_const:
+        padded = np.zeros((shape[0], width), b_hh.const.dtype)
+        padded[:, :shape[1]] = b_hh.const
+        return ctx.const(padded, dtype)
+    return ctx.emit(R.nn.pad(ctx.value(b_hh), [0, 0, 0, width - shape[1]]))
 
 
 def _transposed(ctx, v, k: int):
@@ -41,13 +77,14 @@ def _gru_step(ctx, gx, gh, state):
     return [ctx.emit(n + z * (state[0] - n))]  # (1 - z)·n + z·h
 
 
-def _recurrent_emitter(step, n_states: int) -> Emitter:
+def _unrolled(step, n_states: int) -> Emitter:
+    """The layer unrolled in Relax (other targets, other dtypes): the hidden-state matmul and the
+    gate arithmetic emitted per step."""
+
     def emit(ctx, node):
         x, w_ih, w_hh, b_ih, b_hh = (list(node.inputs) + [None] * 5)[:5]  # absent trailing biases
         states = list(node.inputs[5:]) + [None] * (n_states - len(node.inputs[5:]))
         t_len, batch, _ = x.shape
-        if not isinstance(t_len, int) or not isinstance(batch, int) or t_len == 0:
-            raise ctx.unsupported("a recurrent layer needs a static, non-empty sequence length and batch on llvm/cuda")
         hidden, dt = node.attrs["hidden_size"], tvm_dtype(x.dtype)
         zeros = ctx.const(np.zeros((batch, hidden)), dt)
         outputs, finals = [], []
@@ -72,4 +109,35 @@ def _recurrent_emitter(step, n_states: int) -> Emitter:
     return emit
 
 
-EMITTERS: dict[str, Emitter] = {"lstm": _recurrent_emitter(_lstm_step, 2), "gru": _recurrent_emitter(_gru_step, 1)}
+def _recurrent_emitter(kernel, step, gates: int, n_states: int) -> Emitter:
+    unrolled = _unrolled(step, n_states)
+
+    def emit(ctx, node):
+        x, w_ih, w_hh, b_ih, b_hh = (list(node.inputs) + [None] * 5)[:5]  # absent trailing biases
+        states = list(node.inputs[5:]) + [None] * (n_states - len(node.inputs[5:]))
+        t_len, batch, _ = x.shape
+        if not isinstance(t_len, int) or not isinstance(batch, int) or t_len == 0:
+            raise ctx.unsupported("a recurrent layer needs a static, non-empty sequence length and batch on llvm/cuda")
+        if ctx.target_kind != "llvm" or tvm_dtype(x.dtype) != "float32":
+            return unrolled(ctx, node)  # the kernel is CPU code computing float32
+        hidden, dt = node.attrs["hidden_size"], tvm_dtype(x.dtype)
+        d = 2 if node.attrs["bidirectional"] else 1
+        projected = ctx.emit(R.matmul(ctx.value(x), _input_weights(ctx, w_ih)))  # [T, B, D*G*H], all steps
+        if b_ih is not None:
+            bias = ctx.const(b_ih.const.reshape(-1), dt) if b_ih.is_const else \
+                ctx.emit(R.reshape(ctx.value(b_ih), (-1,)))
+            projected = ctx.emit(projected + bias)
+        init = [ctx.value(s) if s is not None else ctx.const(np.zeros((d, batch, hidden)), dt) for s in states]
+        func = kernel(t_len, batch, hidden, d)
+        gv = ctx.bb.add_func(func, f"{node.op}_layer")
+        state_type = relax.TensorType((d, batch, hidden), dt)
+        out = ctx.emit(relax.call_tir(gv, [projected, _hidden_weights(ctx, w_hh, gates, hidden),
+                                           _hidden_bias(ctx, b_hh, w_hh.shape, gates, hidden, dt), *init],
+                                      [relax.TensorType((t_len, batch, d * hidden), dt)] + [state_type] * n_states))
+        return [ctx.emit(relax.TupleGetItem(out, j)) for j in range(1 + n_states)]
+
+    return emit
+
+
+EMITTERS: dict[str, Emitter] = {"lstm": _recurrent_emitter(recurrent_kernel.lstm_kernel, _lstm_step, 4, 2),
+                                "gru": _recurrent_emitter(recurrent_kernel.gru_kernel, _gru_step, 3, 1)}

@@ -1,0 +1,233 @@
+"""One TIR function per recurrent layer (all time steps, all directions) for the CPU target.
+
+Unrolled in Relax, every time step was a dozen small kernels (the hidden-state matmul, a split,
+the gate arithmetic, a stack), each a VM call with its own allocation, and the hidden matmul a
+matrix-vector product on the generic schedule: 1.5x / 1.8x onnxruntime on the LSTM LM / GRU
+tagger. Here a layer is a serial loop over time whose body is
+
+- the hidden-state product gh = h_{t-1} W_hh^T + b_hh, a register tile of ``TILE`` consecutive
+  gate outputs for ``rows`` batch rows at a time, the weights packed at compile time as
+  [D, G*H / TILE, H, TILE] so that each step of the reduction over h reads one contiguous TILE
+  vector (the packing pads G*H to a TILE multiple with zero rows);
+- the gate nonlinearities and the state update, vectorized over the hidden units, written
+  straight into the outputs (y, and h_n / c_n, which also hold the running state).
+
+The input projection of every step stays one matmul before the kernel (the packed GEMM rules).
+
+The vector widths are fixed here, not taken from the target: the Relax module is built once for
+all CPU variants of an artifact. LLVM splits a 16-lane float vector into two AVX2 registers, and
+a 64-wide tile is 4 AVX-512 or 8 AVX2 accumulators, so both variants get full-width code.
+
+sigmoid and tanh are computed here from exp(-a), a >= 0, by range reduction (a = n ln2 + r,
+|r| <= ln2 / 2, 2^n built in the exponent bits, e^r by its Taylor series to degree 7, relative
+error ~2e-7), tanh near 0 by its own series (no cancellation). LLVM has no vector exp, and
+libm's is one scalar call per element. Bounds are applied as ``select(x > bound, bound, x)``,
+which is false for NaN: NaN inputs stay NaN, as in PyTorch.
+"""
+
+from __future__ import annotations
+
+import math
+
+from tvm import tirx
+from tvm.script import tirx as T
+
+# Gate outputs per register tile of the hidden-state product (see the module docstring).
+TILE = 64
+# Lanes of the vectorized gate loop.
+LANES = 16
+# Batch rows sharing one pass over the weights, at most (rows x TILE accumulators).
+MAX_ROWS = 2
+
+# The kernels' dtype (a name, not a string literal, in the TVMScript signatures: pyflakes reads
+# string annotations as forward references).
+F32 = "float32"
+
+_LN2_HI, _LN2_LO = 0.693145751953125, 1.42860682030941723212e-6  # ln 2 = hi + lo, hi exact in few bits
+
+
+def _f(value: float):
+    return tirx.const(value, "float32")
+
+
+def _let(value, body):
+    """``body(v)`` with ``v`` bound once to ``value`` (the value is used several times)."""
+    var = tirx.Var("v", "float32")  # every value bound here is a float32 (vector lanes added later)
+    return tirx.Let(var, value, body(var))
+
+
+def _upper_bound(x, bound: float):
+    """min(x, bound), NaN where x is NaN."""
+    return tirx.Select(x > _f(bound), _f(bound), x)
+
+
+def _exp_neg(a):
+    """exp(-a) for 0 <= a <= 87 (a normal float: 2^-126 <= 2^n <= 1)."""
+    def with_n(n):
+        r = _let(-a - n * _f(_LN2_HI) - n * _f(_LN2_LO), lambda r: _taylor_exp(r))
+        scale = tirx.reinterpret("float32", tirx.shift_left(tirx.Cast("int32", n) + 127, 23))
+        return r * scale
+    return _let(tirx.floor(-a * _f(1 / math.log(2)) + _f(0.5)), with_n)
+
+
+def _taylor_exp(r):
+    p = _f(1 / math.factorial(7))
+    for k in range(6, -1, -1):
+        p = p * r + _f(1 / math.factorial(k))
+    return p
+
+
+def sigmoid(x):
+    """1 / (1 + e^-x) from e = exp(-|x|) in (0, 1]: e / (1 + e) for negative x (no overflow)."""
+    return _let(x, _sigmoid)
+
+
+def _sigmoid(x):
+    def with_e(e):
+        return _let(_f(1) / (_f(1) + e), lambda s: tirx.Select(x < _f(0), e * s, s))
+    return _let(_exp_neg(_upper_bound(tirx.abs(x), 87.0)), with_e)
+
+
+def tanh(x):
+    """(1 - e) / (1 + e) with e = exp(-2|x|) and x's sign; |x| < 1/8 by the odd series to x^7
+    (1 - e cancels there); tanh(9) is 1 in float32, so |x| is bounded by 9."""
+    return _let(x, _tanh)
+
+
+def _tanh(x):
+    def with_a(a):
+        def with_e(e):
+            big = (_f(1) - e) / (_f(1) + e)
+            return _let(big, lambda b: tirx.Select(x < _f(0), -b, b))
+        x2 = x * x
+        small = x + x * x2 * (_f(-1 / 3) + x2 * (_f(2 / 15) + x2 * _f(-17 / 315)))
+        return tirx.Select(a < _f(0.125), small, _let(_exp_neg(_f(2) * _upper_bound(a, 9.0)), with_e))
+    return _let(tirx.abs(x), with_a)
+
+
+def batch_rows(batch: int) -> int:
+    """Batch rows per pass over the weights: the largest divisor of ``batch`` up to MAX_ROWS."""
+    return next(r for r in range(min(MAX_ROWS, batch), 0, -1) if batch % r == 0)
+
+
+def packed_width(gates: int, hidden: int) -> int:
+    return -(-gates * hidden // TILE) * TILE
+
+
+def lstm_kernel(t_len: int, batch: int, hidden: int, directions: int):
+    """PrimFunc(gx [T, B, D*4H], w [D, NT, H, TILE], bias [D, NT*TILE], h0, c0 [D, B, H])
+    -> (y [T, B, D*H], h_n, c_n [D, B, H])."""
+    H, B, D, TT = hidden, batch, directions, t_len
+    GH, GP = 4 * hidden, packed_width(4, hidden)
+    NT, ROWS, HV = GP // TILE, batch_rows(batch), hidden // LANES * LANES
+    gemv = _gemv_macro(H, B, NT, ROWS)
+
+    def step(t, d):
+        return t + d * (TT - 1 - 2 * t)  # the backward direction runs from the last step
+
+    def gate(gx, gh, t, d, b, j, g):
+        return gx[step(t, d), b, d * GH + g * H + j] + gh[b, g * H + j]
+
+    def new_c(gx, gh, cn, t, d, b, j):
+        return sigmoid(gate(gx, gh, t, d, b, j, 1)) * cn[d, b, j] \
+            + sigmoid(gate(gx, gh, t, d, b, j, 0)) * tanh(gate(gx, gh, t, d, b, j, 2))
+
+    def new_h(gx, gh, cn, t, d, b, j):  # after cn holds the new c
+        return sigmoid(gate(gx, gh, t, d, b, j, 3)) * tanh(cn[d, b, j])
+
+    # Statements only, each value an expression: this TVM's vectorizer keeps a bound (let) variable
+    # scalar while vectorizing its value, so nothing is bound across statements in the loop.
+    @T.macro
+    def cell(gx, gh, y, hn, cn, d, t, b, j):
+        cn[d, b, j] = new_c(gx, gh, cn, t, d, b, j)
+        hn[d, b, j] = new_h(gx, gh, cn, t, d, b, j)
+        y[step(t, d), b, d * H + j] = hn[d, b, j]
+
+    @T.prim_func(private=True)
+    def lstm_layer(gx: T.Buffer((TT, B, D * GH), F32), w: T.Buffer((D, NT, H, TILE), F32),
+                   bias: T.Buffer((D, GP), F32), h0: T.Buffer((D, B, H), F32),
+                   c0: T.Buffer((D, B, H), F32), y: T.Buffer((TT, B, D * H), F32),
+                   hn: T.Buffer((D, B, H), F32), cn: T.Buffer((D, B, H), F32)):
+        T.func_attr({"tirx.noalias": True, "tirx.is_scheduled": True})
+        gh = T.alloc_buffer((B, GP), "float32")
+        for d in range(D):
+            for b, j in T.grid(B, H):
+                hn[d, b, j] = h0[d, b, j]
+                cn[d, b, j] = c0[d, b, j]
+            for t in range(TT):
+                gemv(w, bias, hn, gh, d)
+                for b in range(B):
+                    for jo in range(HV // LANES):
+                        for ji in T.vectorized(LANES):
+                            cell(gx, gh, y, hn, cn, d, t, b, jo * LANES + ji)
+                    for j in range(HV, H):
+                        cell(gx, gh, y, hn, cn, d, t, b, j)
+
+    return lstm_layer
+
+
+def gru_kernel(t_len: int, batch: int, hidden: int, directions: int):
+    """PrimFunc(gx [T, B, D*3H], w [D, NT, H, TILE], bias [D, NT*TILE], h0 [D, B, H])
+    -> (y [T, B, D*H], h_n [D, B, H]); gx holds b_ih, bias is b_hh (inside r·(W_hn h + b_hn))."""
+    H, B, D, TT = hidden, batch, directions, t_len
+    GH, GP = 3 * hidden, packed_width(3, hidden)
+    NT, ROWS, HV = GP // TILE, batch_rows(batch), hidden // LANES * LANES
+    gemv = _gemv_macro(H, B, NT, ROWS)
+
+    def step(t, d):
+        return t + d * (TT - 1 - 2 * t)
+
+    def new_h(gx, gh, hn, t, d, b, j):
+        col = d * GH + j
+        r = sigmoid(gx[step(t, d), b, col] + gh[b, j])
+        z = sigmoid(gx[step(t, d), b, col + H] + gh[b, j + H])
+        return _let(tanh(gx[step(t, d), b, col + 2 * H] + r * gh[b, j + 2 * H]),
+                    lambda n: n + z * (hn[d, b, j] - n))  # (1 - z)·n + z·h
+
+    @T.macro
+    def cell(gx, gh, y, hn, d, t, b, j):  # statements only (see lstm_kernel)
+        hn[d, b, j] = new_h(gx, gh, hn, t, d, b, j)
+        y[step(t, d), b, d * H + j] = hn[d, b, j]
+
+    @T.prim_func(private=True)
+    def gru_layer(gx: T.Buffer((TT, B, D * GH), F32), w: T.Buffer((D, NT, H, TILE), F32),
+                  bias: T.Buffer((D, GP), F32), h0: T.Buffer((D, B, H), F32),
+                  y: T.Buffer((TT, B, D * H), F32), hn: T.Buffer((D, B, H), F32)):
+        T.func_attr({"tirx.noalias": True, "tirx.is_scheduled": True})
+        gh = T.alloc_buffer((B, GP), "float32")
+        for d in range(D):
+            for b, j in T.grid(B, H):
+                hn[d, b, j] = h0[d, b, j]
+            for t in range(TT):
+                gemv(w, bias, hn, gh, d)
+                for b in range(B):
+                    for jo in range(HV // LANES):
+                        for ji in T.vectorized(LANES):
+                            cell(gx, gh, y, hn, d, t, b, jo * LANES + ji)
+                    for j in range(HV, H):
+                        cell(gx, gh, y, hn, d, t, b, j)
+
+    return gru_layer
+
+
+def _gemv_macro(H: int, B: int, NT: int, ROWS: int):
+    """gh[b, :] = bias[d] + h[d, b, :] W^T for every batch row, ROWS rows per pass over the
+    packed weights, one TILE of outputs at a time in a register tile."""
+
+    @T.macro
+    def gemv(w, bias, hn, gh, d):
+        for b0 in range(B // ROWS):
+            for jt in range(NT):
+                acc = T.alloc_buffer((ROWS, TILE), "float32", scope="local")
+                for bi in T.unroll(ROWS):
+                    for v in T.vectorized(TILE):
+                        acc[bi, v] = bias[d, jt * TILE + v]
+                for k in range(H):
+                    for bi in T.unroll(ROWS):
+                        for v in T.vectorized(TILE):
+                            acc[bi, v] = acc[bi, v] + hn[d, b0 * ROWS + bi, k] * w[d, jt, k, v]
+                for bi in T.unroll(ROWS):
+                    for v in T.vectorized(TILE):
+                        gh[b0 * ROWS + bi, jt * TILE + v] = acc[bi, v]
+
+    return gemv
