@@ -38,6 +38,9 @@ TILE = 64
 LANES = 16
 # Batch rows sharing one pass over the weights, at most (rows x TILE accumulators).
 MAX_ROWS = 2
+# The input projection's register tile: PROJ_ROWS rows x PROJ_TILE columns (6 AVX-512 or 12 AVX2
+# accumulators, with room for the broadcast row values on AVX2's 16 registers).
+PROJ_TILE, PROJ_ROWS = 32, 3
 
 # The kernels' dtype (a name, not a string literal, in the TVMScript signatures: pyflakes reads
 # string annotations as forward references).
@@ -110,23 +113,37 @@ def batch_rows(batch: int) -> int:
     return next(r for r in range(min(MAX_ROWS, batch), 0, -1) if batch % r == 0)
 
 
-def packed_width(gates: int, hidden: int) -> int:
-    return -(-gates * hidden // TILE) * TILE
+def packed_width(columns: int, tile: int = None) -> int:
+    """``columns`` rounded up to whole tiles (of TILE unless given)."""
+    tile = tile or TILE
+    return -(-columns // tile) * tile
 
 
-def lstm_kernel(t_len: int, batch: int, hidden: int, directions: int):
-    """PrimFunc(gx [T, B, D*4H], w [D, NT, H, TILE], bias [D, NT*TILE], h0, c0 [D, B, H])
-    -> (y [T, B, D*H], h_n, c_n [D, B, H])."""
-    H, B, D, TT = hidden, batch, directions, t_len
-    GH, GP = 4 * hidden, packed_width(4, hidden)
-    NT, ROWS, HV = GP // TILE, batch_rows(batch), hidden // LANES * LANES
-    gemv = _gemv_macro(H, B, NT, ROWS)
+class _Shapes:
+    """The static sizes of one layer's kernel."""
+
+    def __init__(self, gates: int, t_len: int, batch: int, inputs: int, hidden: int, directions: int):
+        self.H, self.B, self.D, self.TT, self.I = hidden, batch, directions, t_len, inputs
+        self.GH, self.GP = gates * hidden, packed_width(gates * hidden)
+        self.NT, self.ROWS, self.HV = self.GP // TILE, batch_rows(batch), hidden // LANES * LANES
+        self.M, self.XP = t_len * batch, packed_width(directions * gates * hidden, PROJ_TILE)
+        self.NX = self.XP // PROJ_TILE
+
+
+def lstm_kernel(t_len: int, batch: int, inputs: int, hidden: int, directions: int):
+    """PrimFunc(x [T, B, I], wx [NX, I, PROJ_TILE], bx [NX*PROJ_TILE], w [D, NT, H, TILE],
+    bias [D, NT*TILE], h0, c0 [D, B, H]) -> (y [T, B, D*H], h_n, c_n [D, B, H]).
+    wx / bx: w_ih / b_ih of every direction ([D*4H, I]) packed; w / bias: w_hh / b_hh packed."""
+    s = _Shapes(4, t_len, batch, inputs, hidden, directions)
+    H, B, D, TT, I, GH, GP, NT, HV, M, XP, NX = (s.H, s.B, s.D, s.TT, s.I, s.GH, s.GP, s.NT, s.HV, s.M, s.XP,
+                                                 s.NX)
+    gemv, project = _gemv_macro(s), _projection_macro(s)
 
     def step(t, d):
         return t + d * (TT - 1 - 2 * t)  # the backward direction runs from the last step
 
     def gate(gx, gh, t, d, b, j, g):
-        return gx[step(t, d), b, d * GH + g * H + j] + gh[b, g * H + j]
+        return gx[step(t, d) * B + b, d * GH + g * H + j] + gh[b, g * H + j]
 
     def new_c(gx, gh, cn, t, d, b, j):
         return sigmoid(gate(gx, gh, t, d, b, j, 1)) * cn[d, b, j] \
@@ -144,12 +161,15 @@ def lstm_kernel(t_len: int, batch: int, hidden: int, directions: int):
         y[step(t, d), b, d * H + j] = hn[d, b, j]
 
     @T.prim_func(private=True)
-    def lstm_layer(gx: T.Buffer((TT, B, D * GH), F32), w: T.Buffer((D, NT, H, TILE), F32),
+    def lstm_layer(x: T.Buffer((TT, B, I), F32), wx: T.Buffer((NX, I, PROJ_TILE), F32),
+                   bx: T.Buffer((XP,), F32), w: T.Buffer((D, NT, H, TILE), F32),
                    bias: T.Buffer((D, GP), F32), h0: T.Buffer((D, B, H), F32),
                    c0: T.Buffer((D, B, H), F32), y: T.Buffer((TT, B, D * H), F32),
                    hn: T.Buffer((D, B, H), F32), cn: T.Buffer((D, B, H), F32)):
         T.func_attr({"tirx.noalias": True, "tirx.is_scheduled": True})
+        gx = T.alloc_buffer((M, XP), "float32")
         gh = T.alloc_buffer((B, GP), "float32")
+        project(x, wx, bx, gx)
         for d in range(D):
             for b, j in T.grid(B, H):
                 hn[d, b, j] = h0[d, b, j]
@@ -166,22 +186,22 @@ def lstm_kernel(t_len: int, batch: int, hidden: int, directions: int):
     return lstm_layer
 
 
-def gru_kernel(t_len: int, batch: int, hidden: int, directions: int):
-    """PrimFunc(gx [T, B, D*3H], w [D, NT, H, TILE], bias [D, NT*TILE], h0 [D, B, H])
-    -> (y [T, B, D*H], h_n [D, B, H]); gx holds b_ih, bias is b_hh (inside r·(W_hn h + b_hn))."""
-    H, B, D, TT = hidden, batch, directions, t_len
-    GH, GP = 3 * hidden, packed_width(3, hidden)
-    NT, ROWS, HV = GP // TILE, batch_rows(batch), hidden // LANES * LANES
-    gemv = _gemv_macro(H, B, NT, ROWS)
+def gru_kernel(t_len: int, batch: int, inputs: int, hidden: int, directions: int):
+    """As ``lstm_kernel`` without c0 / c_n, for the GRU's 3 gates; bias is b_hh, which sits
+    inside r·(W_hn h + b_hn)."""
+    s = _Shapes(3, t_len, batch, inputs, hidden, directions)
+    H, B, D, TT, I, GH, GP, NT, HV, M, XP, NX = (s.H, s.B, s.D, s.TT, s.I, s.GH, s.GP, s.NT, s.HV, s.M, s.XP,
+                                                 s.NX)
+    gemv, project = _gemv_macro(s), _projection_macro(s)
 
     def step(t, d):
         return t + d * (TT - 1 - 2 * t)
 
     def new_h(gx, gh, hn, t, d, b, j):
-        col = d * GH + j
-        r = sigmoid(gx[step(t, d), b, col] + gh[b, j])
-        z = sigmoid(gx[step(t, d), b, col + H] + gh[b, j + H])
-        return _let(tanh(gx[step(t, d), b, col + 2 * H] + r * gh[b, j + 2 * H]),
+        row, col = step(t, d) * B + b, d * GH + j
+        r = sigmoid(gx[row, col] + gh[b, j])
+        z = sigmoid(gx[row, col + H] + gh[b, j + H])
+        return _let(tanh(gx[row, col + 2 * H] + r * gh[b, j + 2 * H]),
                     lambda n: n + z * (hn[d, b, j] - n))  # (1 - z)·n + z·h
 
     @T.macro
@@ -190,11 +210,14 @@ def gru_kernel(t_len: int, batch: int, hidden: int, directions: int):
         y[step(t, d), b, d * H + j] = hn[d, b, j]
 
     @T.prim_func(private=True)
-    def gru_layer(gx: T.Buffer((TT, B, D * GH), F32), w: T.Buffer((D, NT, H, TILE), F32),
+    def gru_layer(x: T.Buffer((TT, B, I), F32), wx: T.Buffer((NX, I, PROJ_TILE), F32),
+                  bx: T.Buffer((XP,), F32), w: T.Buffer((D, NT, H, TILE), F32),
                   bias: T.Buffer((D, GP), F32), h0: T.Buffer((D, B, H), F32),
                   y: T.Buffer((TT, B, D * H), F32), hn: T.Buffer((D, B, H), F32)):
         T.func_attr({"tirx.noalias": True, "tirx.is_scheduled": True})
+        gx = T.alloc_buffer((M, XP), "float32")
         gh = T.alloc_buffer((B, GP), "float32")
+        project(x, wx, bx, gx)
         for d in range(D):
             for b, j in T.grid(B, H):
                 hn[d, b, j] = h0[d, b, j]
@@ -210,9 +233,10 @@ def gru_kernel(t_len: int, batch: int, hidden: int, directions: int):
     return gru_layer
 
 
-def _gemv_macro(H: int, B: int, NT: int, ROWS: int):
+def _gemv_macro(s: _Shapes):
     """gh[b, :] = bias[d] + h[d, b, :] W^T for every batch row, ROWS rows per pass over the
     packed weights, one TILE of outputs at a time in a register tile."""
+    H, B, NT, ROWS = s.H, s.B, s.NT, s.ROWS
 
     @T.macro
     def gemv(w, bias, hn, gh, d):
@@ -231,3 +255,35 @@ def _gemv_macro(H: int, B: int, NT: int, ROWS: int):
                         gh[b0 * ROWS + bi, jt * TILE + v] = acc[bi, v]
 
     return gemv
+
+
+def _projection_macro(s: _Shapes):
+    """gx[m, :] = bx + x[m] wx^T for the T*B rows m = t*B + b of every step at once (a GEMM),
+    one PROJ_TILE panel of the packed weights at a time (it stays in L1/L2 while every row tile
+    of PROJ_ROWS rows passes over it; x is read once per panel)."""
+    B, I, M, NX = s.B, s.I, s.M, s.NX
+    R, MR = PROJ_ROWS, s.M // PROJ_ROWS * PROJ_ROWS
+
+    @T.macro
+    def rows_tile(x, wx, bx, gx, jt, m, rows):
+        acc = T.alloc_buffer((rows, PROJ_TILE), "float32", scope="local")
+        for r in T.unroll(rows):
+            for v in T.vectorized(PROJ_TILE):
+                acc[r, v] = bx[jt * PROJ_TILE + v]
+        for k in range(I):
+            for r in T.unroll(rows):
+                for v in T.vectorized(PROJ_TILE):
+                    acc[r, v] = acc[r, v] + x[(m + r) // B, (m + r) % B, k] * wx[jt, k, v]
+        for r in T.unroll(rows):
+            for v in T.vectorized(PROJ_TILE):
+                gx[m + r, jt * PROJ_TILE + v] = acc[r, v]
+
+    @T.macro
+    def project(x, wx, bx, gx):
+        for jt in range(NX):
+            for m0 in range(M // R):
+                rows_tile(x, wx, bx, gx, jt, m0 * R, R)
+            if M % R != 0:
+                rows_tile(x, wx, bx, gx, jt, MR, M - MR)
+
+    return project

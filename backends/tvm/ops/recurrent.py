@@ -14,37 +14,25 @@ from .. import recurrent_kernel
 from .common import Emitter, tvm_dtype
 
 
-def _input_weights(ctx, w_ih):
-    """w_ih [D, G*H, I] as [I, D*G*H]: every direction's projection in one matmul."""
-    d, gh, i = w_ih.shape
-    if w_ih.is_const:
-        return ctx.const(np.ascontiguousarray(w_ih.const.reshape(d * gh, i).T), w_ih.dtype)
-    return ctx.emit(R.permute_dims(R.reshape(ctx.value(w_ih), (d * gh, i))))
-
-
-def _hidden_weights(ctx, w_hh, gates: int, hidden: int):
-    """w_hh [D, G*H, H] packed as the kernel reads it, [D, NT, H, TILE] (zero rows padding G*H)."""
-    d, gh, h = w_hh.shape
-    tile, width = recurrent_kernel.TILE, recurrent_kernel.packed_width(gates, hidden)
-    if w_hh.is_const:
-        padded = np.zeros((d, width, h), w_hh.const.dtype)
-        padded[:, :gh] = w_hh.const
-        return ctx.const(np.ascontiguousarray(padded.reshape(d, width // tile, tile, h).transpose(0, 1, 3, 2)),
-                         w_hh.dtype)
-    padded = R.nn.pad(ctx.value(w_hh), [0, 0, 0, width - gh, 0, 0])
-    return ctx.emit(R.permute_dims(R.reshape(padded, (d, width // tile, tile, h)), [0, 1, 3, 2]))
-
-
-def _hidden_bias(ctx, b_hh, shape, gates: int, hidden: int, dtype):
-    """b_hh [D, G*H] zero-padded to [D, NT*TILE] (zeros without a bias)."""
-    width = recurrent_kernel.packed_width(gates, hidden)
-    if b_hh is None:
-        return ctx.const(np.zeros((shape[0], width)), dtype)
-    if b_hh.is_const:
-        padded = np.zeros((shape[0], width), b_hh.const.dtype)
-        padded[:, :shape[1]] = b_hh.const
-        return ctx.const(padded, dtype)
-    return ctx.emit(R.nn.pad(ctx.value(b_hh), [0, 0, 0, width - shape[1]]))
+def _packed(ctx, w, shape, tile: int, dtype: str, flat: bool = False):
+    """A weight (or bias) seen as ``shape`` = [N, C, K] (or [N, C]; ``w`` None: zeros) packed as
+    the kernel reads it, [N, C' / tile, K, tile] (or [N, C']), C zero-padded to whole tiles C'.
+    ``flat`` (the projection of every direction at once, N = 1): without the N axis."""
+    n, columns = shape[:2]
+    width = recurrent_kernel.packed_width(columns, tile)
+    if w is None or w.is_const:
+        padded = np.zeros((n, width) + tuple(shape[2:]), np.dtype(dtype))
+        if w is not None:
+            padded[:, :columns] = w.const.reshape(shape)
+        if len(shape) == 3:
+            padded = padded.reshape(n, width // tile, tile, shape[2]).transpose(0, 1, 3, 2)
+        return ctx.const(np.ascontiguousarray(padded[0] if flat else padded), dtype)
+    value = R.nn.pad(R.reshape(ctx.value(w), shape), [0, 0, 0, width - columns] + [0, 0] * (len(shape) - 2))
+    if len(shape) == 3:
+        value = R.permute_dims(R.reshape(value, (n, width // tile, tile, shape[2])), [0, 1, 3, 2])
+    if flat:
+        value = R.reshape(value, (width // tile, shape[2], tile) if len(shape) == 3 else (width,))
+    return ctx.emit(value)
 
 
 def _transposed(ctx, v, k: int):
@@ -121,19 +109,18 @@ def _recurrent_emitter(kernel, step, gates: int, n_states: int) -> Emitter:
         if ctx.target_kind != "llvm" or tvm_dtype(x.dtype) != "float32":
             return unrolled(ctx, node)  # the kernel is CPU code computing float32
         hidden, dt = node.attrs["hidden_size"], tvm_dtype(x.dtype)
-        d = 2 if node.attrs["bidirectional"] else 1
-        projected = ctx.emit(R.matmul(ctx.value(x), _input_weights(ctx, w_ih)))  # [T, B, D*G*H], all steps
-        if b_ih is not None:
-            bias = ctx.const(b_ih.const.reshape(-1), dt) if b_ih.is_const else \
-                ctx.emit(R.reshape(ctx.value(b_ih), (-1,)))
-            projected = ctx.emit(projected + bias)
+        d, inputs = 2 if node.attrs["bidirectional"] else 1, x.shape[2]
+        width = d * gates * hidden  # the input projection of every direction at once
+        proj, tile = recurrent_kernel.PROJ_TILE, recurrent_kernel.TILE
         init = [ctx.value(s) if s is not None else ctx.const(np.zeros((d, batch, hidden)), dt) for s in states]
-        func = kernel(t_len, batch, hidden, d)
-        gv = ctx.bb.add_func(func, f"{node.op}_layer")
+        args = [ctx.value(x), _packed(ctx, w_ih, (1, width, inputs), proj, dt, True),
+                _packed(ctx, b_ih, (1, width), proj, dt, True),
+                _packed(ctx, w_hh, (d, gates * hidden, hidden), tile, dt),
+                _packed(ctx, b_hh, (d, gates * hidden), tile, dt), *init]
+        gv = ctx.bb.add_func(kernel(t_len, batch, inputs, hidden, d), f"{node.op}_layer")
         state_type = relax.TensorType((d, batch, hidden), dt)
-        out = ctx.emit(relax.call_tir(gv, [projected, _hidden_weights(ctx, w_hh, gates, hidden),
-                                           _hidden_bias(ctx, b_hh, w_hh.shape, gates, hidden, dt), *init],
-                                      [relax.TensorType((t_len, batch, d * hidden), dt)] + [state_type] * n_states))
+        out = ctx.emit(relax.call_tir(gv, args, [relax.TensorType((t_len, batch, d * hidden), dt)]
+                                      + [state_type] * n_states))
         return [ctx.emit(relax.TupleGetItem(out, j)) for j in range(1 + n_states)]
 
     return emit
