@@ -145,19 +145,18 @@ def lstm_kernel(t_len: int, batch: int, inputs: int, hidden: int, directions: in
     def gate(gx, gh, t, d, b, j, g):
         return gx[step(t, d) * B + b, d * GH + g * H + j] + gh[b, g * H + j]
 
-    def new_c(gx, gh, cn, t, d, b, j):
-        return sigmoid(gate(gx, gh, t, d, b, j, 1)) * cn[d, b, j] \
-            + sigmoid(gate(gx, gh, t, d, b, j, 0)) * tanh(gate(gx, gh, t, d, b, j, 2))
-
-    def new_h(gx, gh, cn, t, d, b, j):  # after cn holds the new c
-        return sigmoid(gate(gx, gh, t, d, b, j, 3)) * tanh(cn[d, b, j])
-
     # Statements only, each value an expression: this TVM's vectorizer keeps a bound (let) variable
-    # scalar while vectorizing its value, so nothing is bound across statements in the loop.
+    # scalar while vectorizing its value, so nothing is bound across statements. Each gate's
+    # value replaces its hidden product in gh (read just before), one nonlinearity per statement:
+    # nested, the expressions took TVM's lowering and LLVM seconds.
     @T.macro
     def cell(gx, gh, y, hn, cn, d, t, b, j):
-        cn[d, b, j] = new_c(gx, gh, cn, t, d, b, j)
-        hn[d, b, j] = new_h(gx, gh, cn, t, d, b, j)
+        gh[b, j] = sigmoid(gate(gx, gh, t, d, b, j, 0))  # i
+        gh[b, j + H] = sigmoid(gate(gx, gh, t, d, b, j, 1))  # f
+        gh[b, j + 2 * H] = tanh(gate(gx, gh, t, d, b, j, 2))  # g
+        gh[b, j + 3 * H] = sigmoid(gate(gx, gh, t, d, b, j, 3))  # o
+        cn[d, b, j] = gh[b, j + H] * cn[d, b, j] + gh[b, j] * gh[b, j + 2 * H]
+        hn[d, b, j] = gh[b, j + 3 * H] * tanh(cn[d, b, j])
         y[step(t, d), b, d * H + j] = hn[d, b, j]
 
     @T.prim_func(private=True)
@@ -197,16 +196,15 @@ def gru_kernel(t_len: int, batch: int, inputs: int, hidden: int, directions: int
     def step(t, d):
         return t + d * (TT - 1 - 2 * t)
 
-    def new_h(gx, gh, hn, t, d, b, j):
-        row, col = step(t, d) * B + b, d * GH + j
-        r = sigmoid(gx[row, col] + gh[b, j])
-        z = sigmoid(gx[row, col + H] + gh[b, j + H])
-        return _let(tanh(gx[row, col + 2 * H] + r * gh[b, j + 2 * H]),
-                    lambda n: n + z * (hn[d, b, j] - n))  # (1 - z)·n + z·h
+    def row(t, d, b):
+        return step(t, d) * B + b
 
     @T.macro
-    def cell(gx, gh, y, hn, d, t, b, j):  # statements only (see lstm_kernel)
-        hn[d, b, j] = new_h(gx, gh, hn, t, d, b, j)
+    def cell(gx, gh, y, hn, d, t, b, j):  # as in lstm_kernel
+        gh[b, j] = sigmoid(gx[row(t, d, b), d * GH + j] + gh[b, j])  # r
+        gh[b, j + H] = sigmoid(gx[row(t, d, b), d * GH + H + j] + gh[b, j + H])  # z
+        gh[b, j + 2 * H] = tanh(gx[row(t, d, b), d * GH + 2 * H + j] + gh[b, j] * gh[b, j + 2 * H])  # n
+        hn[d, b, j] = gh[b, j + 2 * H] + gh[b, j + H] * (hn[d, b, j] - gh[b, j + 2 * H])  # (1 - z)·n + z·h
         y[step(t, d), b, d * H + j] = hn[d, b, j]
 
     @T.prim_func(private=True)
