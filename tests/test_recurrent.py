@@ -12,6 +12,7 @@ import torch
 from torch import nn
 
 from compiler.errors import UnsupportedOpError
+from cpu_emulation import needs_qemu, run_as_cpu
 from tests.op_check import check_backend, check_frontend, randn, run_onnx, run_tvm
 
 # (cell, layers, bidirectional, batch_first, with initial state, bias, seq_len)
@@ -220,3 +221,39 @@ def test_hls_refuses_in_one_line(tmp_path):
         compiler.compile(nn.GRU(4, 8).eval(), (randn(3, 1, 4),), target="hls", output=tmp_path / "g.aot")
     assert "\n" not in str(info.value)
     assert not (tmp_path / "g.aot").exists()
+
+
+class _Stack(nn.Module):
+    """A bidirectional LSTM (H 19: a scalar gate tail) into a GRU (H 32), batch 3."""
+
+    def __init__(self):
+        super().__init__()
+        torch.manual_seed(0)
+        self.lstm = nn.LSTM(6, 19, bidirectional=True)
+        self.gru = nn.GRU(38, 32)
+
+    def forward(self, x):
+        return self.gru(self.lstm(x)[0])[0]
+
+
+@needs_qemu
+@pytest.mark.slow
+def test_avx2_variant_of_the_recurrent_kernel_matches_eager(tmp_path):
+    """The kernel's 16-lane vectors and 64-wide tiles split into AVX2 registers: the artifact's
+    x86-64-v3 library, run as an AVX2-only CPU (qemu Haswell), gives eager's numbers."""
+    import compiler
+
+    model = _Stack().eval()
+    x = randn(5, 3, 6, seed=4)
+    path = tmp_path / "stack.aot"
+    compiler.compile(model, (x,), target="llvm", output=path)
+    np.save(tmp_path / "x.npy", x.numpy())
+    code = (f"import numpy as np, compiler; m = compiler.load({str(path)!r}); "
+            f"np.save({str(tmp_path / 'y.npy')!r}, m(np.load({str(tmp_path / 'x.npy')!r}))); "
+            "print('LOADED', m._runner.library)")
+    result = run_as_cpu(code, timeout=900)
+    assert result.returncode == 0, (result.returncode, result.stderr[-2000:])
+    assert "LOADED model.x86-64-v3.so" in result.stdout, result.stdout
+    with torch.no_grad():
+        want = model(x).numpy()
+    np.testing.assert_allclose(np.load(tmp_path / "y.npy"), want, rtol=1e-4, atol=1e-5)

@@ -3,16 +3,27 @@
 Unrolled in Relax, every time step was a dozen small kernels (the hidden-state matmul, a split,
 the gate arithmetic, a stack), each a VM call with its own allocation, and the hidden matmul a
 matrix-vector product on the generic schedule: 1.5x / 1.8x onnxruntime on the LSTM LM / GRU
-tagger. Here a layer is a serial loop over time whose body is
+tagger. Here a layer is
+
+- the input projection x W_ih^T + b_ih of every step and direction at once, a GEMM over the
+  T*B rows in register tiles of PROJ_ROWS x PROJ_TILE, the weights packed as
+  [D*G*H / PROJ_TILE, I, PROJ_TILE], panel by panel (a panel stays in L1/L2 while every row tile
+  passes over it; the packed GEMM rules of gemm.py ran these shapes at 19-28 GFLOP/s, reading the
+  weights again for each row tile), into a scratch buffer;
+
+then a serial loop over time (per direction; the backward one from the last step) whose body is
 
 - the hidden-state product gh = h_{t-1} W_hh^T + b_hh, a register tile of ``TILE`` consecutive
-  gate outputs for ``rows`` batch rows at a time, the weights packed at compile time as
+  gate outputs for ``ROWS`` batch rows at a time, the weights packed at compile time as
   [D, G*H / TILE, H, TILE] so that each step of the reduction over h reads one contiguous TILE
   vector (the packing pads G*H to a TILE multiple with zero rows);
 - the gate nonlinearities and the state update, vectorized over the hidden units, written
   straight into the outputs (y, and h_n / c_n, which also hold the running state).
 
-The input projection of every step stays one matmul before the kernel (the packed GEMM rules).
+At batch 1 the hidden product streams the packed W_hh from L2 (GRU tagger, 196 KB a direction)
+or L3 (LSTM LM, 2.8 MB) once a step and runs near that bandwidth; two accumulator sets over
+alternate k, or reading the tiles in reverse order on odd steps (to find the end of the last
+step's stream in L2) measured no faster.
 
 The vector widths are fixed here, not taken from the target: the Relax module is built once for
 all CPU variants of an artifact. LLVM splits a 16-lane float vector into two AVX2 registers, and

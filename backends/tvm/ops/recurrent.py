@@ -1,8 +1,11 @@
-"""TVM lowerings of the recurrent layers (``compiler/ops/recurrent.py``): the input projection of
-every step and direction is one matmul ([T*B, I] x [I, D*G*H]), then one TIR function runs the
-whole layer (every time step of every direction: the hidden-state product, the gates and the
-state update; ``backends/tvm/recurrent_kernel.py``), so a layer is two kernel calls however
-long the sequence."""
+"""TVM lowerings of the recurrent layers (``compiler/ops/recurrent.py``).
+
+llvm, float32: one TIR function per layer (``backends/tvm/recurrent_kernel.py``: the input
+projection of every step and direction as one GEMM, then a loop over time with the hidden-state
+product, the gates and the state update), called once however long the sequence; the weights
+are packed for it here (at compile time when they are constants). Other targets and dtypes: the
+layer unrolled in Relax over the static sequence length (one input-projection matmul per
+direction, then per step the hidden-state matmul and the gate arithmetic)."""
 
 from __future__ import annotations
 
