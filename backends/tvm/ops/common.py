@@ -24,12 +24,13 @@ def tvm_dtype(dtype: DType) -> str:
 
 
 class LowerContext:
-    """The BlockBuilder, the Relax expression of every IR value emitted so far, and the symbolic
-    dim variables."""
+    """The BlockBuilder, the Relax expression of every IR value emitted so far, the symbolic
+    dim variables, and the target kind (``llvm`` / ``cuda``)."""
 
-    def __init__(self, graph: Graph, bb: relax.BlockBuilder):
+    def __init__(self, graph: Graph, bb: relax.BlockBuilder, target_kind: str = "llvm"):
         self.graph = graph
         self.bb = bb
+        self.target_kind = target_kind  # hand-written TIR kernels exist for one kind only
         self.env: dict[int, relax.Expr] = {}
         self.sym: dict[str, tvm.tirx.Var] = {}
         self.node: Node | None = None
