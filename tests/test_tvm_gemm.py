@@ -145,7 +145,7 @@ def test_fallbacks(rng):
     assert not any("packed" in name for name in rules) and _hot_rule(rules, "matmul") == "TiledContraction"
     np.testing.assert_allclose(_run(pipeline.build(mod, target, {}), a, bm), a @ bm, rtol=1e-4, atol=1e-4)
 
-    w = _f32(rng, 19, 23)
+    w = _f32(rng, 19, 20)  # a 5-wide vector tile: not padded (padded_width), not packable
     mod = _module([("x", (6, 19))], lambda bb, x: relax.op.matmul(x, relax.const(w)))
     rules = _rules(mod, target)
     assert not any("packed" in name for name in rules) and _hot_rule(rules, "matmul") == "TiledContraction"
@@ -253,3 +253,15 @@ def test_conv2d_nchw_model(rng):
     want = _conv_nhwc(x.transpose(0, 2, 3, 1), w.transpose(2, 3, 1, 0), (1, 1), (1,) * 4, (1, 1))
     np.testing.assert_allclose(_run(pipeline.build(mod, target, {}), x), want.transpose(0, 3, 1, 2),
                                rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize("n,lanes,want", [
+    (17, 16, 32),     # a 17-tag head: a 1-wide tile otherwise (scalar), padding doubles the work at most
+    (13, 8, 16),      # the same on AVX2
+    (7, 16, 7),       # padding would more than double the work: the generic rule's 7-wide tile
+    (100, 16, 100),   # a 10-wide tile is vector enough
+    (1000, 16, 1024), # wide heads: two vectors
+    (48, 16, 48),     # vector multiples stay
+])
+def test_padded_width_policy(n, lanes, want):
+    assert gemm.padded_width(n, lanes) == want
