@@ -261,7 +261,9 @@ def test_conv2d_nchw_model(rng):
     (7, 16, 7),       # padding would more than double the work: the generic rule's 7-wide tile
     (100, 16, 100),   # a 10-wide tile is vector enough
     (1000, 16, 1024), # wide heads: two vectors
-    (48, 16, 48),     # vector multiples stay
+    (48, 16, 48),     # narrow vector multiples stay
+    (10000, 16, 10016),  # a wide odd number of vectors: two-vector panels
+    (10000, 8, 10000),   # an even number of AVX2 vectors stays
 ])
 def test_padded_width_policy(n, lanes, want):
     assert gemm.padded_width(n, lanes) == want
