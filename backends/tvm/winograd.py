@@ -4,7 +4,9 @@
 replaces each ``relax.nn.conv2d`` that is NHWC/HWIO, 3x3, stride 1, dilation 1, groups 1, float32,
 with a constant weight and a static input shape, whose output is at least ``MIN_OUTPUT`` (8) on
 each side and whose input has at least ``MIN_CHANNELS`` (3) channels, by three calls (any
-padding; partial edge tiles are computed on zero padding and cropped):
+padding; partial edge tiles are computed on zero padding and cropped). A symbolic height and width
+(static batch and channels, at most ``SYMBOLIC_MAX_CHANNELS``) take the ``*_rows`` variants of the
+three, whose tiles are laid out per tile row (see ``ROW_BLOCK``):
 
 - ``winograd_input``: zero padding, then V = B^T d B per 6x6 input tile d (stride 4), channel
   innermost, the transform written out over the nonzero entries of B^T (row pass into a per-tile
