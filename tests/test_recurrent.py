@@ -1,15 +1,18 @@
 """The recurrent ops (compiler/ops/recurrent.py): nn.LSTM / nn.GRU imported as ``lstm`` / ``gru``
 and run by the reference interpreter against PyTorch eager over a grid of configurations, then
-the ONNX artifact (onnxruntime's LSTM/GRU kernels) and the llvm artifact against the interpreter.
+the ONNX artifact (onnxruntime's LSTM/GRU kernels) and the llvm artifact (one TIR kernel per
+layer, backends/tvm/recurrent_kernel.py, also over its own grid) against the interpreter.
 Forms our ops do not express (projections) must keep PyTorch's decomposition, not fail."""
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 import torch
 from torch import nn
 
 from compiler.errors import UnsupportedOpError
+from cpu_emulation import needs_qemu, run_as_cpu
 from tests.op_check import check_backend, check_frontend, randn, run_onnx, run_tvm
 
 # (cell, layers, bidirectional, batch_first, with initial state, bias, seq_len)
@@ -80,6 +83,96 @@ def test_llvm_matches_interpreter(index):
     check_backend(run_tvm, graph, arrays, reference, rtol=1e-5, atol=1e-6, name="tvm-llvm")
 
 
+# The llvm kernel (backends/tvm/recurrent_kernel.py), one op graph per case, against the interpreter:
+# (cell, T, B, I, H, bidirectional, biases, initial states, weights constant). H 19 / 37 leave a
+# scalar tail after the 16-lane gate loop, B 3 runs the hidden product a row at a time (B 2, 4: two
+# rows per pass), T*B leaves remainders 0-4 after the projection's 6-row tiles; weights given as
+# graph inputs take the Relax packing path instead of the compile-time one.
+KERNEL_CASES = [
+    ("lstm", 9, 1, 6, 19, False, True, False, True),
+    ("lstm", 4, 3, 7, 16, True, True, True, True),
+    ("lstm", 1, 4, 5, 37, True, False, True, True),
+    ("lstm", 3, 2, 6, 8, True, True, True, False),
+    ("gru", 7, 1, 5, 19, True, True, False, True),
+    ("gru", 4, 3, 7, 32, False, True, True, True),
+    ("gru", 1, 2, 4, 37, True, False, False, True),
+    ("gru", 3, 2, 6, 8, True, True, True, False),
+]
+
+
+def _kernel_graph(cell, t_len, batch, inputs, hidden, bidirectional, biases, states, const_weights, x=None):
+    """A one-layer ``cell`` graph (weights scaled as nn.LSTM/GRU initialise them) and its inputs."""
+    from compiler.ir import DType, Graph, TensorType
+
+    rng = np.random.default_rng(7)
+    d, gates = 2 if bidirectional else 1, 4 if cell == "lstm" else 3
+    scale = hidden ** -0.5
+    shapes = [(d, gates * hidden, inputs), (d, gates * hidden, hidden)] + [(d, gates * hidden)] * (2 if biases else 0)
+    weights = [rng.uniform(-scale, scale, s).astype(np.float32) for s in shapes]
+    g = Graph(cell)
+    arrays = [rng.uniform(-2, 2, (t_len, batch, inputs)).astype(np.float32) if x is None else x]
+    values = [g.add_input("x", TensorType(DType("float32"), arrays[0].shape))]
+    for k, w in enumerate(weights):
+        if const_weights:
+            values.append(g.add_constant(w, f"w{k}"))
+        else:
+            values.append(g.add_input(f"w{k}", TensorType(DType("float32"), w.shape)))
+            arrays.append(w)
+    if states:
+        values += [None] * (4 - len(weights))  # absent biases before the states
+        for k in range(2 if cell == "lstm" else 1):
+            values.append(g.add_input(f"s{k}", TensorType(DType("float32"), (d, batch, hidden))))
+            arrays.append(rng.uniform(-1, 1, (d, batch, hidden)).astype(np.float32))
+    g.set_outputs(list(g.add_node(cell, values, {"hidden_size": hidden, "bidirectional": bidirectional}).outputs))
+    return g, arrays
+
+
+@pytest.mark.parametrize("case", KERNEL_CASES, ids=["-".join(map(str, c)) for c in KERNEL_CASES])
+def test_llvm_kernel_matches_interpreter(case):
+    from compiler.interpreter import run_graph
+
+    graph, arrays = _kernel_graph(*case)
+    reference = run_graph(graph, arrays)
+    check_backend(run_tvm, graph, arrays, reference, rtol=1e-5, atol=1e-6, name="tvm-llvm")
+
+
+def test_llvm_kernel_keeps_nan_and_saturates():
+    """NaN in one step of one batch row: NaN exactly where the interpreter has it (that row, from
+    that step on in the forward direction and up to it in the backward one); inputs far beyond the
+    sigmoid/tanh range saturate instead of overflowing."""
+    from compiler.interpreter import run_graph
+
+    x = np.random.default_rng(3).uniform(-2, 2, (5, 2, 4)).astype(np.float32)
+    x[2, 0, 1] = np.nan
+    x[:, 1] *= 1e4  # row 1: gates at +-1e4 and beyond
+    for cell in ("lstm", "gru"):
+        graph, arrays = _kernel_graph(cell, 5, 2, 4, 19, True, True, False, True, x=x)
+        with np.errstate(over="ignore"):  # the interpreter's exp(-x) overflows to inf (sigmoid 0)
+            reference = run_graph(graph, arrays)
+        got = run_tvm(graph, arrays)
+        for g, w in zip(got, reference):
+            np.testing.assert_array_equal(np.isnan(g), np.isnan(w))
+            assert np.isnan(w).any() and not np.isnan(w).all()
+            np.testing.assert_allclose(np.nan_to_num(g), np.nan_to_num(w), rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("cell", ["lstm", "gru"])
+def test_llvm_lowers_a_layer_to_one_kernel_call_however_long_the_sequence(cell):
+    """One call of one TIR function per layer: the Relax program does not grow with the sequence
+    length (unrolled, every step added a hidden matmul and its gate kernels). cuda keeps the
+    unrolled form (the kernel is CPU code)."""
+    from backends.tvm.lower import to_relax
+
+    def calls(t_len, kind="llvm"):
+        mod, _ = to_relax(_kernel_graph(cell, t_len, 2, 6, 8, True, True, True, True)[0], kind)
+        kernels = [gv.name_hint for gv, f in mod.functions_items() if gv.name_hint.startswith(f"{cell}_layer")]
+        return len(mod["main"].body.blocks[0].bindings), kernels
+
+    short, long_ = calls(2), calls(9)
+    assert short == long_ and short[1] == [f"{cell}_layer"], (short, long_)
+    assert calls(9, "cuda")[1] == [] and calls(9, "cuda")[0] > long_[0]
+
+
 def test_projections_keep_pytorchs_decomposition():
     torch.manual_seed(0)
     module = nn.LSTM(INPUT, HIDDEN, 2, proj_size=3).eval()
@@ -128,3 +221,39 @@ def test_hls_refuses_in_one_line(tmp_path):
         compiler.compile(nn.GRU(4, 8).eval(), (randn(3, 1, 4),), target="hls", output=tmp_path / "g.aot")
     assert "\n" not in str(info.value)
     assert not (tmp_path / "g.aot").exists()
+
+
+class _Stack(nn.Module):
+    """A bidirectional LSTM (H 19: a scalar gate tail) into a GRU (H 32), batch 3."""
+
+    def __init__(self):
+        super().__init__()
+        torch.manual_seed(0)
+        self.lstm = nn.LSTM(6, 19, bidirectional=True)
+        self.gru = nn.GRU(38, 32)
+
+    def forward(self, x):
+        return self.gru(self.lstm(x)[0])[0]
+
+
+@needs_qemu
+@pytest.mark.slow
+def test_avx2_variant_of_the_recurrent_kernel_matches_eager(tmp_path):
+    """The kernel's 16-lane vectors and 64-wide tiles split into AVX2 registers: the artifact's
+    x86-64-v3 library, run as an AVX2-only CPU (qemu Haswell), gives eager's numbers."""
+    import compiler
+
+    model = _Stack().eval()
+    x = randn(5, 3, 6, seed=4)
+    path = tmp_path / "stack.aot"
+    compiler.compile(model, (x,), target="llvm", output=path)
+    np.save(tmp_path / "x.npy", x.numpy())
+    code = (f"import numpy as np, compiler; m = compiler.load({str(path)!r}); "
+            f"np.save({str(tmp_path / 'y.npy')!r}, m(np.load({str(tmp_path / 'x.npy')!r}))); "
+            "print('LOADED', m._runner.library)")
+    result = run_as_cpu(code, timeout=900)
+    assert result.returncode == 0, (result.returncode, result.stderr[-2000:])
+    assert "LOADED model.x86-64-v3.so" in result.stdout, result.stdout
+    with torch.no_grad():
+        want = model(x).numpy()
+    np.testing.assert_allclose(np.load(tmp_path / "y.npy"), want, rtol=1e-4, atol=1e-5)

@@ -145,7 +145,7 @@ def test_fallbacks(rng):
     assert not any("packed" in name for name in rules) and _hot_rule(rules, "matmul") == "TiledContraction"
     np.testing.assert_allclose(_run(pipeline.build(mod, target, {}), a, bm), a @ bm, rtol=1e-4, atol=1e-4)
 
-    w = _f32(rng, 19, 23)
+    w = _f32(rng, 19, 20)  # a 5-wide vector tile: not padded (padded_width), not packable
     mod = _module([("x", (6, 19))], lambda bb, x: relax.op.matmul(x, relax.const(w)))
     rules = _rules(mod, target)
     assert not any("packed" in name for name in rules) and _hot_rule(rules, "matmul") == "TiledContraction"
@@ -196,10 +196,14 @@ def _conv_nhwc(x, w, stride, padding, dilation):
     (1, 1, 0, 1),     # 1x1, no zero padding of its own: the input is widened anyway
     (3, 1, 2, 2),     # dilation 2
 ])
-def test_conv2d_nhwc_over_symbolic_image_size(rng, target, kernel, stride, padding, dilation):
+def test_conv2d_nhwc_over_symbolic_image_size(rng, target, kernel, stride, padding, dilation, monkeypatch):
     """A symbolic height and width: the packed conv runs whole register tiles of a width padded
     inside the kernel and crops them back, so every size is right (the width is the tile's row
-    axis: 1 column, fewer than a tile, several tiles with a remainder)."""
+    axis: 1 column, fewer than a tile, several tiles with a remainder). Winograd is off here (it
+    takes the 3x3 stride-1 case over symbolic sizes too: test_tvm_winograd)."""
+    from backends.tvm import winograd
+
+    monkeypatch.setitem(winograd.MODE, "m", None)
     h, w = tvm.tirx.Var("h", "int64"), tvm.tirx.Var("w", "int64")
     weight, bias = _f32(rng, kernel, kernel, 8, 32), _f32(rng, 32)
 
@@ -253,3 +257,17 @@ def test_conv2d_nchw_model(rng):
     want = _conv_nhwc(x.transpose(0, 2, 3, 1), w.transpose(2, 3, 1, 0), (1, 1), (1,) * 4, (1, 1))
     np.testing.assert_allclose(_run(pipeline.build(mod, target, {}), x), want.transpose(0, 3, 1, 2),
                                rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize("n,lanes,want", [
+    (17, 16, 32),     # a 17-tag head: a 1-wide tile otherwise (scalar), padding doubles the work at most
+    (13, 8, 16),      # the same on AVX2
+    (7, 16, 7),       # padding would more than double the work: the generic rule's 7-wide tile
+    (100, 16, 100),   # a 10-wide tile is vector enough
+    (1000, 16, 1024), # wide heads: two vectors
+    (48, 16, 48),     # narrow vector multiples stay
+    (10000, 16, 10016),  # a wide odd number of vectors: two-vector panels
+    (10000, 8, 10000),   # an even number of AVX2 vectors stays
+])
+def test_padded_width_policy(n, lanes, want):
+    assert gemm.padded_width(n, lanes) == want

@@ -71,7 +71,8 @@ def test_dense_bias_relu(rng, target, m, k, n):
     mod = _module([("x", (m, k))], lambda bb, x: relax.op.nn.relu(
         relax.op.add(relax.op.matmul(x, relax.const(w)), relax.const(b))))
     # A constant weight whose width is a vector multiple is packed (tests/test_tvm_gemm.py).
-    packed = gemm.micro_kernel(m, n, schedules.vector_lanes(target))[1]
+    lanes = schedules.vector_lanes(target)
+    packed = gemm.micro_kernel(m, gemm.padded_width(n, lanes), lanes)[1]
     _assert_rule(_rules(mod, target), "matmul", "PackedGemm" if packed else "TiledContraction")
     x = _const(rng, m, k)
     got = _run(pipeline.build(mod, target, {}), x)

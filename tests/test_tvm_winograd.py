@@ -16,7 +16,7 @@ tvm = pytest.importorskip("tvm")
 
 from tvm import relax
 
-from backends.tvm import cpu, pipeline, winograd
+from backends.tvm import cpu, pipeline, schedules, winograd
 
 
 @pytest.fixture(scope="module")
@@ -126,6 +126,30 @@ def test_f2_matches_float64(target):
     assert any(n.startswith("winograd_gemm") for n in names)
     ref = _reference(x, weight, bias, (1, 1, 1, 1))
     assert np.abs(out - ref).max() <= 1e-5 * np.abs(ref).max()
+
+
+@pytest.mark.parametrize("channels,padding", [(16, (1, 1, 1, 1)), (12, (0, 1, 2, 1))])
+def test_winograd_over_symbolic_image_size(target, channels, padding):
+    """A symbolic height and width: tiles per tile row in blocks of ROW_BLOCK (the last block
+    completed with copies of the row's last tile), all three kernels scheduled by this module
+    (and compiled in seconds: a flat tile index took 11 s per kernel), right at sizes of one
+    tile, a partial tile and several blocks."""
+    h, w = tvm.tirx.Var("h", "int64"), tvm.tirx.Var("w", "int64")
+    rng = np.random.default_rng(channels)
+    weight = (rng.standard_normal((16, channels, 3, 3)) / np.sqrt(9 * channels)).astype(np.float32)
+    bias = rng.standard_normal(16).astype(np.float32) * 0.1
+    mod = _conv_module((1, channels, h, w), weight, bias, padding)
+    with target:
+        prepared = pipeline.prepare_module(mod)
+    kernels = {gv.name_hint: f for gv, f in prepared.functions_items() if isinstance(f, tvm.tirx.PrimFunc)}
+    wino = [name for name in kernels if "winograd" in name]
+    assert len(wino) == 3 and all(schedules.is_scheduled(kernels[name]) for name in wino), sorted(kernels)
+    vm = relax.VirtualMachine(pipeline.build(mod, target), tvm.cpu())
+    for size in ((3, 3), (6, 9), (21, 34)):
+        x = rng.standard_normal((1, channels, *size)).astype(np.float32)
+        ref = _reference(x, weight, bias, padding)
+        got = vm["main"](tvm.runtime.tensor(x)).numpy()
+        assert np.abs(got - ref).max() <= 1e-4 * np.abs(ref).max(), size
 
 
 @pytest.mark.parametrize("x_shape,stride,padding", [((1, 16, 16, 16), 2, (1, 1, 1, 1)),

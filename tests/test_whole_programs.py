@@ -299,3 +299,32 @@ def test_malformed_index_bounds_are_refused(tmp_path):
         write_artifact(str(tmp_path / "bad.aot"), {**manifest, "index_bounds": bad}, payload)
         with pytest.raises(compiler.ArtifactError, match="index_bounds"):
             compiler.load(tmp_path / "bad.aot")
+
+
+class ComputedIndices(torch.nn.Module):
+    """Indices computed inside the model: load() cannot check them against the inputs."""
+
+    def __init__(self):
+        super().__init__()
+        self.table = torch.nn.Embedding(10, 4)
+
+    def forward(self, ids, x):
+        rows = self.table(ids + 3)
+        picked = torch.gather(x, 1, ids * 2)
+        return rows.sum(-1) + picked
+
+
+@pytest.mark.parametrize("target", ["onnx", "llvm"])
+def test_a_computed_index_out_of_range_stops_the_run(target, tmp_path):
+    """On llvm the gathers clamp; a check kernel before each one whose indices are computed
+    (not an input, not a constant) stops the run with InputError, as onnxruntime's gathers do."""
+    module = ComputedIndices().eval()
+    ids, x = torch.tensor([[1, 2]]), torch.randn(1, 8)
+    model = compiler.compile(module, (ids, x), target=target, output=tmp_path / "m.aot").load()
+    good = np.array([[0, 3]])
+    with torch.no_grad():
+        want = module(torch.from_numpy(good), x).numpy()
+    np.testing.assert_allclose(model(good, x.numpy()), want, rtol=1e-5, atol=1e-6)
+    for bad in ([[7, 1]], [[1, 4]]):  # 7 + 3 is past the table; 4 * 2 past x's 8 columns
+        with pytest.raises(compiler.InputError, match="out of range|out of data bounds"):
+            model(np.array(bad), x.numpy())

@@ -82,7 +82,7 @@ def load_runner(manifest: dict, payload: dict[str, bytes],
         raise ArtifactError(f"onnxruntime cannot load {MODEL_FILE}: {exc}") from exc
     input_names = [i.name for i in session.get_inputs()]
     output_names = [o.name for o in session.get_outputs()]
-    from onnxruntime.capi.onnxruntime_pybind11_state import InvalidArgument
+    from onnxruntime.capi.onnxruntime_pybind11_state import Fail, InvalidArgument
 
     call = _session_call(session, output_names)
 
@@ -95,6 +95,10 @@ def load_runner(manifest: dict, payload: dict[str, bytes],
             return list(call(feeds))
         except InvalidArgument as exc:
             raise InputError(f"onnxruntime rejected the inputs: {exc}") from exc
+        except Fail as exc:  # GatherElements/ScatterElements report a bad index as a failure
+            if "out of range" not in str(exc).lower():
+                raise
+            raise InputError(f"an index computed inside the model is out of range: {exc}") from exc
 
     run.session = session  # type: ignore[attr-defined]  # for benchmarks and tests
     return run

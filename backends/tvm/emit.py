@@ -208,7 +208,7 @@ def emit_target(graph: Graph, options: dict[str, Any]) -> tuple[dict[str, bytes]
     target = make_target(tdict)
     graph = _full_linear_inputs(graph.copy())  # prepare_graph rewrites in place: keep the caller's
     graph = pipeline.prepare_graph(graph, target)
-    mod, notes = to_relax(graph)
+    mod, notes = to_relax(graph, tdict["kind"])
     info: dict[str, Any] = {"tvm_target": tdict, "tvm_version": tvm.__version__}
     if tdict["kind"] == "cuda":
         stats: dict[str, Any] = {}

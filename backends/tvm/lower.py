@@ -25,11 +25,12 @@ def supported_ops() -> set[str]:
 
 
 # -- the module --------------------------------------------------------------------------------
-def to_relax(graph: Graph) -> tuple[tvm.IRModule, dict]:
+def to_relax(graph: Graph, target_kind: str = "llvm") -> tuple[tvm.IRModule, dict]:
     """The Relax module computing ``graph`` (function ``main``: the graph inputs in order, a
-    tuple of the graph outputs) and lowering notes for target_info."""
+    tuple of the graph outputs) and lowering notes for target_info. ``target_kind`` (``llvm`` or
+    ``cuda``) lets an emitter use a hand-written kernel of that kind (recurrent layers)."""
     bb = relax.BlockBuilder()
-    ctx = LowerContext(graph, bb)
+    ctx = LowerContext(graph, bb, target_kind)
     params = []
     for v in graph.inputs:
         var = relax.Var(v.name, relax.TensorType(ctx.shape(v.shape), tvm_dtype(v.dtype)))

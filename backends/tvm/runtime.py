@@ -256,7 +256,12 @@ def load_runner(manifest: dict, payload: dict[str, bytes],
         if n_inputs and len(inputs) != n_inputs:
             raise InputError(f"the model takes {n_inputs} inputs, got {len(inputs)}")
         with lock:  # the staging tensors are shared between calls
-            out = main(*[device_tensor(i, a) for i, a in enumerate(inputs)], *weights)
+            try:
+                out = main(*[device_tensor(i, a) for i, a in enumerate(inputs)], *weights)
+            except Exception as exc:  # noqa: BLE001 - TVM raises its own error types
+                if INDEX_RANGE_MARK not in str(exc):
+                    raise
+                raise InputError(_index_range_message(str(exc))) from None
             items = [out] if hasattr(out, "numpy") else list(out)
             return [host_array(o) for o in items]
 
@@ -452,3 +457,14 @@ def _numpy_view(tensor) -> np.ndarray | None:
 
 __all__ = ["allow_all_cores", "bundle_problem", "cache_dir", "cached_library", "import_tvm", "library_params",
            "load_runner", "running_only", "select_library", "set_threads", "usable_cores"]
+
+
+# The mark of a run-time index check's error (backends/tvm/ops/common.py; the runtime must not
+# import the compile side).
+INDEX_RANGE_MARK = "AOT_INDEX_RANGE:"
+
+
+def _index_range_message(text: str) -> str:
+    """The check's own sentence from TVM's error text (which adds a traceback)."""
+    line = next((ln for ln in text.splitlines() if INDEX_RANGE_MARK in ln), text)
+    return line[line.index(INDEX_RANGE_MARK) + len(INDEX_RANGE_MARK):].strip()

@@ -4,7 +4,9 @@
 replaces each ``relax.nn.conv2d`` that is NHWC/HWIO, 3x3, stride 1, dilation 1, groups 1, float32,
 with a constant weight and a static input shape, whose output is at least ``MIN_OUTPUT`` (8) on
 each side and whose input has at least ``MIN_CHANNELS`` (3) channels, by three calls (any
-padding; partial edge tiles are computed on zero padding and cropped):
+padding; partial edge tiles are computed on zero padding and cropped). A symbolic height and width
+(static batch and channels, at most ``SYMBOLIC_MAX_CHANNELS``) take the ``*_rows`` variants of the
+three, whose tiles are laid out per tile row (see ``ROW_BLOCK``):
 
 - ``winograd_input``: zero padding, then V = B^T d B per 6x6 input tile d (stride 4), channel
   innermost, the transform written out over the nonzero entries of B^T (row pass into a per-tile
@@ -120,10 +122,81 @@ def _select(index, exprs):
 
 
 def geometry(h, w, padding, m):
+    """(output height, width, tile rows, tile columns); symbolic where h, w are."""
     pt, pl, pb, pr = padding
     ho, wo = h + pt + pb - 2, w + pl + pr - 2
-    th, tw = -(-ho // m), -(-wo // m)
-    return ho, wo, th, tw
+    return ho, wo, _ceil_div(ho, m), _ceil_div(wo, m)
+
+
+def _ceil_div(a, b: int):
+    from tvm import tirx
+
+    # floor((a - 1) / b) + 1 rather than floor((a + b - 1) / b): in this form the analyzer proves
+    # that index // b of an index below a stays below it (the region cover checks).
+    return -(-a // b) if isinstance(a, int) else tirx.floordiv(a - 1, b) + 1
+
+
+def _dims(shape) -> list:
+    """A TE shape with its static entries as Python ints (symbolic ones stay expressions)."""
+    from tvm import tirx
+
+    return [int(s) if isinstance(s, (int, tirx.IntImm)) else s for s in shape]
+
+
+# -- symbolic image sizes ------------------------------------------------------------------------
+# With a symbolic height and width the tiles are laid out per tile row, in blocks of ROW_BLOCK
+# tiles along the row (the last block completed with copies of the row's last tile): V, M
+# [N, TH, TW', a, b, ROW_BLOCK, C] with TW' = ceil(TW / ROW_BLOCK). Every index then divides by a
+# constant; a flat tile index divided by the symbolic tile count, in each of the unrolled
+# transform's reads, took 11 s to compile per conv.
+ROW_BLOCK = 4
+
+
+def input_transform_rows(x, padding, m):
+    """x [N,H,W,C] (H, W symbolic) -> V[n, i, jb, a, b, ji, c] for tile (n, i, jb * ROW_BLOCK + ji)."""
+    from tvm import te, tirx
+
+    bt, _, _ = matrices(m)
+    alpha = m + 2
+    n_, h, w, c_ = _dims(x.shape)
+    pt, pl, _, _ = padding
+    _, _, th, tw = geometry(h, w, padding, m)
+    blocks = _ceil_div(tw, ROW_BLOCK)
+    zero = tirx.const(0, x.dtype)
+    xp = te.compute((n_, th * m + 2, tw * m + 2, c_), lambda n, y, z, c: tirx.if_then_else(
+        tirx.all(y >= pt, y < pt + h, z >= pl, z < pl + w), x[n, y - pt, z - pl, c], zero), name=PREFIX + "pad")
+    t = te.compute((n_, th, blocks * ROW_BLOCK, alpha, alpha, c_), lambda n, i, j, a, z, c: _select(
+        a, [_sparse_sum(bt[r], lambda k: xp[n, i * m + k, tirx.min(j, tw - 1) * m + z, c]) for r in range(alpha)]),
+        name=PREFIX + "T")
+    return te.compute((n_, th, blocks, alpha, alpha, ROW_BLOCK, c_), lambda n, i, jb, a, b, ji, c: _select(
+        b, [_sparse_sum(bt[r], lambda k: t[n, i, jb * ROW_BLOCK + ji, a, k, c]) for r in range(alpha)]),
+        name=PREFIX + "V")
+
+
+def batched_gemm_rows(v, u):
+    """M[n, i, jb, a, b, ji, k] = sum_c V[n, i, jb, a, b, ji, c] U[a, b, c, k]."""
+    from tvm import te
+
+    n_, th, blocks, alpha, _, rb, c_ = _dims(v.shape)
+    k_ = int(u.shape[3])
+    rc = te.reduce_axis((0, c_), name="rc")
+    return te.compute((n_, th, blocks, alpha, alpha, rb, k_), lambda n, i, jb, a, b, ji, k: te.sum(
+        v[n, i, jb, a, b, ji, rc] * u[a, b, rc, k], axis=rc), name=PREFIX + "M")
+
+
+def output_transform_rows(mm, ho, wo, m):
+    """M [n, i, jb, a, b, ji, k] -> y[n, h, w, k] = (A^T M_(n, i, j) A)[h % m, w % m]."""
+    from tvm import te
+
+    _, _, at = matrices(m)
+    alpha = m + 2
+    n_, th, _, _, _, rb, k_ = _dims(mm.shape)
+    tw = _ceil_div(wo, m)
+    mo = te.compute((n_, th, tw, alpha, m, k_), lambda n, i, j, a, z, k: _select(
+        z, [_sparse_sum(at[r], lambda b: mm[n, i, j // rb, a, b, j % rb, k]) for r in range(m)]), name=PREFIX + "Mo")
+    return te.compute((n_, ho, wo, k_), lambda n, h, w, k: _select(
+        h % m, [_sparse_sum(at[r], lambda a: mo[n, h // m, w // m, a, w % m, k]) for r in range(m)]),
+        name=PREFIX + "Y")
 
 
 def input_transform(x, padding, m):
@@ -211,7 +284,7 @@ def eligible(call):
     if a.out_dtype is not None and str(a.out_dtype) not in ("", "void", "float32"):
         return False
     shape = getattr(x.ty, "shape", None)
-    if shape is None or len(shape.values) != 4 or not all(isinstance(s, tvm.tirx.IntImm) for s in shape.values):
+    if shape is None or len(shape.values) != 4 or not all(isinstance(shape.values[i], tvm.tirx.IntImm) for i in (0, 3)):
         return False
     return tuple(w.value.shape[:2]) == (3, 3)
 
@@ -221,10 +294,12 @@ def choose_m(x_shape, padding):
     output is at least MIN_OUTPUT x MIN_OUTPUT and the input has at least MIN_CHANNELS channels
     (measured faster on every such ResNet conv; smaller outputs waste most of a 6x6 tile and
     were not measured)."""
-    if MODE["m"] is None:
+    if MODE["m"] is None or x_shape[3] < MIN_CHANNELS:
         return None
     ho, wo, _, _ = geometry(x_shape[1], x_shape[2], padding, MODE["m"])
-    if ho < MIN_OUTPUT or wo < MIN_OUTPUT or x_shape[3] < MIN_CHANNELS:
+    if not (isinstance(ho, int) and isinstance(wo, int)):
+        return MODE["m"] if x_shape[3] <= SYMBOLIC_MAX_CHANNELS else None
+    if ho < MIN_OUTPUT or wo < MIN_OUTPUT:
         return None
     return MODE["m"]
 
@@ -235,6 +310,10 @@ MIN_OUTPUT = 8
 # Fewer input channels stay direct: the 3-channel ResNet stem was measured faster (12 -> 8 us);
 # 1 and 2 channels were not measured.
 MIN_CHANNELS = 3
+# A symbolic image size: Winograd up to this many input channels (the size is unknown; CNNs reach
+# 512 channels at their smallest maps, under MIN_OUTPUT, where the direct packed conv stays:
+# a 7x7x512 conv measured 2.3 ms direct, 6.2 ms Winograd).
+SYMBOLIC_MAX_CHANNELS = 256
 
 
 def rewrite_pass():
@@ -251,7 +330,7 @@ def rewrite_pass():
             if not eligible(call):
                 return call
             x, w = call.args
-            xs = [int(s) for s in x.ty.shape.values]
+            xs = _dims(x.ty.shape.values)
             wn = w.value.numpy()
             padding = [int(p) for p in call.attrs.padding]
             m = choose_m(xs, padding)
@@ -259,11 +338,20 @@ def rewrite_pass():
                 return call
             ho, wo, _, _ = geometry(xs[1], xs[2], padding, m)
             u = relax.const(weight_transform(wn, m))
+            if not isinstance(ho, int) or not isinstance(wo, int):
+                return self._rows(x, u, padding, ho, wo, m)
             v = self.builder_.emit(self.builder_.call_te(input_transform, x, padding, m,
                                                          primfunc_name_hint="winograd_input"))
             mm = self.builder_.emit(self.builder_.call_te(batched_gemm, v, u, primfunc_name_hint="winograd_gemm"))
             return self.builder_.call_te(output_transform, mm, xs[0], ho, wo, m,
                                          primfunc_name_hint="winograd_output",
+                                         primfunc_attrs={"op_pattern": 4})
+
+        def _rows(self, x, u, padding, ho, wo, m):
+            v = self.builder_.emit(self.builder_.call_te(input_transform_rows, x, padding, m,
+                                                         primfunc_name_hint="winograd_input"))
+            mm = self.builder_.emit(self.builder_.call_te(batched_gemm_rows, v, u, primfunc_name_hint="winograd_gemm"))
+            return self.builder_.call_te(output_transform_rows, mm, ho, wo, m, primfunc_name_hint="winograd_output",
                                          primfunc_attrs={"op_pattern": 4})
 
     return _relax_function_pass(Winograd, "Winograd")
@@ -355,6 +443,13 @@ def _split_channels(sch, loop, lanes):
     return sch.split(loop, [1, None])
 
 
+def _symbolic_loops(sch, loops) -> list:
+    """The loops of ``loops`` with a symbolic extent."""
+    from .schedules import _int
+
+    return [lp for lp in loops if _int(sch.get(lp).extent) is None]
+
+
 def _find(blocks, stem):
     for b in blocks:
         if b == PREFIX + stem or b.startswith(PREFIX + stem + "_"):
@@ -371,10 +466,13 @@ def _schedule_input(sch, blocks, lanes):
     for name in blocks:
         if name not in (_find(blocks, "V"), _find(blocks, "T"), _find(blocks, "pad")):
             sch.compute_inline(sch.get_sblock(name))
-    po, a, b, pi, c = sch.get_loops(v)
+    *outer, a, b, pi, c = sch.get_loops(v)
     co, c = _split_channels(sch, c, lanes)
-    sch.reorder(po, pi, co, a, b, c)
-    p = sch.fuse(po, pi)
+    sch.reorder(*outer, pi, co, a, b, c)
+    symbolic = _symbolic_loops(sch, outer)
+    # Over a symbolic size (outer = n, tile row, row block) the tile loops stay nested: fused,
+    # every read's index would divide by a symbolic extent.
+    p = pi if symbolic else sch.fuse(*outer, pi)
     # Where the row pass goes was measured per width (1 thread, Zen 4): per chunk with 16 lanes
     # (28x28x128: 77 -> 61 us), per tile over all channels with 8 (14x14x256: 69 -> 52 us).
     if lanes < CHANNEL_CHUNK:
@@ -389,7 +487,7 @@ def _schedule_input(sch, blocks, lanes):
     big = _work(sch, v) >= PARALLEL_MIN_ELEMENTS
     _unroll_tile(sch, a, b, c, lanes)
     if big:
-        sch.parallel(p)
+        sch.parallel(symbolic[0] if symbolic else p)
     pad = _find(blocks, "pad")
     if pad is not None:
         _vectorize_parallel(sch, sch.get_sblock(pad), lanes)
@@ -413,7 +511,8 @@ def _schedule_output(sch, blocks, lanes):
     wo, wi = sch.split(w, [None, m])
     ko, k = _split_channels(sch, k, lanes)
     sch.reorder(n, ho, wo, ko, hi, wi, k)
-    fused = sch.fuse(n, ho, wo)
+    symbolic = _symbolic_loops(sch, [n, ho, wo])
+    fused = symbolic[0] if symbolic else sch.fuse(n, ho, wo)
     sch.compute_at(mo, ko, preserve_unit_loops=False)
     _unroll_tile(sch, *sch.get_loops(mo)[-3:], lanes)
     _unroll_tile(sch, hi, wi, k, lanes)
@@ -444,7 +543,7 @@ def _schedule_gemm(sch, block, lanes):
     it is 1 KiB, which TVM puts on the heap, one alloc/free per tile)."""
     from .schedules import MAX_ACCUMULATORS, PARALLEL_MIN_WORK, _largest_divisor, _work
 
-    po, a, b, pi, k, rc = sch.get_loops(block)
+    *outer, a, b, pi, k, rc = sch.get_loops(block)
     tp, kk = int(sch.get(pi).extent), int(sch.get(k).extent)
     if kk % lanes:
         vec = _largest_divisor(kk, lanes)
@@ -455,10 +554,11 @@ def _schedule_gemm(sch, block, lanes):
         vec = lanes * vn
     ko, ki = sch.split(k, [None, vec])
     pio, pii = sch.split(pi, [None, tr])
-    sch.reorder(po, a, b, pio, ko, rc, pii, ki)
-    fused = sch.fuse(po, a, b, pio, ko)
+    sch.reorder(*outer, a, b, pio, ko, rc, pii, ki)
+    symbolic = _symbolic_loops(sch, outer)
+    fused = sch.fuse(a, b, pio, ko) if symbolic else sch.fuse(*outer, a, b, pio, ko)
     if _work(sch, block) >= PARALLEL_MIN_WORK:
-        sch.parallel(fused)
+        sch.parallel(symbolic[0] if symbolic else fused)
     sch.unroll(pii)
     if vec > lanes:
         kio, kii = sch.split(ki, [None, lanes])

@@ -24,12 +24,13 @@ def tvm_dtype(dtype: DType) -> str:
 
 
 class LowerContext:
-    """The BlockBuilder, the Relax expression of every IR value emitted so far, and the symbolic
-    dim variables."""
+    """The BlockBuilder, the Relax expression of every IR value emitted so far, the symbolic
+    dim variables, and the target kind (``llvm`` / ``cuda``)."""
 
-    def __init__(self, graph: Graph, bb: relax.BlockBuilder):
+    def __init__(self, graph: Graph, bb: relax.BlockBuilder, target_kind: str = "llvm"):
         self.graph = graph
         self.bb = bb
+        self.target_kind = target_kind  # hand-written TIR kernels exist for one kind only
         self.env: dict[int, relax.Expr] = {}
         self.sym: dict[str, tvm.tirx.Var] = {}
         self.node: Node | None = None
@@ -86,3 +87,59 @@ class LowerContext:
 
 
 Emitter = Callable[[LowerContext, Node], object]
+
+
+# -- run-time index checks ---------------------------------------------------------------------
+# INDEX_RANGE_MARK marks the error a kernel raises for an index out of range, so that the runtime
+# can turn it into ``InputError``.
+from ..runtime import INDEX_RANGE_MARK  # noqa: E402
+
+
+def checked_index(ctx: LowerContext, idx: Value, iv, bound):
+    """``iv`` (the int64 indices ``idx`` lowered, negative ones already counted from the end),
+    passed through a kernel that stops the run when one is outside [0, bound): TVM's gathers
+    clamp (a token id past the vocabulary read the last row), PyTorch raises. Graph inputs are
+    checked by ``load()`` against the manifest's ``index_bounds`` and constants at compile time,
+    so only indices computed inside the model get the kernel (one pass over the indices)."""
+    if idx.is_const or any(idx is v for v in ctx.graph.inputs):
+        return iv
+    node = ctx.node
+    where = f"{node.op}" + (f" at {node.location}" if node is not None and node.location else "")
+    message = (f"{INDEX_RANGE_MARK} {where}: an index computed inside the model is out of range "
+               "(PyTorch raises here too); check the inputs it is computed from")
+    shape = ctx.shape(idx.shape)
+    flat = ctx.emit(relax.op.reshape(iv, [-1]))
+    count = flat.ty.shape.values[0]
+    gv = ctx.bb.add_func(_index_check_kernel(message), "check_index_range")
+    checked = ctx.emit(relax.call_tir(gv, relax.Tuple([flat, relax.prim_value(_bound_expr(ctx, bound))]),
+                                      relax.TensorType([count], "int64")))
+    return ctx.emit(relax.op.reshape(checked, shape)) if len(shape) != 1 else checked
+
+
+def _bound_expr(ctx: LowerContext, bound):
+    import tvm
+
+    if isinstance(bound, int):
+        return tvm.tirx.IntImm("int64", bound)
+    return ctx.dim(bound)
+
+
+def _index_check_kernel(message: str):
+    """The PrimFunc: y = x, asserting 0 <= x[i] < bound for every i (marked scheduled: a loop
+    with a branch, no rule to apply; opaque: fused with nothing, FuseTIR cannot merge its
+    buffers)."""
+    from tvm.script import tirx as T
+
+    @T.prim_func(private=True, s_tir=True)
+    def check_index_range(a: T.handle, bound: T.int64, b: T.handle):
+        T.func_attr({"tirx.is_scheduled": True, "tirx.noalias": True, "op_pattern": 8})
+        n = T.int64()
+        x = T.match_buffer(a, (n,), "int64")
+        y = T.match_buffer(b, (n,), "int64")
+        for i in range(n):
+            with T.sblock("check_index_range"):
+                vi = T.axis.spatial(n, i)
+                assert T.int64(0) <= x[vi] and x[vi] < bound, message
+                y[vi] = x[vi]
+
+    return check_index_range

@@ -9,7 +9,7 @@ from tvm.relax import op as R
 
 from compiler.ir import Value
 
-from .common import Emitter, tvm_dtype
+from .common import Emitter, checked_index, tvm_dtype
 
 
 def _nonneg_index(ctx, x: Value, idx: Value, axis: int):
@@ -18,7 +18,8 @@ def _nonneg_index(ctx, x: Value, idx: Value, axis: int):
     n = x.shape[axis]
     if not isinstance(n, int):
         raise ctx.unsupported("negative indices along a symbolic dim")
-    return ctx.emit(R.where(R.less(iv, ctx.const(0, "int64")), R.add(iv, ctx.const(n, "int64")), iv))
+    iv = ctx.emit(R.where(R.less(iv, ctx.const(0, "int64")), R.add(iv, ctx.const(n, "int64")), iv))
+    return checked_index(ctx, idx, iv, n)
 
 
 def emit_gather_elements(ctx, node):
@@ -125,7 +126,7 @@ def emit_embedding_bag(ctx, node):
         node.attrs.get("padding_idx", -1)
     dt = tvm_dtype(weight.dtype)
     n = idx.shape[0]
-    iv = ctx.emit(R.astype(ctx.value(idx), "int64"))
+    iv = checked_index(ctx, idx, ctx.emit(R.astype(ctx.value(idx), "int64")), weight.shape[0])
     ov = ctx.emit(R.astype(ctx.value(offsets), "int64"))
     pos = ctx.emit(R.arange(0, relax.prim_value(ctx.dim(n)), 1, "int64"))
     starts = ctx.emit(R.strided_slice(ov, [0], [0], [-1])) if last else ov

@@ -12,7 +12,7 @@ from tvm.relax import op as R
 from compiler.ir import DType, Node, Value
 from compiler.ops.nn import activation_op, adaptive_bins
 
-from .common import Emitter, tvm_dtype
+from .common import Emitter, checked_index, tvm_dtype
 from .elementwise import EPILOGUE, UNARY
 
 
@@ -336,6 +336,7 @@ def emit_gather(ctx, node):
         n = ctx.emit(R.full((), _dim_value(ctx, x.shape[axis]), "int64")) if not isinstance(x.shape[axis], int) \
             else ctx.const(x.shape[axis], "int64")
         iv = ctx.emit(R.where(R.less(iv, ctx.const(0, "int64")), R.add(iv, n), iv))
+    iv = checked_index(ctx, idx, iv, x.shape[axis])
     return R.take(ctx.value(x), iv, axis, mode="clip")
 
 

@@ -1,6 +1,11 @@
-"""TVM lowerings of the recurrent layers (``compiler/ops/recurrent.py``), unrolled in Relax over
-a static sequence length: the input projection of every step is one matmul ([T*B, I] x [I, G*H]),
-only the hidden-state matmul and the gate arithmetic are emitted per step."""
+"""TVM lowerings of the recurrent layers (``compiler/ops/recurrent.py``).
+
+llvm, float32: one TIR function per layer (``backends/tvm/recurrent_kernel.py``: the input
+projection of every step and direction as one GEMM, then a loop over time with the hidden-state
+product, the gates and the state update), called once however long the sequence; the weights
+are packed for it here (at compile time when they are constants). Other targets and dtypes: the
+layer unrolled in Relax over the static sequence length (one input-projection matmul per
+direction, then per step the hidden-state matmul and the gate arithmetic)."""
 
 from __future__ import annotations
 
@@ -8,7 +13,29 @@ import numpy as np
 from tvm import relax
 from tvm.relax import op as R
 
+from .. import recurrent_kernel
 from .common import Emitter, tvm_dtype
+
+
+def _packed(ctx, w, shape, tile: int, dtype: str, flat: bool = False):
+    """A weight (or bias) seen as ``shape`` = [N, C, K] (or [N, C]; ``w`` None: zeros) packed as
+    the kernel reads it, [N, C' / tile, K, tile] (or [N, C']), C zero-padded to whole tiles C'.
+    ``flat`` (the projection of every direction at once, N = 1): without the N axis."""
+    n, columns = shape[:2]
+    width = recurrent_kernel.packed_width(columns, tile)
+    if w is None or w.is_const:
+        padded = np.zeros((n, width) + tuple(shape[2:]), np.dtype(dtype))
+        if w is not None:
+            padded[:, :columns] = w.const.reshape(shape)
+        if len(shape) == 3:
+            padded = padded.reshape(n, width // tile, tile, shape[2]).transpose(0, 1, 3, 2)
+        return ctx.const(np.ascontiguousarray(padded[0] if flat else padded), dtype)
+    value = R.nn.pad(R.reshape(ctx.value(w), shape), [0, 0, 0, width - columns] + [0, 0] * (len(shape) - 2))
+    if len(shape) == 3:
+        value = R.permute_dims(R.reshape(value, (n, width // tile, tile, shape[2])), [0, 1, 3, 2])
+    if flat:
+        value = R.reshape(value, (width // tile, shape[2], tile) if len(shape) == 3 else (width,))
+    return ctx.emit(value)
 
 
 def _transposed(ctx, v, k: int):
@@ -41,13 +68,14 @@ def _gru_step(ctx, gx, gh, state):
     return [ctx.emit(n + z * (state[0] - n))]  # (1 - z)·n + z·h
 
 
-def _recurrent_emitter(step, n_states: int) -> Emitter:
+def _unrolled(step, n_states: int) -> Emitter:
+    """The layer unrolled in Relax (other targets, other dtypes): the hidden-state matmul and the
+    gate arithmetic emitted per step."""
+
     def emit(ctx, node):
         x, w_ih, w_hh, b_ih, b_hh = (list(node.inputs) + [None] * 5)[:5]  # absent trailing biases
         states = list(node.inputs[5:]) + [None] * (n_states - len(node.inputs[5:]))
         t_len, batch, _ = x.shape
-        if not isinstance(t_len, int) or not isinstance(batch, int) or t_len == 0:
-            raise ctx.unsupported("a recurrent layer needs a static, non-empty sequence length and batch on llvm/cuda")
         hidden, dt = node.attrs["hidden_size"], tvm_dtype(x.dtype)
         zeros = ctx.const(np.zeros((batch, hidden)), dt)
         outputs, finals = [], []
@@ -72,4 +100,34 @@ def _recurrent_emitter(step, n_states: int) -> Emitter:
     return emit
 
 
-EMITTERS: dict[str, Emitter] = {"lstm": _recurrent_emitter(_lstm_step, 2), "gru": _recurrent_emitter(_gru_step, 1)}
+def _recurrent_emitter(kernel, step, gates: int, n_states: int) -> Emitter:
+    unrolled = _unrolled(step, n_states)
+
+    def emit(ctx, node):
+        x, w_ih, w_hh, b_ih, b_hh = (list(node.inputs) + [None] * 5)[:5]  # absent trailing biases
+        states = list(node.inputs[5:]) + [None] * (n_states - len(node.inputs[5:]))
+        t_len, batch, _ = x.shape
+        if not isinstance(t_len, int) or not isinstance(batch, int) or t_len == 0:
+            raise ctx.unsupported("a recurrent layer needs a static, non-empty sequence length and batch on llvm/cuda")
+        if ctx.target_kind != "llvm" or tvm_dtype(x.dtype) != "float32":
+            return unrolled(ctx, node)  # the kernel is CPU code computing float32
+        hidden, dt = node.attrs["hidden_size"], tvm_dtype(x.dtype)
+        d, inputs = 2 if node.attrs["bidirectional"] else 1, x.shape[2]
+        width = d * gates * hidden  # the input projection of every direction at once
+        proj, tile = recurrent_kernel.PROJ_TILE, recurrent_kernel.TILE
+        init = [ctx.value(s) if s is not None else ctx.const(np.zeros((d, batch, hidden)), dt) for s in states]
+        args = [ctx.value(x), _packed(ctx, w_ih, (1, width, inputs), proj, dt, True),
+                _packed(ctx, b_ih, (1, width), proj, dt, True),
+                _packed(ctx, w_hh, (d, gates * hidden, hidden), tile, dt),
+                _packed(ctx, b_hh, (d, gates * hidden), tile, dt), *init]
+        gv = ctx.bb.add_func(kernel(t_len, batch, inputs, hidden, d), f"{node.op}_layer")
+        state_type = relax.TensorType((d, batch, hidden), dt)
+        out = ctx.emit(relax.call_tir(gv, args, [relax.TensorType((t_len, batch, d * hidden), dt)]
+                                      + [state_type] * n_states))
+        return [ctx.emit(relax.TupleGetItem(out, j)) for j in range(1 + n_states)]
+
+    return emit
+
+
+EMITTERS: dict[str, Emitter] = {"lstm": _recurrent_emitter(recurrent_kernel.lstm_kernel, _lstm_step, 4, 2),
+                                "gru": _recurrent_emitter(recurrent_kernel.gru_kernel, _gru_step, 3, 1)}
