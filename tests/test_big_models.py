@@ -16,7 +16,7 @@ import torch
 
 import compiler
 from backends.onnx import emit as onnx_emit
-from backends.onnx.emit import EXTERNAL_MIN_BYTES, TENSOR_ALIGN, emit_onnx, emit_target
+from backends.onnx.emit import EXTERNAL_MIN_BYTES, emit_onnx, emit_target
 from backends.onnx.runtime import external_weights, load_runner, session_from_model
 from compiler.driver import artifact
 from compiler.driver.artifact import BLOB_ALIGN, MappedEntry, read_artifact, write_artifact
@@ -24,6 +24,8 @@ from compiler.errors import ArtifactError
 from compiler.interpreter import run_graph
 from compiler.ir import DType, Graph, TensorType
 from compiler.payload import StoredBlob
+from compiler.weight_table import TENSOR_ALIGN
+from weight_tables import DAMAGED_ENTRIES, rewrite_weight_table
 
 
 @pytest.fixture(autouse=True)
@@ -160,19 +162,6 @@ def test_compile_stores_aligned_weights_and_loads_them_mapped(tmp_path):
         np.testing.assert_allclose(loaded(x.numpy()), model(x).numpy(), rtol=1e-5, atol=1e-5)
 
 
-def _rewrite_table(src, dst, change) -> None:
-    """Copy artifact ``src`` to ``dst`` with ``change`` applied to its weights table, hashes redone
-    (an artifact that passes the integrity check but lies about its offsets)."""
-    manifest, payload = read_artifact(src)
-    table = json.loads(payload["weights.json"])
-    change(table["tensors"])
-    payload["weights.json"] = json.dumps(table).encode()
-    entry = payload["weights.bin"]
-    payload["weights.bin"] = StoredBlob([(0, entry.read())], entry.size)
-    keep = {k: v for k, v in manifest.items() if k not in ("format", "format_version", "payload")}
-    write_artifact(dst, keep, payload)
-
-
 class _ConvBN(torch.nn.Module):
     """Conv + BatchNorm with weights over the external-data threshold: onnxruntime's optimizer
     fuses the pair and reads the initializers as it does so (a runtime that hands weights over
@@ -198,18 +187,11 @@ def test_conv_batchnorm_with_external_weights_loads_and_matches(tmp_path):
     np.testing.assert_allclose(compiler.load(art.path)(x.numpy()), model(x).detach().numpy(), rtol=1e-4, atol=1e-5)
 
 
-@pytest.mark.parametrize("change, message", [
-    (lambda t: t["0_weight"].update(offset=1 << 40), "does not fit"),
-    (lambda t: t["0_weight"].update(offset=-64), "does not fit"),
-    (lambda t: t["0_weight"].update(length=t["0_weight"]["length"] * 2), "does not fit"),
-    (lambda t: t["0_weight"].update(shape=[1 << 30, 1 << 30]), "does not fit"),
-    (lambda t: t["0_weight"].update(dtype="object"), "malformed entry"),
-    (lambda t: t["0_weight"].update(offset="0"), "malformed entry"),
-])
-def test_weight_offsets_outside_the_entry_are_refused(tmp_path, change, message):
+@pytest.mark.parametrize("damage, message", DAMAGED_ENTRIES)
+def test_weight_offsets_outside_the_entry_are_refused(tmp_path, damage, message):
     path = tmp_path / "mlp.aot"
     compiler.compile(_mlp(), (torch.randn(2, 64),), target="onnx", output=path, verify=False)
-    _rewrite_table(path, tmp_path / "bad.aot", change)
+    rewrite_weight_table(path, tmp_path / "bad.aot", lambda t: damage(t["0_weight"]))
     with pytest.raises(ArtifactError, match=message):
         compiler.load(tmp_path / "bad.aot")
 
@@ -217,7 +199,7 @@ def test_weight_offsets_outside_the_entry_are_refused(tmp_path, change, message)
 def test_weight_missing_from_the_table_is_never_read_from_the_working_directory(tmp_path, monkeypatch):
     path = tmp_path / "mlp.aot"
     compiler.compile(_mlp(), (torch.randn(2, 64),), target="onnx", output=path, verify=False)
-    _rewrite_table(path, tmp_path / "bad.aot", lambda t: t.pop("0_weight"))
+    rewrite_weight_table(path, tmp_path / "bad.aot", lambda t: t.pop("0_weight"))
     (tmp_path / "weights.bin").write_bytes(bytes(1 << 20))  # what onnxruntime would read by default
     monkeypatch.chdir(tmp_path)
     with pytest.raises(ArtifactError, match="onnxruntime cannot load"):

@@ -23,7 +23,6 @@ This module imports onnx and numpy only: no torch, no onnxruntime.
 
 from __future__ import annotations
 
-import json
 import re
 
 import numpy as np
@@ -34,7 +33,7 @@ from backends.onnx.ops import EMITTERS
 from backends.onnx.ops.common import CONTRIB, ONNX_DTYPES, STAGE, EmitContext
 from compiler.errors import CompileError, UnsupportedOpError
 from compiler.ir import DType, Graph
-from compiler.payload import StoredBlob
+from compiler.weight_table import WEIGHTS_FILE, WeightWriter
 
 # onnx 1.23 defines opset 28 and onnxruntime 1.32 has a CPU kernel for every op at the version
 # opset 28 selects (checked against onnxruntime's kernel registry: only the deprecated Scatter
@@ -51,9 +50,6 @@ EXTERNAL_MIN_BYTES = 1024
 # there, and tools that take ``model.onnx`` alone keep working); above it, always external data
 # (loads faster: measured 1.0 s against 4 s for 200 MB, and the only way past protobuf's 2 GB).
 EXTERNAL_DATA_MIN_TOTAL = 1 << 20
-WEIGHTS_FILE = "weights.bin"
-WEIGHTS_TABLE = "weights.json"
-TENSOR_ALIGN = 64
 
 
 class OnnxEmitError(CompileError):
@@ -260,23 +256,13 @@ def _external_payload(model: onnx.ModelProto, arrays: dict[str, np.ndarray]) -> 
     """``weights.bin`` (every external initializer at a TENSOR_ALIGN-aligned offset, written from
     its array) and ``weights.json`` (name -> dtype, shape, offset, length), and the model's
     initializers pointed at their place in ``weights.bin``. Empty for a model without any."""
-    parts, table, end = [], {}, 0
+    writer = WeightWriter()
     for tensor in _external(model):
-        array = np.ascontiguousarray(arrays[tensor.name])
-        if array.dtype.byteorder == ">":
-            array = array.astype(array.dtype.newbyteorder("<"))
-        offset = -(-end // TENSOR_ALIGN) * TENSOR_ALIGN
-        parts.append((offset, array.reshape(-1).view(np.uint8)))
-        table[tensor.name] = {"dtype": array.dtype.str, "shape": list(array.shape), "offset": offset,
-                              "length": array.nbytes}
+        offset, length = writer.add(tensor.name, arrays[tensor.name])
         del tensor.external_data[:]
-        for key, value in (("location", WEIGHTS_FILE), ("offset", offset), ("length", array.nbytes)):
+        for key, value in (("location", WEIGHTS_FILE), ("offset", offset), ("length", length)):
             tensor.external_data.add(key=key, value=str(value))
-        end = offset + array.nbytes
-    if not table:
-        return {}
-    return {WEIGHTS_FILE: StoredBlob(parts, end),
-            WEIGHTS_TABLE: json.dumps({"file": WEIGHTS_FILE, "tensors": table}, sort_keys=True).encode()}
+    return writer.payload()
 
 
 # onnxruntime's fused int8 kernels (QGemm, QLinearConv) requantize the exact integer sum once where

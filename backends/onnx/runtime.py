@@ -17,17 +17,15 @@ from __future__ import annotations
 
 from typing import Callable
 
-import json
 import os
 import tempfile
 
 import numpy as np
 
 from compiler.errors import ArtifactError, InputError
+from compiler.weight_table import WEIGHTS_FILE, WEIGHTS_TABLE, blob_array, read_table, tensor_view
 
 MODEL_FILE = "model.onnx"
-WEIGHTS_FILE = "weights.bin"
-WEIGHTS_TABLE = "weights.json"
 
 
 def session_from_model(model_bytes: bytes, threads: int | None = None, config: dict[str, str] | None = None,
@@ -111,68 +109,20 @@ def external_weights(payload: dict) -> dict[str, np.ndarray]:
     table = weight_table(payload)
     if not table:
         return {}
-    blob = _blob_array(payload[WEIGHTS_FILE])
-    return {name: blob[offset:offset + length].view(dtype).reshape(shape)
-            for name, (dtype, shape, offset, length) in table.items()}
+    blob = blob_array(payload[WEIGHTS_FILE])
+    return {name: tensor_view(blob, entry) for name, entry in table.items()}
 
 
 def weight_table(payload: dict) -> dict[str, tuple[np.dtype, tuple[int, ...], int, int]]:
-    """``weights.json`` checked against the ``weights.bin`` entry: name -> (dtype, shape, offset in
-    the entry, length). Raises ArtifactError for a table whose offsets, lengths, dtypes or shapes do
-    not fit the entry."""
-    if WEIGHTS_TABLE not in payload:
-        return {}
-    try:
-        table = json.loads(payload[WEIGHTS_TABLE])
-        tensors = table["tensors"]
-        if table.get("file") != WEIGHTS_FILE or not isinstance(tensors, dict):
-            raise ValueError("no tensor table")
-    except (ValueError, TypeError, KeyError) as exc:
-        raise ArtifactError(f"the ONNX artifact's {WEIGHTS_TABLE} is malformed ({exc}); recompile it") from exc
-    if WEIGHTS_FILE not in payload:
-        raise ArtifactError(f"the ONNX artifact has {WEIGHTS_TABLE} but no {WEIGHTS_FILE}; recompile it")
-    size = _entry_size(payload[WEIGHTS_FILE])
-    return {name: _table_entry(size, name, entry) for name, entry in tensors.items()}
+    """``weights.json`` checked against the ``weights.bin`` entry (``compiler.weight_table``):
+    name -> (dtype, shape, offset in the entry, length)."""
+    return read_table(payload, "ONNX")
 
 
 def _in_file(entry) -> bool:
     """Whether the artifact reader left ``weights.bin`` in the file (stored and hashed), where
     onnxruntime can read it in place."""
     return entry is not None and not isinstance(entry, (bytes, bytearray, memoryview)) and entry.size > 0
-
-
-def _entry_size(entry) -> int:
-    return len(entry) if isinstance(entry, (bytes, bytearray, memoryview)) else int(entry.size)
-
-
-def _blob_array(entry) -> np.ndarray:
-    if isinstance(entry, (bytes, bytearray, memoryview)):
-        return np.frombuffer(entry, dtype=np.uint8)
-    if entry.size == 0:
-        return np.zeros(0, dtype=np.uint8)
-    # read_artifact has checked that the entry lies inside the file and hashed it
-    return np.memmap(entry.path, dtype=np.uint8, mode="r", offset=entry.offset, shape=(entry.size,))
-
-
-_WEIGHT_DTYPES = {"b", "i", "u", "f"}
-
-
-def _table_entry(size: int, name: str, entry) -> tuple[np.dtype, tuple[int, ...], int, int]:
-    try:
-        dtype = np.dtype(entry["dtype"])
-        shape = tuple(entry["shape"])
-        offset, length = entry["offset"], entry["length"]
-        valid = (dtype.kind in _WEIGHT_DTYPES and dtype.byteorder != ">"
-                 and all(isinstance(d, int) and not isinstance(d, bool) and d >= 0 for d in shape)
-                 and all(isinstance(x, int) and not isinstance(x, bool) for x in (offset, length)))
-    except (TypeError, KeyError, ValueError):
-        valid = False
-    if not valid:
-        raise ArtifactError(f"the ONNX artifact's {WEIGHTS_TABLE} has a malformed entry for {name}; recompile it")
-    if offset < 0 or length != int(np.prod(shape, dtype=np.int64)) * dtype.itemsize or offset + length > size:
-        raise ArtifactError(f"the ONNX artifact's weight {name} (offset {offset}, {length} bytes) does not fit "
-                            f"{WEIGHTS_FILE} ({size} bytes) or its shape; the file is damaged, recompile it")
-    return dtype, shape, offset, length
 
 
 def _session_call(session, output_names: list[str]) -> Callable[[dict], list]:

@@ -21,6 +21,8 @@ import os
 
 import numpy as np
 
+from compiler.weight_table import TENSOR_ALIGN, WEIGHTS_FILE, WEIGHTS_TABLE, WeightWriter
+
 # Constants below this (biases, norm scales) stay in the library: lifting them would save little
 # and add a parameter to every call.
 MIN_BYTES = 4096
@@ -107,9 +109,7 @@ def _array(tensor) -> np.ndarray:
 
 
 # -- the artifact's copy: weights.bin + weights.json ---------------------------------------------
-WEIGHTS_FILE = "weights.bin"
-WEIGHTS_TABLE = "weights.json"
-TENSOR_ALIGN = 64  # each tensor's offset in weights.bin (the entry itself starts on a page)
+# (The store's format and its writer: compiler/weight_table.py, shared with the ONNX target.)
 KEYS_FILE = "keys.json"
 
 
@@ -177,13 +177,9 @@ def weights_payload(per_library: dict[str, list]) -> tuple[dict, dict[str, list]
     "panels": P, "columns": N}``, repacked at load (the stored weight as [K, N'] cut or
     zero-padded to N columns, in panels of P). A parameter list entry is a tensor id (used as
     stored) or such a dict. Empty payload when no library has parameters."""
-    from compiler.payload import StoredBlob
-
-    tensors: dict[str, dict] = {}
-    parts: list[tuple[int, np.ndarray]] = []
+    writer = WeightWriter()
     exact: dict[tuple, str] = {}  # (dtype, shape, sha256) -> tensor id
     panelled: dict[tuple, str] = {}  # (dtype, K, used columns, sha256 of them as [K, N]) -> tensor id
-    end = 0
     lists: dict[str, list] = {}
     several = len(per_library) > 1
 
@@ -202,22 +198,17 @@ def weights_payload(per_library: dict[str, list]) -> tuple[dict, dict[str, list]
                 entries.append({"tensor": panelled[unpacked], "panels": int(array.shape[2]),
                                 "columns": int(array.shape[0] * array.shape[2])})
                 continue
-            name = f"t{len(tensors)}"
-            offset = -(-end // TENSOR_ALIGN) * TENSOR_ALIGN
-            parts.append((offset, array.reshape(-1).view(np.uint8)))
-            tensors[name] = {"dtype": array.dtype.str, "shape": list(array.shape), "offset": offset,
-                             "length": int(array.nbytes)}
-            end = offset + int(array.nbytes)
+            name = f"t{len(writer.tensors)}"
+            writer.add(name, array)
             exact[key] = name
             if unpacked is not None:
                 panelled[unpacked] = name
             entries.append(name)
         lists[library] = entries
     lists = {library: lists[library] for library in per_library}
-    if not tensors:
+    if not writer.tensors:
         return {}, {library: [] for library in per_library}
-    table = json.dumps({"file": WEIGHTS_FILE, "tensors": tensors}, sort_keys=True).encode()
-    return {WEIGHTS_FILE: StoredBlob(parts, end), WEIGHTS_TABLE: table}, lists
+    return writer.payload(), lists
 
 
 def _hashable(key):

@@ -40,6 +40,7 @@ import numpy as np
 
 from compiler.cache import cache_root, cached_file
 from compiler.errors import ArtifactError, InputError
+from compiler.weight_table import WEIGHTS_FILE, WEIGHTS_TABLE, blob_array, read_table, tensor_view
 
 LIBRARY = "model.so"
 
@@ -272,9 +273,6 @@ def load_runner(manifest: dict, payload: dict[str, bytes],
     return run
 
 
-WEIGHTS_FILE = "weights.bin"
-WEIGHTS_TABLE = "weights.json"
-_WEIGHT_KINDS = {"b", "i", "u", "f"}
 
 
 def library_params(manifest: dict, payload: dict, library: str) -> list[np.ndarray]:
@@ -295,8 +293,12 @@ def library_params(manifest: dict, payload: dict, library: str) -> list[np.ndarr
     if not isinstance(wanted, list):
         raise ArtifactError(f"the TVM artifact has a malformed manifest: the params of {library} are not a list; "
                             "recompile it")
-    table = _weight_table(payload)
-    blob = _blob_array(payload[WEIGHTS_FILE])
+    if WEIGHTS_TABLE not in payload:
+        raise ArtifactError(f"the TVM artifact's manifest lists weights for {library} but it has no {WEIGHTS_TABLE}; "
+                            "recompile it")
+    table = read_table(payload, "TVM")
+    # Copy-on-write: TVM's DLPack import refuses read-only memory; the kernels never write weights.
+    blob = blob_array(payload[WEIGHTS_FILE], writable=True)
     arrays = []
     for item in wanted:
         name, panels, columns = (item, None, None) if isinstance(item, str) else (
@@ -305,8 +307,7 @@ def library_params(manifest: dict, payload: dict, library: str) -> list[np.ndarr
                                                             for x in (panels, columns))):
             raise ArtifactError(f"the TVM artifact's manifest names weight {item!r}, which {WEIGHTS_TABLE} does not "
                                 "hold; recompile it")
-        dtype, shape, offset, length = table[name]
-        array = blob[offset:offset + length].view(dtype).reshape(shape)
+        array = tensor_view(blob, table[name])
         if panels is not None:
             array = _repacked(array, panels, columns, name)
         arrays.append(array)
@@ -326,51 +327,6 @@ def _repacked(stored: np.ndarray, panels: int, columns: int, name: str) -> np.nd
         flat = np.concatenate([flat, np.zeros((k, columns - n), stored.dtype)], axis=1) if columns > n \
             else flat[:, :columns]
     return np.ascontiguousarray(flat.reshape(k, columns // panels, panels).transpose(1, 0, 2))
-
-
-def _weight_table(payload: dict) -> dict[str, tuple[np.dtype, tuple[int, ...], int, int]]:
-    """``weights.json`` checked against the ``weights.bin`` entry: id -> (dtype, shape, offset,
-    length)."""
-    try:
-        table = json.loads(payload[WEIGHTS_TABLE])
-        tensors = table["tensors"]
-        if table.get("file") != WEIGHTS_FILE or not isinstance(tensors, dict):
-            raise ValueError("no tensor table")
-    except (ValueError, TypeError, KeyError) as exc:
-        raise ArtifactError(f"the TVM artifact's {WEIGHTS_TABLE} is missing or malformed ({exc}); "
-                            "recompile it") from None
-    if WEIGHTS_FILE not in payload:
-        raise ArtifactError(f"the TVM artifact has {WEIGHTS_TABLE} but no {WEIGHTS_FILE}; recompile it")
-    entry = payload[WEIGHTS_FILE]
-    size = len(entry) if isinstance(entry, (bytes, bytearray, memoryview)) else int(entry.size)
-    checked = {}
-    for name, item in tensors.items():
-        try:
-            dtype = np.dtype(item["dtype"])
-            shape = tuple(item["shape"])
-            offset, length = item["offset"], item["length"]
-            valid = (dtype.kind in _WEIGHT_KINDS and dtype.byteorder != ">"
-                     and all(isinstance(d, int) and not isinstance(d, bool) and d >= 0 for d in shape)
-                     and all(isinstance(x, int) and not isinstance(x, bool) for x in (offset, length)))
-        except (TypeError, KeyError, ValueError):
-            valid = False
-        if not valid:
-            raise ArtifactError(f"the TVM artifact's {WEIGHTS_TABLE} has a malformed entry for {name}; recompile it")
-        if offset < 0 or length != int(np.prod(shape, dtype=np.int64)) * dtype.itemsize or offset + length > size:
-            raise ArtifactError(f"the TVM artifact's weight {name} (offset {offset}, {length} bytes) does not fit "
-                                f"{WEIGHTS_FILE} ({size} bytes) or its shape; the file is damaged, recompile it")
-        checked[name] = (dtype, shape, offset, length)
-    return checked
-
-
-def _blob_array(entry) -> np.ndarray:
-    """``weights.bin`` as writable bytes: a copy-on-write map of the artifact file where the reader
-    left it there (checked to lie inside the file and hashed), else a copy of the bytes."""
-    if isinstance(entry, (bytes, bytearray, memoryview)):
-        return np.frombuffer(bytearray(entry), dtype=np.uint8)
-    if entry.size == 0:
-        return np.zeros(0, dtype=np.uint8)
-    return np.memmap(entry.path, dtype=np.uint8, mode="c", offset=entry.offset, shape=(entry.size,))
 
 
 def _tensor(tvm, array: np.ndarray, dev):
