@@ -17,6 +17,7 @@ import torch
 from torch import nn
 
 from models.common import randomize_batch_norms
+from models.mobilenet_v2 import InvertedResidualV2, _conv_bn, _divisible
 
 __all__ = ["EfficientNetLite0"]
 
@@ -27,41 +28,6 @@ _INPUT_SEED = 2003
 # (expansion, depthwise kernel, first stride, output channels, repeats): EfficientNet-B0's stages.
 _STAGES = ((1, 3, 1, 16, 1), (6, 3, 2, 24, 2), (6, 5, 2, 40, 2), (6, 3, 2, 80, 3), (6, 5, 1, 112, 3),
            (6, 5, 2, 192, 4), (6, 3, 1, 320, 1))
-
-
-def _divisible(channels: float, divisor: int = 8) -> int:
-    """Round to a multiple of ``divisor`` without losing more than 10% (the rule EfficientNet's
-    width multiplier uses; only the reduced test configuration needs it)."""
-    rounded = max(divisor, int(channels + divisor / 2) // divisor * divisor)
-    return rounded + divisor if rounded < 0.9 * channels else rounded
-
-
-def _conv_bn(in_ch: int, out_ch: int, kernel: int, stride: int = 1, groups: int = 1, relu6: bool = True) -> nn.Sequential:
-    layers: list[nn.Module] = [
-        nn.Conv2d(in_ch, out_ch, kernel, stride=stride, padding=kernel // 2, groups=groups, bias=False),
-        nn.BatchNorm2d(out_ch),
-    ]
-    if relu6:
-        layers.append(nn.ReLU6())
-    return nn.Sequential(*layers)
-
-
-class MBConvLite(nn.Module):
-    """[1x1 expand + ReLU6] -> kxk depthwise + ReLU6 -> 1x1 project (+ x when shapes match); no
-    squeeze-excite. With ``expansion == 1`` this is timm's depthwise-separable block."""
-
-    def __init__(self, in_ch: int, out_ch: int, kernel: int, stride: int, expansion: int) -> None:
-        super().__init__()
-        hidden = in_ch * expansion
-        self.use_residual = stride == 1 and in_ch == out_ch
-        layers: list[nn.Module] = [_conv_bn(in_ch, hidden, 1)] if expansion != 1 else []
-        layers += [_conv_bn(hidden, hidden, kernel, stride=stride, groups=hidden),
-                   _conv_bn(hidden, out_ch, 1, relu6=False)]
-        self.body = nn.Sequential(*layers)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        out = self.body(x)
-        return x + out if self.use_residual else out
 
 
 class EfficientNetLite0(nn.Module):
@@ -84,7 +50,7 @@ class EfficientNetLite0(nn.Module):
             for expansion, kernel, stride, channels, repeats in _STAGES:
                 out_ch = _divisible(channels * width)
                 for i in range(repeats):
-                    blocks.append(MBConvLite(in_ch, out_ch, kernel, stride if i == 0 else 1, expansion))
+                    blocks.append(InvertedResidualV2(in_ch, out_ch, stride if i == 0 else 1, expansion, kernel))
                     in_ch = out_ch
             self.blocks = nn.Sequential(*blocks)
             self.head = _conv_bn(in_ch, head_ch, 1)

@@ -40,14 +40,16 @@ def _conv_bn(in_ch: int, out_ch: int, kernel: int, stride: int = 1, groups: int 
 
 
 class InvertedResidualV2(nn.Module):
-    """[1x1 expand + ReLU6] -> 3x3 depthwise + ReLU6 -> 1x1 project (+ x when shapes match)."""
+    """[1x1 expand + ReLU6] -> kxk depthwise + ReLU6 -> 1x1 project (+ x when shapes match); no
+    squeeze-excite. MobileNetV2 uses k = 3; EfficientNet-Lite's MBConv blocks are this block with
+    k = 3 or 5, and with ``expansion == 1`` it is the depthwise-separable block."""
 
-    def __init__(self, in_ch: int, out_ch: int, stride: int, expansion: int) -> None:
+    def __init__(self, in_ch: int, out_ch: int, stride: int, expansion: int, kernel: int = 3) -> None:
         super().__init__()
         hidden = in_ch * expansion
         self.use_residual = stride == 1 and in_ch == out_ch
         layers: list[nn.Module] = [_conv_bn(in_ch, hidden, 1)] if expansion != 1 else []
-        layers += [_conv_bn(hidden, hidden, 3, stride=stride, groups=hidden), _conv_bn(hidden, out_ch, 1, relu6=False)]
+        layers += [_conv_bn(hidden, hidden, kernel, stride=stride, groups=hidden), _conv_bn(hidden, out_ch, 1, relu6=False)]
         self.body = nn.Sequential(*layers)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
