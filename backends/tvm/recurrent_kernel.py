@@ -141,6 +141,11 @@ class _Shapes:
         self.M, self.XP = t_len * batch, packed_width(directions * gates * hidden, PROJ_TILE)
         self.NX = self.XP // PROJ_TILE
 
+    def step(self, t, d):
+        """The time index that loop step t of direction d works on: the backward direction
+        runs from the last step."""
+        return t + d * (self.TT - 1 - 2 * t)
+
 
 def lstm_kernel(t_len: int, batch: int, inputs: int, hidden: int, directions: int):
     """PrimFunc(x [T, B, I], wx [NX, I, PROJ_TILE], bx [NX*PROJ_TILE], w [D, NT, H, TILE],
@@ -149,10 +154,7 @@ def lstm_kernel(t_len: int, batch: int, inputs: int, hidden: int, directions: in
     s = _Shapes(4, t_len, batch, inputs, hidden, directions)
     H, B, D, TT, I, GH, GP, NT, HV, M, XP, NX = (s.H, s.B, s.D, s.TT, s.I, s.GH, s.GP, s.NT, s.HV, s.M, s.XP,
                                                  s.NX)
-    gemv, project = _gemv_macro(s), _projection_macro(s)
-
-    def step(t, d):
-        return t + d * (TT - 1 - 2 * t)  # the backward direction runs from the last step
+    gemv, project, step = _gemv_macro(s), _projection_macro(s), s.step
 
     def gate(gx, gh, t, d, b, j, g):
         return gx[step(t, d) * B + b, d * GH + g * H + j] + gh[b, g * H + j]
@@ -203,10 +205,7 @@ def gru_kernel(t_len: int, batch: int, inputs: int, hidden: int, directions: int
     s = _Shapes(3, t_len, batch, inputs, hidden, directions)
     H, B, D, TT, I, GH, GP, NT, HV, M, XP, NX = (s.H, s.B, s.D, s.TT, s.I, s.GH, s.GP, s.NT, s.HV, s.M, s.XP,
                                                  s.NX)
-    gemv, project = _gemv_macro(s), _projection_macro(s)
-
-    def step(t, d):
-        return t + d * (TT - 1 - 2 * t)
+    gemv, project, step = _gemv_macro(s), _projection_macro(s), s.step
 
     def row(t, d, b):
         return step(t, d) * B + b
