@@ -1,7 +1,7 @@
 """Benchmark: TVM llvm artifacts with a MetaSchedule tuning database, against the search-free
 schedules and onnxruntime, measured side by side in one run.
 
-For each zoo model: tune with a trial budget into ``<db>/<model>`` (reported: tuning time), then
+For each zoo model (or real-size model of ``models.REAL``, e.g. ``--models resnet18``): tune with a trial budget into ``<db>/<model>`` (reported: tuning time), then
 compile once more from that database alone (no search; reported: compile time), and time three
 things through the same harness as ``bench/bench.py``: torch.onnx + onnxruntime, our untuned
 llvm artifact and our tuned one, at one thread and at all threads. A database already present
@@ -36,14 +36,20 @@ import bench  # noqa: E402  (bench/bench.py, next to this file)
 from models import ZOO  # noqa: E402
 
 
+def model_spec(name: str):
+    """The zoo entry called ``name``, else the real-size one (``models.REAL``)."""
+    from models import REAL, get_model, get_real_model
+
+    return get_real_model(name) if name in REAL and name not in ZOO else get_model(name)
+
+
 def bench_tuned(name: str, batch: int, trials: int, db_root: str, retune: bool) -> dict:
     import torch
 
     import compiler
     from backends.tvm import tune as tvm_tune
-    from models import get_model
 
-    model = get_model(name).factory().eval()
+    model = model_spec(name).factory().eval()
     inputs = model.example_inputs(batch)
     feeds = [t.numpy() for t in inputs]
     db = os.path.join(db_root, name)
@@ -88,9 +94,8 @@ def bench_rpc(name: str, batch: int, trials: int, db_root: str, tracker: str, ke
     "local"``), or once on the servers at ``tracker`` under ``key``."""
     import compiler
     from backends.tvm.rpc_cluster import LocalCluster
-    from models import get_model
 
-    model = get_model(name).factory().eval()
+    model = model_spec(name).factory().eval()
     inputs = model.example_inputs(batch)
     feeds = [t.numpy() for t in inputs]
     setups = [(n, None) for n in (1, 2)] if tracker == "local" else [(None, (tracker, key))]
@@ -157,7 +162,7 @@ def format_table(rows: list[dict]) -> str:
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--models", default=",".join(ZOO), help="comma-separated zoo names")
+    parser.add_argument("--models", default=",".join(ZOO), help="comma-separated zoo or models.REAL names")
     parser.add_argument("--batch", type=int, default=1)
     parser.add_argument("--trials", type=int, default=256, help="MetaSchedule trial budget per model")
     parser.add_argument("--db", default="tuning", help="database root; one subdirectory per model")
