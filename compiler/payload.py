@@ -7,19 +7,47 @@ lives in the core so backends can build one without importing the driver. Standa
 
 from __future__ import annotations
 
-import hashlib
+import os
 from typing import Any
+
+from compiler.hashing import PIECE, piecewise_sha256
 
 _CHUNK = 16 << 20
 
 
+class FileRange:
+    """``nbytes`` bytes of a file from ``offset`` on, as a StoredBlob part: read in blocks when
+    the blob is hashed and written, so its pages stay in the page cache and never count in this
+    process's memory (a memory-mapped array's pages do, once touched). The file is opened here
+    and stays readable through this object even after it is deleted."""
+
+    def __init__(self, path: str, offset: int, nbytes: int):
+        self.file = open(path, "rb", buffering=0)  # noqa: SIM115 - closed with this object
+        self.offset, self.nbytes = int(offset), int(nbytes)
+        if self.offset + self.nbytes > os.fstat(self.file.fileno()).st_size:
+            raise ValueError(f"FileRange {path} [{offset}, {offset + nbytes}) runs past the file's end")
+
+    def chunks(self, start: int, end: int):
+        """Bytes [start, end) of the range, in blocks read into one reused buffer."""
+        buffer = memoryview(bytearray(min(_CHUNK, max(end - start, 0))))
+        pos = start
+        while pos < end:
+            got = os.preadv(self.file.fileno(), [buffer[:min(len(buffer), end - pos)]], self.offset + pos)
+            if not got:
+                raise EOFError(f"{self.file.name} ends before its range does")
+            yield buffer[:got]
+            pos += got
+
+
 class StoredBlob:
-    """A payload file made of ``parts``: (offset, buffer) pairs in increasing offset order, zeros
-    between them, ``size`` bytes in all. Written stored and page-aligned without joining the
-    parts into one bytes object; read back as a ``MappedEntry``."""
+    """A payload file made of ``parts``: (offset, part) pairs in increasing offset order, zeros
+    between them, ``size`` bytes in all. A part is a buffer, or an object that produces its bytes
+    on demand (``nbytes`` and ``chunks(start, end)``, as FileRange does). Written stored and
+    page-aligned without joining the parts into one bytes object; read back as a ``MappedEntry``."""
 
     def __init__(self, parts: list[tuple[int, Any]], size: int):
-        self.parts = [(int(offset), memoryview(buf).cast("B")) for offset, buf in parts]
+        self.parts = [(int(offset), buf if hasattr(buf, "chunks") else memoryview(buf).cast("B"))
+                      for offset, buf in parts]
         end = 0
         for offset, view in self.parts:
             if offset < end:
@@ -28,27 +56,43 @@ class StoredBlob:
         if end > size:
             raise ValueError(f"StoredBlob parts end at {end}, past its size {size}")
         self.size = int(size)
-        self._sha256: str | None = None
+        self._sha256: dict[int, str] = {}  # piece size -> digest
 
     def chunks(self):
         """The blob's bytes in order, zero padding included."""
-        pos = 0
+        return self.range_chunks(0, self.size)
+
+    def range_chunks(self, start: int, end: int):
+        """Bytes [start, end) of the blob in order, as views of the parts and zero padding."""
+        pos = start
         for offset, view in self.parts:
-            if offset > pos:
-                yield bytes(offset - pos)
-            for start in range(0, view.nbytes, _CHUNK):
-                yield view[start:start + _CHUNK]
-            pos = offset + view.nbytes
-        if self.size > pos:
-            yield bytes(self.size - pos)
+            part_end = offset + view.nbytes
+            if part_end <= pos:
+                continue
+            if offset >= end:
+                break
+            yield from _zeros(offset - pos)
+            first = max(pos, offset) - offset
+            last = min(end, part_end) - offset
+            if not isinstance(view, memoryview):
+                yield from view.chunks(first, last)
+            else:
+                for chunk in range(first, last, _CHUNK):
+                    yield view[chunk:min(last, chunk + _CHUNK)]
+            pos = offset + last
+        yield from _zeros(end - pos)
 
-    def sha256(self) -> str:
-        if self._sha256 is None:  # the artifact is written twice (before and after verification)
-            h = hashlib.sha256()
-            for chunk in self.chunks():
-                h.update(chunk)
-            self._sha256 = h.hexdigest()
-        return self._sha256
+    def sha256(self, piece: int = PIECE) -> str:
+        """The blob's piecewise SHA-256 (``compiler.hashing``), computed on every core."""
+        if piece not in self._sha256:  # the artifact is written twice (before and after verification)
+            self._sha256[piece] = piecewise_sha256(self.size, self.range_chunks, piece)
+        return self._sha256[piece]
 
 
-__all__ = ["StoredBlob"]
+def _zeros(count: int):
+    while count > 0:
+        yield bytes(min(count, _CHUNK))
+        count -= _CHUNK
+
+
+__all__ = ["FileRange", "StoredBlob"]

@@ -36,13 +36,19 @@ class WeightWriter:
         self.end = 0
 
     def add(self, name: str, array: np.ndarray) -> tuple[int, int]:
-        """Store ``array`` as tensor ``name``; returns its (offset, length) in ``weights.bin``."""
-        array = np.ascontiguousarray(array)
+        """Store ``array`` as tensor ``name``; returns its (offset, length) in ``weights.bin``. An
+        array memory-mapped from a file (``np.load(..., mmap_mode="r")``) is read from the file
+        when written, never through its mapping; a view in another layout (a transposed weight)
+        is laid out in C order block by block as it is written, never as a whole copy."""
+        source = _mapped_file_range(array)
+        array = np.asarray(array)
         if array.dtype.byteorder == ">":
-            array = array.astype(array.dtype.newbyteorder("<"))
+            source, array = None, array.astype(array.dtype.newbyteorder("<"))
+        if source is None:
+            source = array.reshape(-1).view(np.uint8) if array.flags.c_contiguous else _COrderBytes(array)
         offset = -(-self.end // TENSOR_ALIGN) * TENSOR_ALIGN
         length = int(array.nbytes)
-        self.parts.append((offset, array.reshape(-1).view(np.uint8)))
+        self.parts.append((offset, source))
         self.tensors[name] = {"dtype": array.dtype.str, "shape": list(array.shape), "offset": offset,
                               "length": length}
         self.end = offset + length
@@ -56,6 +62,42 @@ class WeightWriter:
             return {}
         table = json.dumps({"file": WEIGHTS_FILE, "tensors": self.tensors}, sort_keys=True).encode()
         return {WEIGHTS_FILE: StoredBlob(self.parts, self.end), WEIGHTS_TABLE: table}
+
+
+class _COrderBytes:
+    """A StoredBlob part: the C-order bytes of an array in any layout, made a block of rows (along
+    axis 0) at a time when they are hashed or written."""
+
+    _BLOCK = 4 << 20  # bytes per block of rows
+
+    def __init__(self, array: np.ndarray):
+        self.array, self.nbytes = array, int(array.nbytes)
+        self.row_bytes = self.nbytes // array.shape[0] if array.ndim and array.shape[0] else self.nbytes
+
+    def chunks(self, start: int, end: int):
+        if self.array.ndim == 0 or not self.row_bytes:
+            yield np.ascontiguousarray(self.array).reshape(-1).view(np.uint8)[start:end]
+            return
+        rows = max(1, self._BLOCK // self.row_bytes)
+        row = start // self.row_bytes
+        while row * self.row_bytes < end:
+            block = np.ascontiguousarray(self.array[row:row + rows]).reshape(-1).view(np.uint8)
+            base = row * self.row_bytes
+            yield block[max(start - base, 0):min(end - base, block.nbytes)]
+            row += rows
+
+
+def _mapped_file_range(array: np.ndarray):
+    """A FileRange over the bytes ``array`` maps, when it is a whole C-ordered np.memmap of a file
+    (not a view into one: its ``offset`` would not be the view's); else None."""
+    import mmap
+
+    from compiler.payload import FileRange
+
+    if (isinstance(array, np.memmap) and isinstance(array.base, mmap.mmap) and array.filename
+            and array.flags.c_contiguous):
+        return FileRange(array.filename, array.offset, array.nbytes)
+    return None
 
 
 def read_table(payload: dict, artifact: str) -> Table:

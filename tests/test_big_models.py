@@ -6,6 +6,7 @@ interpreter or PyTorch eager)."""
 from __future__ import annotations
 
 import errno
+import hashlib
 import json
 import os
 import zipfile
@@ -120,6 +121,68 @@ def test_stored_blob_tampered_or_moved_is_refused(tmp_path):
     path.write_bytes(bytes(moved))
     with pytest.raises(ArtifactError, match="runs past the end|sha256"):
         read_artifact(path)
+
+
+def _rewrite_manifest(src, dst, change) -> None:
+    """Copy artifact ``src`` to ``dst`` with ``change`` applied to its manifest, the archive's
+    manifest hash redone (the payload entries keep their bytes)."""
+    with zipfile.ZipFile(src) as zin, zipfile.ZipFile(dst, "w") as zout:
+        manifest = json.loads(zin.read("manifest.json"))
+        change(manifest)
+        manifest_bytes = json.dumps(manifest, sort_keys=True, indent=2).encode()
+        zout.comment = hashlib.sha256(manifest_bytes).hexdigest().encode()
+        zout.writestr("manifest.json", manifest_bytes)
+        for info in zin.infolist():
+            if info.filename != "manifest.json":
+                zout.writestr(info.filename, zin.read(info))
+
+
+def test_mapped_entry_hash_is_piecewise_and_covers_every_piece(tmp_path, monkeypatch):
+    piece = 1 << 20
+    monkeypatch.setattr(artifact, "PIECE", piece)
+    data = np.random.default_rng(0).integers(0, 255, 3 * piece + 12345, dtype=np.uint8)  # 4 pieces
+    path = tmp_path / "m.aot"
+    write_artifact(path, {"target": "x"}, {"weights.bin": StoredBlob([(0, data)], data.nbytes)})
+    entry = read_artifact(path)[0]["payload"]["weights.bin"]
+    digests = b"".join(hashlib.sha256(data[i:i + piece]).digest() for i in range(0, data.nbytes, piece))
+    assert entry["piece"] == piece
+    assert entry["sha256"] == hashlib.sha256(f"sha256-pieces:{piece}:{data.nbytes}:".encode() + digests).hexdigest()
+    good, offset = path.read_bytes(), _data_offset(path, "weights.bin")
+    for at in (0, 2 * piece + 7, data.nbytes - 1):  # the first, a middle and the last piece
+        damaged = bytearray(good)
+        damaged[offset + at] ^= 0x10
+        path.write_bytes(bytes(damaged))
+        with pytest.raises(ArtifactError, match="weights.bin has sha256"):
+            read_artifact(path)
+
+
+def test_format_1_mapped_entry_hashed_as_one_stream_still_reads(tmp_path):
+    data = np.arange(5000, dtype=np.float32)
+    path, old = tmp_path / "m.aot", tmp_path / "old.aot"
+    write_artifact(path, {"target": "x"}, {"weights.bin": StoredBlob([(0, data)], data.nbytes)})
+
+    def version_1(sha):
+        def change(manifest):
+            manifest["format_version"] = 1
+            entry = manifest["payload"]["weights.bin"]
+            del entry["piece"]
+            entry["sha256"] = sha
+        return change
+
+    _rewrite_manifest(path, old, version_1(hashlib.sha256(data.tobytes()).hexdigest()))
+    assert read_artifact(old)[1]["weights.bin"].read() == data.tobytes()
+    _rewrite_manifest(path, old, version_1(hashlib.sha256(data[1:].tobytes()).hexdigest()))
+    with pytest.raises(ArtifactError, match="weights.bin has sha256"):
+        read_artifact(old)
+
+
+@pytest.mark.parametrize("piece", [1, 4096, (1 << 20) + 1, 2 << 30, "64", None, True])
+def test_mapped_entry_piece_size_outside_the_rule_is_refused(tmp_path, piece):
+    path, bad = tmp_path / "m.aot", tmp_path / "bad.aot"
+    write_artifact(path, {"target": "x"}, {"weights.bin": StoredBlob([(0, np.ones(64, np.float32))], 256)})
+    _rewrite_manifest(path, bad, lambda m: m["payload"]["weights.bin"].update(piece=piece))
+    with pytest.raises(ArtifactError, match="no valid payload table"):
+        read_artifact(bad)
 
 
 # -- the ONNX backend ------------------------------------------------------------------------------

@@ -337,11 +337,37 @@ def _build_cuda(mod, target, before_codegen=None):
 
 def prepare_graph(graph, target):
     """Target-specific rewrites of our IR before it is lowered to Relax. CPU targets: zero-pad
-    the hidden widths of linear chains to vector multiples (exact; inputs/outputs unchanged)."""
+    the hidden widths of linear chains to vector multiples (exact; inputs/outputs unchanged).
+    Every target: constant linear weights stored transposed (``store_linear_weights_transposed``)."""
     kind = target.kind.name if hasattr(target, "kind") else str(target)
     if kind == "llvm":
         pad_linear_chains(graph, multiple=16)
+    store_linear_weights_transposed(graph)
     return graph
+
+
+def store_linear_weights_transposed(graph) -> int:
+    """Give each constant ``linear`` weight W [out, in] the memory layout the kernels read, W^T
+    [in, out] row-major (64-byte aligned), as the transposed view of that array: the same values,
+    so the IR is unchanged, and lowering hands W^T to TVM without a copy. Lowering used to
+    transpose each weight into a new array and Relax copied that again: one more copy of the
+    weights, two for a while, at the compile's peak memory. ``graph`` must be the emitter's own
+    copy (its constant values are replaced, their arrays are not written). Returns the number of
+    weights given the layout."""
+    done = 0
+    for node in graph.nodes:
+        weight = node.inputs[1] if node.op == "linear" else None
+        if weight is None or not weight.is_const or weight.const.ndim != 2 or _stored_transposed(weight.const):
+            continue
+        weight.const = _zero_padded(weight.const, weight.const.shape)
+        done += 1
+    return done
+
+
+def _stored_transposed(array) -> bool:
+    from .ops.common import TENSOR_ALIGN
+
+    return array.T.flags.c_contiguous and array.ctypes.data % TENSOR_ALIGN == 0
 
 
 def pad_linear_chains(graph, multiple: int = 16) -> int:
@@ -382,18 +408,16 @@ def _paddable_consumer(graph, node, multiple: int):
 
 
 def _pad_pair(graph, producer, consumer, multiple: int) -> None:
-    import numpy as np
-
     weight = producer.inputs[1].const
     extra = -weight.shape[0] % multiple
-    w1 = np.concatenate([weight, np.zeros((extra, weight.shape[1]), weight.dtype)])
+    w1 = _zero_padded(weight, (weight.shape[0] + extra, weight.shape[1]))
     inputs = [producer.inputs[0], graph.add_constant(w1, "padded_weight"), None]
     if producer.inputs[2] is not None:
         bias = producer.inputs[2].const
-        inputs[2] = graph.add_constant(np.concatenate([bias, np.zeros(extra, bias.dtype)]), "padded_bias")
+        inputs[2] = graph.add_constant(_zero_padded(bias, (bias.shape[0] + extra,)), "padded_bias")
     new_producer = graph.insert_before(producer, "linear", inputs, dict(producer.attrs), location=producer.location)
     w2 = consumer.inputs[1].const
-    w2 = np.concatenate([w2, np.zeros((w2.shape[0], extra), w2.dtype)], axis=1)
+    w2 = _zero_padded(w2, (w2.shape[0], w2.shape[1] + extra))
     new_consumer = graph.insert_before(consumer, "linear",
                                        [new_producer.output, graph.add_constant(w2, "padded_weight"),
                                         consumer.inputs[2]], dict(consumer.attrs), location=consumer.location)
@@ -405,3 +429,20 @@ def _pad_pair(graph, producer, consumer, multiple: int) -> None:
     graph.rename_value(new_consumer.output, name)
     graph.remove_node(producer)
     graph.remove_unused_constants()
+
+
+def _zero_padded(array, shape):
+    """``array`` at the top-left of a zero array of ``shape``, aligned for lowering without a
+    copy; a matrix is stored transposed (see ``store_linear_weights_transposed``)."""
+    from .ops.common import aligned_empty
+
+    if len(shape) != 2:
+        out = aligned_empty(shape, array.dtype)
+        out[...] = 0
+        out[tuple(slice(0, n) for n in array.shape)] = array
+        return out
+    stored = aligned_empty(shape[::-1], array.dtype)  # [in, out]
+    stored[array.shape[1]:, :] = 0
+    stored[:, array.shape[0]:] = 0
+    stored[:array.shape[1], :array.shape[0]] = array.T
+    return stored.T

@@ -14,8 +14,9 @@ Payload files that do not compress (float weights) are stored, not deflated: def
 MB of weights costs seconds and saves a few percent. A ``StoredBlob`` payload (the weights of a
 big model, assembled from arrays without a joined copy) is written stored with its data aligned to
 ``BLOB_ALIGN`` bytes in the file and is marked ``"mapped"`` in the manifest; ``read_artifact``
-hands it back as a ``MappedEntry`` (file, offset, size: the bytes are hashed streaming, never
-read into memory) that a runtime can memory-map.
+hands it back as a ``MappedEntry`` (file, offset, size: the bytes are hashed where they lie,
+never read into memory) that a runtime can memory-map. Its sha256 is piecewise
+(``compiler.hashing``: the pieces are hashed on every core, at write and at load).
 
 A signed artifact holds one more entry, ``SIGNATURE_NAME`` (``compiler.driver.signing``): a
 signature over the manifest bytes, which list every payload file's sha256. It is not in the
@@ -40,10 +41,13 @@ from collections import Counter
 from typing import Any, Callable
 
 from compiler.errors import ArtifactError
+from compiler.hashing import PIECE, RangeReader, file_reader, piecewise_sha256
 from compiler.payload import StoredBlob
 
 FORMAT_NAME = "aot-artifact"
-FORMAT_VERSION = 1
+# 2: a mapped entry's "sha256" is the piecewise digest of compiler.hashing (its "piece" says the
+# piece size); version 1 hashed it as one stream, which is still read.
+FORMAT_VERSION = 2
 MANIFEST_NAME = "manifest.json"
 SIGNATURE_NAME = "signature.sigstore.json"  # the one entry the manifest does not list: it signs the manifest
 
@@ -117,7 +121,7 @@ def write_artifact(path: str | os.PathLike, manifest: dict[str, Any], payload: d
         if not isinstance(name, str) or not name or name in (MANIFEST_NAME, SIGNATURE_NAME) or name.endswith("/"):
             raise ValueError(f"invalid payload file name {name!r}")
         if isinstance(data, StoredBlob):
-            table[name] = {"sha256": data.sha256(), "size": data.size, "mapped": True}
+            table[name] = {"sha256": data.sha256(PIECE), "piece": PIECE, "size": data.size, "mapped": True}
         else:
             data = data if isinstance(data, bytes) else bytes(data)
             table[name] = {"sha256": sha256_bytes(data), "size": len(data)}
@@ -280,7 +284,7 @@ def _read_zip(p: str, zf: zipfile.ZipFile, load_payload: bool) -> tuple[dict[str
     table = manifest.get("payload")
     if not isinstance(table, dict) or not all(
             isinstance(e, dict) and isinstance(e.get("sha256"), str) and type(e.get("size")) is int
-            for e in table.values()):
+            and _valid_piece(e.get("piece", _ABSENT)) for e in table.values()):
         raise ArtifactError(f"{p} is not a valid artifact: its manifest has no valid payload table; {_RECOMPILE}")
     present = {i.filename: i for i in infos if i.filename not in (MANIFEST_NAME, SIGNATURE_NAME)}
     extra = sorted(set(present) - set(table))
@@ -301,7 +305,7 @@ def _read_zip(p: str, zf: zipfile.ZipFile, load_payload: bool) -> tuple[dict[str
     for name in sorted(table):
         want_sha, info = table[name]["sha256"], present[name]
         if table[name].get("mapped"):
-            payload[name] = _mapped_entry(p, zf, info, want_sha)
+            payload[name] = _mapped_entry(p, zf, info, want_sha, table[name].get("piece"))
             continue
         data = _read_entry(zf, info)
         got_sha = sha256_bytes(data)
@@ -309,6 +313,12 @@ def _read_zip(p: str, zf: zipfile.ZipFile, load_payload: bool) -> tuple[dict[str
             raise _integrity(p, f"payload file {name} has sha256 {got_sha}, manifest says {want_sha}")
         payload[name] = data
     return manifest, payload
+
+
+def _valid_piece(piece: Any) -> bool:
+    """A mapped entry's piece size, when given, is a whole number of MiB up to 1 GiB (a tiny one
+    would make millions of pieces to hash)."""
+    return piece is _ABSENT or (type(piece) is int and 1 << 20 <= piece <= 1 << 30 and piece % (1 << 20) == 0)
 
 
 def _read_entry(zf: zipfile.ZipFile, info: zipfile.ZipInfo) -> bytes:
@@ -471,9 +481,10 @@ def check_manifest_fields(p: str, manifest: dict[str, Any]) -> None:
 _ABSENT = object()
 
 
-def _mapped_entry(p: str, zf: zipfile.ZipFile, info: zipfile.ZipInfo, want_sha: str) -> MappedEntry:
+def _mapped_entry(p: str, zf: zipfile.ZipFile, info: zipfile.ZipInfo, want_sha: str, piece: Any) -> MappedEntry:
     """The stored entry ``info`` as a MappedEntry, after checking that its data lies inside the
-    file before the central directory and hashing it streaming."""
+    file before the central directory and hashing it where it lies: piecewise on every core when
+    the manifest gives a ``piece`` size (format 2), as one stream otherwise (format 1)."""
     name = info.filename
     if info.compress_type != zipfile.ZIP_STORED or info.compress_size != info.file_size:
         raise _integrity(p, f"payload file {name} is marked mapped but is compressed")
@@ -485,18 +496,25 @@ def _mapped_entry(p: str, zf: zipfile.ZipFile, info: zipfile.ZipInfo, want_sha: 
               + int.from_bytes(header[28:30], "little"))
     if offset + info.file_size > zf.start_dir:  # the central directory follows all entry data
         raise _integrity(p, f"payload file {name} runs past the end of the archive's data")
-    zf.fp.seek(offset)
-    h = hashlib.sha256()
-    left = info.file_size
-    while left:
-        chunk = zf.fp.read(min(left, _CHUNK * 16))
-        if not chunk:
-            raise _integrity(p, f"payload file {name} is cut off")
-        h.update(chunk)
-        left -= len(chunk)
-    if h.hexdigest() != want_sha:
-        raise _integrity(p, f"payload file {name} has sha256 {h.hexdigest()}, manifest says {want_sha}")
+    read = file_reader(zf.fp.fileno(), offset)
+    try:
+        if piece is None:
+            got_sha = _stream_sha256(info.file_size, read)
+        else:
+            got_sha = piecewise_sha256(info.file_size, read, piece)
+    except EOFError:
+        raise _integrity(p, f"payload file {name} is cut off") from None
+    if got_sha != want_sha:
+        raise _integrity(p, f"payload file {name} has sha256 {got_sha}, manifest says {want_sha}")
     return MappedEntry(p, offset, info.file_size)
+
+
+def _stream_sha256(size: int, read: RangeReader) -> str:
+    """One SHA-256 stream over ``size`` bytes of a RangeReader (format 1's mapped entries)."""
+    h = hashlib.sha256()
+    for block in read(0, size):
+        h.update(block)
+    return h.hexdigest()
 
 
 def _ends_with_comment(f, comment: bytes) -> bool:

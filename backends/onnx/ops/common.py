@@ -152,7 +152,8 @@ class EmitContext:
     def const(self, array, dtype: DType | np.dtype | None = None, hint: str = "const") -> str:
         """An initializer holding ``array`` (small ones are shared)."""
         np_dtype = dtype.numpy if isinstance(dtype, DType) else dtype
-        array = np.array(array, dtype=np_dtype, order="C")  # not ascontiguousarray: it makes 0-d arrays 1-d
+        # Not copied (a big weight may be a view of the model's own): initializers are never written.
+        array = np.asarray(array, dtype=np_dtype)
         key = None
         if array.size <= 64:
             key = (array.dtype.str, array.shape, array.tobytes())

@@ -33,9 +33,10 @@ def emit_matmul(ctx: EmitContext, node: Node) -> None:
 
 
 def _transposed(ctx: EmitContext, v: Value, perm: list[int], dtype: DType) -> str:
-    """``v`` with axes permuted: a pre-transposed initializer when ``v`` is a constant."""
+    """``v`` with axes permuted: a pre-transposed initializer when ``v`` is a constant (a view: a
+    big one is laid out transposed only as the artifact is written, see WeightWriter)."""
     if v.is_const:
-        return ctx.const(np.ascontiguousarray(np.transpose(v.const, perm)).astype(dtype.numpy), hint=f"{v.name}_T")
+        return ctx.const(np.transpose(v.const, perm).astype(dtype.numpy, copy=False), hint=f"{v.name}_T")
     shape = tuple(v.shape[p] for p in perm)
     return ctx.add("Transpose", [ctx.cast(ctx.value(v), v.dtype, dtype)], dtype=dtype, shape=shape, perm=perm)
 
