@@ -10,7 +10,7 @@ from __future__ import annotations
 import os
 from typing import Any
 
-from compiler.hashing import PIECE, piecewise_sha256
+from compiler.hashing import PIECE, file_reader, piecewise_sha256
 
 _CHUNK = 16 << 20
 
@@ -29,14 +29,7 @@ class FileRange:
 
     def chunks(self, start: int, end: int):
         """Bytes [start, end) of the range, in blocks read into one reused buffer."""
-        buffer = memoryview(bytearray(min(_CHUNK, max(end - start, 0))))
-        pos = start
-        while pos < end:
-            got = os.preadv(self.file.fileno(), [buffer[:min(len(buffer), end - pos)]], self.offset + pos)
-            if not got:
-                raise EOFError(f"{self.file.name} ends before its range does")
-            yield buffer[:got]
-            pos += got
+        return file_reader(self.file.fileno(), self.offset)(start, end)
 
 
 class StoredBlob:

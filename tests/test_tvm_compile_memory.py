@@ -35,8 +35,9 @@ def test_shared_tensor_uses_aligned_memory_in_place_and_copies_the_rest():
     shared = shared_tensor(aligned)
     aligned[0, 0] = 7.0  # the tensor sees the array's memory
     assert shared.numpy()[0, 0] == 7.0
-    raw = np.ones(64 * 8 + 4, np.float32)
-    unaligned = raw[1:][:512].reshape(64, 8) if raw[1:].ctypes.data % TENSOR_ALIGN else raw[2:][:512].reshape(64, 8)
+    raw = aligned_empty((64 * 8 + 1,), np.float32)
+    raw[...] = 1.0
+    unaligned = raw[1:].reshape(64, 8)  # 4 bytes past a 64-byte boundary
     copied = shared_tensor(unaligned)
     unaligned[0, 0] = 7.0
     assert copied.numpy()[0, 0] == 1.0

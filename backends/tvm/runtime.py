@@ -273,8 +273,6 @@ def load_runner(manifest: dict, payload: dict[str, bytes],
     return run
 
 
-
-
 def library_params(manifest: dict, payload: dict, library: str) -> list[np.ndarray]:
     """The weights ``library`` takes after the inputs (its ``params`` list in the manifest), as
     arrays over ``weights.bin``: copy-on-write memory maps of the artifact file (pages shared with
