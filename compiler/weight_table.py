@@ -39,10 +39,15 @@ class WeightWriter:
         """Store ``array`` as tensor ``name``; returns its (offset, length) in ``weights.bin``. An
         array memory-mapped from a file (``np.load(..., mmap_mode="r")``) is read from the file
         when written, never through its mapping; a view in another layout (a transposed weight)
-        is laid out in C order block by block as it is written, never as a whole copy."""
-        source = _mapped_file_range(array)
-        array = np.asarray(array)
-        if array.dtype.byteorder == ">":
+        is laid out in C order block by block as it is written, never as a whole copy. ``array``
+        may also be an object that makes its C-order bytes on demand (``dtype``, ``shape``,
+        ``nbytes`` and ``chunks(start, end)``, little-endian): a packed weight made while written."""
+        if not isinstance(array, np.ndarray) and hasattr(array, "chunks"):
+            source = array
+        else:
+            source = _mapped_file_range(array)
+            array = np.asarray(array)
+        if source is not array and array.dtype.byteorder == ">":
             source, array = None, array.astype(array.dtype.newbyteorder("<"))
         if source is None:
             source = array.reshape(-1).view(np.uint8) if array.flags.c_contiguous else _COrderBytes(array)

@@ -198,3 +198,93 @@ def test_repacking_between_panel_widths_and_paddings(stored, wanted):
     payload, lists = tvm_params.weights_payload({"a.so": [packed(*wanted)], "b.so": [packed(*stored)]})
     assert len(json.loads(payload[tvm_params.WEIGHTS_TABLE])["tensors"]) == 1
     assert lists["b.so"] == ["t0"] and lists["a.so"] == [{"tensor": "t0", "panels": wanted[1], "columns": wanted[0]}]
+
+
+# -- packed weights made by the parent (params.DeferredWeights) -----------------------------------
+def _packed(w: np.ndarray, columns: int, panel: int) -> np.ndarray:
+    padded = np.concatenate([w, np.zeros((w.shape[0], columns - w.shape[1]), w.dtype)], axis=1)
+    return np.ascontiguousarray(padded.reshape(w.shape[0], columns // panel, panel).transpose(1, 0, 2))
+
+
+@pytest.mark.parametrize("columns, panel", [(300, 20), (320, 32), (304, 16)])
+def test_panel_packed_bytes_are_the_packed_weight_in_any_range(columns, panel, monkeypatch):
+    w = np.random.default_rng(4).standard_normal((70, 300)).astype(np.float32)
+    part = tvm_params.PanelPacked(w, panel, columns)
+    want = _packed(w, columns, panel)
+    assert part.shape == want.shape and part.nbytes == want.nbytes
+    monkeypatch.setattr(tvm_params.PanelPacked, "_BLOCK", 3 * part.panel_bytes + 5)  # several blocks
+    whole = want.reshape(-1).view(np.uint8)
+    for start, end in [(0, part.nbytes), (17, part.nbytes - 3), (part.panel_bytes - 1, part.panel_bytes * 4 + 9)]:
+        got = b"".join(bytes(c) for c in part.chunks(start, end))
+        assert got == whole[start:end].tobytes()
+
+
+def test_deferred_weights_store_the_same_tensors_as_packing_in_the_builds(tmp_path, monkeypatch):
+    """ConvLinear's 4.7 MB linear weight is packed by recipe (at write), the smaller ones by the
+    builds: the same weights.bin as when every build packs its own (the sources threshold raised).
+    The builds run in this process here, so that the placeholders can be counted."""
+    monkeypatch.setenv("AOT_COMPILE_JOBS", "1")
+    made = []
+    original = tvm_params.DeferredWeights.placeholder
+
+    def counted(self, *args):
+        holder = original(self, *args)
+        made.append(holder is not None)
+        return holder
+
+    monkeypatch.setattr(tvm_params.DeferredWeights, "placeholder", counted)
+    tables = []
+    for name, threshold in (("deferred", tvm_params.DEFER_MIN_BYTES), ("eager", 1 << 40)):
+        monkeypatch.setattr(tvm_params, "DEFER_MIN_BYTES", threshold)
+        path = tmp_path / f"{name}.aot"
+        compiler.compile(ConvLinear().eval(), (X,), target="llvm", output=path, verify=False)
+        manifest, payload = read_artifact(path)
+        tables.append((json.loads(payload[tvm_params.WEIGHTS_TABLE])["tensors"],
+                       payload[tvm_params.WEIGHTS_FILE].read(), [v["params"] for v in manifest["target_info"]["variants"]]))
+        if name == "deferred":
+            assert made.count(True) == 2, made  # the linear, in each variant
+    (deferred, data, lists), (packed, eager_data, eager_lists) = tables
+    assert lists == eager_lists and deferred.keys() == packed.keys()
+    for name, entry in deferred.items():
+        assert entry["shape"] == packed[name]["shape"]
+        mine = data[entry["offset"]:entry["offset"] + entry["length"]]
+        assert mine == eager_data[packed[name]["offset"]:packed[name]["offset"] + packed[name]["length"]], name
+
+
+def test_a_placeholder_is_always_lifted_and_never_left_in_a_library():
+    """A placeholder's pages are never written: lifting takes it whatever the thresholds, and a
+    module that still holds one is refused before it could be compiled into a library."""
+    from tvm import relax
+
+    from backends.tvm.ops.common import aligned_empty, shared_tensor
+
+    weight = aligned_empty((256, 1024), np.float32)  # 1 MiB: a source
+    weight[...] = np.random.default_rng(5).standard_normal(weight.shape)
+
+    def module(const):
+        bb = relax.BlockBuilder()
+        x = relax.Var("x", relax.TensorType([2, 256], "float32"))
+        with bb.function("main", [x]):
+            with bb.dataflow():
+                out = bb.emit_output(relax.op.add(x, relax.op.sum(const)))
+            bb.emit_func_output(out)
+        return bb.get()
+
+    source = module(relax.const(shared_tensor(weight)))
+    deferred = tvm_params.DeferredWeights(source)
+    assert len(deferred.sources) == 1
+    holder = deferred.placeholder(deferred.sources[0], 32, 1024)
+    assert holder is not None and holder.shape == (32, 256, 32)
+    assert deferred.placeholder(np.ones((256, 1024), np.float32), 32, 1024) is None  # not a source
+    with_holder = module(relax.const(shared_tensor(holder)))
+    with pytest.raises(RuntimeError, match="not lifted"):
+        deferred.check_lifted(with_holder)
+    got: list = []
+    lifted, count = tvm_params.lift_constants(with_holder, got.append, min_bytes=1 << 40, min_total=1 << 40,
+                                              forced=deferred.is_placeholder)
+    assert count == 1 and deferred.recipe(got[0]) == {"source": 0, "rows": 256, "width": 1024, "panel": 32,
+                                                      "columns": 1024}
+    deferred.check_lifted(lifted)
+    part, keys = deferred.made(deferred.recipe(got[0]))
+    assert b"".join(bytes(c) for c in part.chunks(0, part.nbytes)) == _packed(weight, 1024, 32).tobytes()
+    assert keys[1] == ("source", 0)

@@ -269,6 +269,8 @@ def _build_cpu_variants(mod, options: dict[str, Any], info: dict[str, Any]):
         tuned = variants[0]
     start = time.perf_counter()
     prepared = pipeline.prepare_portable(mod)
+    # The builds pack the big weights by recipe: their packed copies are made here, while written.
+    deferred = params.DeferredWeights(prepared)
     # A search times candidates on this machine's cores: a second build beside it would skew them.
     jobs = 1 if tuned is not None else build_jobs(len(variants))
     say(f"emit: llvm: prepared in {time.perf_counter() - start:.1f} s; building {len(variants)} "
@@ -287,7 +289,8 @@ def _build_cpu_variants(mod, options: dict[str, Any], info: dict[str, Any]):
                 # The weights leave the library: saved next to it, for the parent to store once.
                 executable = pipeline.build(prepared, make_target(tdict),
                                             {**own, "stats": own_stats, "stage": progress.stage,
-                                             "before_codegen": params.saving_hook(path + PARAMS_SUFFIX)},
+                                             "deferred_weights": deferred,
+                                             "before_codegen": params.saving_hook(path + PARAMS_SUFFIX, deferred)},
                                             prepared=True)
                 progress.stage("writing the library (machine code, link)...")
                 executable.export_library(path)
@@ -304,7 +307,7 @@ def _build_cpu_variants(mod, options: dict[str, Any], info: dict[str, Any]):
             with open(path, "rb") as f:
                 payload[variant["library"]] = f.read()
         # Memory-mapped: the mappings outlive the folder's removal; the writer streams from them.
-        weights, lists = params.weights_payload({v["library"]: params.saved_arrays(p + PARAMS_SUFFIX)
+        weights, lists = params.weights_payload({v["library"]: params.saved_arrays(p + PARAMS_SUFFIX, deferred)
                                                  for v, p in zip(variants, paths)})
     payload.update(weights)
     for variant in variants:

@@ -11,7 +11,9 @@ LegalizeOps) replaces, for float32 operands with static shapes:
 
 where ``Wp = W.reshape(K, N // P, P).transpose(1, 0, 2)`` is the weight packed at compile time
 into panels of ``P`` output columns (``P`` = two vector registers on AVX-512, two or three on
-AVX2, see ``micro_kernel``), so the kernel reads each panel contiguously along K. Both calls are
+AVX2, see ``micro_kernel``), so the kernel reads each panel contiguously along K (a weight of
+1 MiB or more that the variant builds share is not packed here: the build gets a placeholder and
+the packed bytes are made when the artifact is written, ``params.DeferredWeights``). Both calls are
 out-elementwise-fusable: FuseOps puts the bias, activation and residual add after them into the
 same PrimFunc. N must be a multiple of the vector width (on AVX-512: of 8, half a register), else the op is left alone (the generic
 ``TiledContraction`` rule takes it), except a matmul at least ``PAD_MIN_WIDTH`` wide: its weight
@@ -124,8 +126,12 @@ def tile_shape(m: int, panel: int, lanes: int) -> tuple[int, int]:
 
 def pack_weight(w: np.ndarray, panel: int) -> np.ndarray:
     """[K, N] -> [N / panel, K, panel]: each panel of ``panel`` columns contiguous along K."""
+    from .ops.common import aligned_empty
+
     k, n = w.shape
-    return np.ascontiguousarray(w.reshape(k, n // panel, panel).transpose(1, 0, 2))
+    packed = aligned_empty((n // panel, k, panel), w.dtype)  # aligned: TVM takes it without a copy
+    packed[...] = w.reshape(k, n // panel, panel).transpose(1, 0, 2)
+    return packed
 
 
 def packed_matmul(x, wp, row_tile: int | None = None):
@@ -236,11 +242,14 @@ def packed_conv2d(x, wp, kernel, strides, padding, dilation, row_tile: int | Non
     return te.compute((n, oh, ow, panels * panel), lambda *i: y[i], name="packed_crop")
 
 
-def rewrite_pass(target=None):
-    """Relax pass: constant-weight float32 matmuls and NHWC convolutions -> packed-weight calls."""
+def rewrite_pass(target=None, deferred=None):
+    """Relax pass: constant-weight float32 matmuls and NHWC convolutions -> packed-weight calls.
+    ``deferred`` (``params.DeferredWeights``): a weight that is one of its sources gets a
+    placeholder for its packed copy (made when the artifact is written), not the copy."""
     import tvm
     from tvm import relax
 
+    from .ops.common import shared_tensor
     from .pipeline import _relax_function_pass
 
     lanes = _lanes(target)
@@ -263,13 +272,13 @@ def rewrite_pass(target=None):
             xs = _static_shape(x)
             if not _is_const(w):
                 return self._activation_matmul(call)
-            if not _f32(x, w, call) or w.value.numpy().ndim != 2:
+            if not _f32(x, w, call):
                 return None
-            wn = w.value.numpy()
+            wn = _const_array(w)  # a view of the constant's memory: copied only into its packed form
+            if wn.ndim != 2:
+                return None
             width = wn.shape[1]
             padded = padded_width(width, lanes)
-            if padded != width:
-                wn = np.concatenate([wn, np.zeros((wn.shape[0], padded - width), wn.dtype)], axis=1)
             if xs is None:
                 xs = _rows_may_vary(x)
                 rows, panel = micro_kernel(None, padded, lanes) if xs else (0, 0)
@@ -277,9 +286,10 @@ def rewrite_pass(target=None):
                     # No packed kernel, but a width with no vector multiple still gets its zero
                     # columns, so that the generic rule vectorizes it (GPT-2's 50257-word head
                     # ran scalar: 19-34x onnxruntime).
-                    return None if padded == width else self._sliced(relax.op.matmul(x, relax.const(wn)), width)
+                    return None if padded == width else self._sliced(
+                        relax.op.matmul(x, relax.const(shared_tensor(_zero_columns(wn, padded)))), width)
                 # Symbolic rows (a dynamic sequence): padded to whole register tiles inside the kernel.
-                y = self.builder_.call_te(packed_matmul, x, relax.const(pack_weight(wn, panel)), rows,
+                y = self.builder_.call_te(packed_matmul, x, self._packed(x, wn, panel, padded), rows,
                                           primfunc_name_hint=MATMUL, primfunc_attrs={"op_pattern": 4})
                 return y if padded == width else self._sliced(y, width)
             if len(xs) < 2:
@@ -287,10 +297,19 @@ def rewrite_pass(target=None):
             _, panel = micro_kernel(xs[-2], padded, lanes)
             if not panel:
                 return None
-            wp = relax.const(pack_weight(wn, panel))
-            y = self.builder_.call_te(packed_matmul, x, wp, primfunc_name_hint=MATMUL,
+            y = self.builder_.call_te(packed_matmul, x, self._packed(x, wn, panel, padded), primfunc_name_hint=MATMUL,
                                       primfunc_attrs={"op_pattern": 4})
             return y if padded == width else self._sliced(y, width)
+
+        def _packed(self, x, weight, panel: int, columns: int):
+            """The constant ``weight`` [K, N] zero-padded to ``columns`` in panels of ``panel``:
+            a placeholder for it when it is a deferred source (and ``x`` is no constant, so that
+            nothing folds the placeholder's contents), else the packed copy, shared with TVM."""
+            if deferred is not None and not _is_const(x):
+                holder = deferred.placeholder(weight, panel, columns)
+                if holder is not None:
+                    return relax.const(shared_tensor(holder))
+            return relax.const(shared_tensor(pack_weight(_zero_columns(weight, columns), panel)))
 
         def _activation_matmul(self, call):
             """Both operands computed at run time, with a symbolic row count or width (attention
@@ -324,7 +343,7 @@ def rewrite_pass(target=None):
                     or str(a.data_layout) != "NHWC" or str(a.kernel_layout) != "HWIO"
                     or str(a.out_layout) not in ("", "NHWC") or _dim(xs[0]) is None or _dim(xs[3]) is None):
                 return None  # (a symbolic batch keeps the generic rule)
-            wn = w.value.numpy()
+            wn = _const_array(w)
             kh, kw, c, n_out = wn.shape
             width = _dim(call.ty.shape.values[2])
             rows, panel = micro_kernel(width, n_out, lanes)
@@ -333,7 +352,7 @@ def rewrite_pass(target=None):
             # A symbolic image size (the width is the GEMM's row axis): whole register tiles of
             # a padded width, cropped back.
             row_tile = rows if width is None else None
-            wp = relax.const(pack_weight(wn.reshape(kh * kw * c, n_out), panel))
+            wp = self._packed(x, wn.reshape(kh * kw * c, n_out), panel, n_out)
             return self.builder_.call_te(
                 packed_conv2d, x, wp, (kh, kw), [int(v) for v in a.strides], [int(v) for v in a.padding],
                 [int(v) for v in a.dilation], row_tile, primfunc_name_hint=CONV, primfunc_attrs={"op_pattern": 4})
@@ -348,6 +367,21 @@ def _lanes(target) -> int:
 
     target = target or tvm.target.Target.current(allow_none=True)
     return 16 if target is None else vector_lanes(target, 32)
+
+
+def _const_array(const) -> np.ndarray:
+    """A constant's array: a view of its memory (DLPack), or a copy where that is not possible."""
+    try:
+        return np.from_dlpack(const.value)
+    except (TypeError, ValueError, BufferError, RuntimeError):
+        return const.value.numpy()
+
+
+def _zero_columns(w: np.ndarray, columns: int) -> np.ndarray:
+    """``w`` [K, N] with zero columns up to ``columns`` (``w`` itself when there are none)."""
+    if columns == w.shape[1]:
+        return w
+    return np.concatenate([w, np.zeros((w.shape[0], columns - w.shape[1]), w.dtype)], axis=1)
 
 
 def _is_const(expr) -> bool:

@@ -27,13 +27,17 @@ def build(mod, target, options: dict[str, Any] | None = None, prepared: bool = F
     ``progress`` (callable taking one line: the search's), ``stage`` (callable taking the name of
     each build stage as it starts: kernels scheduled, lowering and LLVM), ``cpu`` (informational),
     ``before_codegen`` (module -> module, run on the final Relax module before TVM compiles it:
-    the weights lifted into parameters, ``params.py``). ``prepared``: ``mod`` is
+    the weights lifted into parameters, ``params.py``), ``deferred_weights``
+    (``params.DeferredWeights``: the packed copies of its sources become placeholders; needs a
+    ``before_codegen`` that lifts them, ``params.saving_hook``). ``prepared``: ``mod`` is
     already ``prepare_portable``'s output (shared by the builds of several CPU variants)."""
     import tvm
     from tvm import relax
 
     options = options or {}
     stage = options.get("stage") or (lambda text: None)
+    if options.get("deferred_weights") is not None and not options.get("before_codegen"):
+        raise ValueError("deferred_weights needs a before_codegen hook that lifts the placeholders")
     if target.kind.name == "cuda":
         stage("scheduling (GPU rules), TIR lowering, CUDA and LLVM codegen...")
         return _build_cuda(mod, target, options.get("before_codegen"))  # no tuning option reaches cuda
@@ -128,7 +132,8 @@ def lower(mod, target, options: dict[str, Any] | None = None, prepared: bool = F
     search-free rules for what the database lacks."""
     options = options or {}
     # A prepared module may be shared with other targets' builds: the target's passes get a copy.
-    mod = schedule_target_kernels(mod.clone(), target) if prepared else prepare_module(mod, target=target)
+    mod = (schedule_target_kernels(mod.clone(), target, options.get("deferred_weights")) if prepared
+           else prepare_module(mod, target=target))
     functions, by_pipeline = scheduled_counts(mod)
     if options.get("tune") or options.get("tuning_db"):
         from . import tune
@@ -164,17 +169,17 @@ def prepare_module(mod, convert_layout: bool = True, target=None):
     return schedule_target_kernels(prepare_portable(mod, convert_layout), target)
 
 
-def schedule_target_kernels(mod, target):
+def schedule_target_kernels(mod, target, deferred=None):
     """The target-dependent end of ``prepare_module``: weights packed into panels of
-    ``target``'s vector width (gemm.py), legalization and fusion, the pipeline's own kernels
-    (Winograd) scheduled for that width."""
+    ``target``'s vector width (gemm.py; ``deferred``: see ``build``), legalization and fusion, the
+    pipeline's own kernels (Winograd) scheduled for that width."""
     import tvm
     from tvm import relax
 
     from . import gemm, winograd
 
     # Constant-weight matmuls and the remaining NHWC convolutions -> packed-weight GEMM calls.
-    passes = [relax.transform.FoldConstant(), gemm.rewrite_pass(target)]
+    passes = [relax.transform.FoldConstant(), gemm.rewrite_pass(target, deferred)]
     passes += [
         relax.transform.LegalizeOps(),
         relax.transform.AnnotateTIROpPattern(),
