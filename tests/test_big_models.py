@@ -318,6 +318,55 @@ def test_disk_full_while_writing_weights_keeps_the_old_artifact(tmp_path, monkey
     assert os.listdir(tmp_path) == ["mlp.aot"]  # no temp file left behind
 
 
+# -- an artifact larger than the memory the process can take -------------------------------------
+def test_artifact_larger_than_the_free_memory_is_refused_before_the_runtime_allocates(tmp_path, monkeypatch):
+    from compiler import memory
+
+    path = tmp_path / "mlp.aot"
+    compiler.compile(_mlp(), (torch.randn(2, 64),), target="onnx", output=path, verify=False)
+    weights = read_artifact(path)[1]["weights.bin"].size
+    monkeypatch.setattr(memory, "available_bytes", lambda: weights - 1)
+    with pytest.raises(ArtifactError, match=r"needs about \d+ MiB of memory \(its 0 MiB of weights\).*can take"):
+        compiler.load(path)
+    monkeypatch.setattr(memory, "available_bytes", lambda: weights)
+    compiler.load(path)  # just enough
+
+
+_LIMITED = """
+import resource, sys
+import onnxruntime  # the runtime's own address space first: only the room left is limited
+import compiler
+from compiler.errors import ArtifactError
+from compiler.memory import _read_fields
+
+size = _read_fields("/proc/self/status")["VmSize"]
+resource.setrlimit(resource.RLIMIT_AS, (size + int(sys.argv[2]), resource.RLIM_INFINITY))
+try:
+    compiler.load(sys.argv[1])
+except ArtifactError as exc:
+    print("REFUSED", exc)
+"""
+
+
+@pytest.mark.skipif(not os.path.exists("/proc/self/status"), reason="reads the address space from /proc")
+def test_artifact_larger_than_the_address_space_limit_is_refused_with_one_line(tmp_path):
+    """``ulimit -v`` leaves the process less room than the weights: a clear error, no abort."""
+    import subprocess
+    import sys
+
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(1024, 4096), torch.nn.ReLU(), torch.nn.Linear(4096, 1024)).eval()
+    path = tmp_path / "mlp.aot"
+    compiler.compile(model, (torch.randn(1, 1024),), target="onnx", output=path, verify=False)  # 32 MiB
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    # One malloc arena: each thread's own would reserve 64 MiB of address space (the reader hashes on every core).
+    proc = subprocess.run([sys.executable, "-c", _LIMITED, str(path), str(24 << 20)], capture_output=True, text=True,
+                          env={**os.environ, "PYTHONPATH": root, "MALLOC_ARENA_MAX": "1"}, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    line = proc.stdout.strip()
+    assert line.startswith("REFUSED") and "needs about 32 MiB of memory" in line and "\n" not in line
+
+
 # -- beyond protobuf's 2 GB ------------------------------------------------------------------------
 def _available_bytes() -> int:
     with open("/proc/meminfo") as f:

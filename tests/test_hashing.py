@@ -49,3 +49,25 @@ def test_piece_size_and_total_size_are_part_of_the_digest():
     data = bytes(range(64))
     assert piecewise_sha256(64, buffer_reader(data), piece=8) != piecewise_sha256(64, buffer_reader(data), piece=16)
     assert piecewise_sha256(64, buffer_reader(data), piece=8) != hashlib.sha256(data).hexdigest()
+
+
+def test_file_range_reads_its_bytes_in_any_range_even_after_the_file_is_removed(tmp_path):
+    """FileRange (compiler/payload.py), the StoredBlob part over a file: each chunk is a view of one
+    reused buffer, so it is consumed before the next is read, as the writer and the hasher do."""
+    from compiler.payload import FileRange, StoredBlob
+
+    data = np.random.default_rng(7).integers(0, 256, 3 * (1 << 20) + 123, dtype=np.uint8).tobytes()
+    path = tmp_path / "weights.npy"
+    path.write_bytes(data)
+    offset, nbytes = 1000, len(data) - 1500
+    part = FileRange(str(path), offset, nbytes)
+    path.unlink()  # the writer reads saved weights from a folder that is removed before the write
+    want = data[offset:offset + nbytes]
+    for start, end in [(0, nbytes), (1, 2), (nbytes - 7, nbytes), ((1 << 20) - 3, 2 * (1 << 20) + 5)]:
+        assert b"".join(bytes(c) for c in part.chunks(start, end)) == want[start:end]
+    blob = StoredBlob([(64, part)], 64 + nbytes)
+    assert b"".join(bytes(c) for c in blob.chunks()) == bytes(64) + want
+    with pytest.raises(ValueError, match="past the file's end"):
+        other = tmp_path / "short.bin"
+        other.write_bytes(b"12345")
+        FileRange(str(other), 2, 4)

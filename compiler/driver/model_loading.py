@@ -93,6 +93,7 @@ from typing import TYPE_CHECKING, Any, Iterable, Sequence
 
 import torch
 
+from compiler.driver.artifact import sha256_file
 from compiler.errors import ModelLoadError, one_line
 from compiler.hashing import buffer_reader, piecewise_sha256_many
 
@@ -233,14 +234,6 @@ def _shown(name: str, limit: int = 200) -> str:
     if not name.isprintable():
         name = repr(name)[1:-1]
     return name if len(name) <= limit else f"{name[:limit // 2]}...{name[-limit // 2:]}"
-
-
-def _sha256_file(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def _module_sha256(module: torch.nn.Module) -> str:
@@ -600,7 +593,7 @@ def _load_exported_program(path: Path, input_shapes: list[str] | None) -> ModelS
     module = _module_of(ep)
     _set_eval(module)
     return ModelSource(name=path.stem, kind="exported_program", module=module,
-                       exported_program=ep, example_inputs=inputs, sha256=_sha256_file(path))
+                       exported_program=ep, example_inputs=inputs, sha256=sha256_file(path))
 
 
 def _convert_torchscript(path: Path, module: torch.nn.Module,
@@ -648,7 +641,7 @@ def _load_torchscript(path: Path, input_shapes: list[str] | None) -> ModelSource
     exportable = _module_of(ep)
     _set_eval(exportable)
     return ModelSource(name=path.stem, kind="torchscript", module=exportable, exported_program=ep,
-                       example_inputs=inputs, sha256=_sha256_file(path))
+                       example_inputs=inputs, sha256=sha256_file(path))
 
 
 def _module_inputs(name: str, module: torch.nn.Module, input_shapes: list[str] | None,
@@ -724,7 +717,7 @@ def _load_pickle(path: Path, trust_pickle: bool, input_shapes: list[str] | None)
     _set_eval(obj)
     inputs = _module_inputs(str(path), obj, input_shapes, None)
     return ModelSource(name=path.stem, kind="pickle", module=obj, exported_program=None,
-                       example_inputs=inputs, sha256=_sha256_file(path))
+                       example_inputs=inputs, sha256=sha256_file(path))
 
 
 def _error_location(exc: BaseException, filename: str) -> str:
@@ -846,14 +839,14 @@ def _load_factory(spec: str, left: str, attr: str, weights: str | None,
     is_file = _path_test(file_path, Path.is_file)
     if is_file:
         mod = _import_factory_file(file_path)
-        sha = _sha256_file(file_path)
+        sha = sha256_file(file_path)
         where = str(file_path)
     elif left.endswith(".py") or os.sep in left or "/" in left:
         raise ModelLoadError(f"model file not found: {_shown(left)}")
     elif all(p.isidentifier() for p in left.split(".")):
         mod = _import_factory_module(left)
         mod_file = getattr(mod, "__file__", None)
-        sha = _sha256_file(Path(mod_file)) if mod_file and Path(mod_file).is_file() \
+        sha = sha256_file(Path(mod_file)) if mod_file and Path(mod_file).is_file() \
             else hashlib.sha256(spec.encode()).hexdigest()
         where = left
     else:
@@ -890,7 +883,7 @@ def _load_factory(spec: str, left: str, attr: str, weights: str | None,
         except Exception as e:  # noqa: BLE001
             raise ModelLoadError(f"weights file {weights} does not fit {where}:{attr}: "
                                  f"{one_line(e, 400)}") from None
-        sha = hashlib.sha256((sha + _sha256_file(Path(weights))).encode()).hexdigest()
+        sha = hashlib.sha256((sha + sha256_file(Path(weights))).encode()).hexdigest()
     _set_eval(module)
     inputs = _module_inputs(f"{where}:{attr}", module, input_shapes, given)
     return ModelSource(name=attr.split(".")[-1], kind="factory", module=module,

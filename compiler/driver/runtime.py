@@ -125,6 +125,7 @@ def _open(p: str, manifest: dict[str, Any], payload: dict[str, Any], threads: in
     outputs = _specs(p, manifest, "outputs")
     if not isinstance(target, str) or not target:
         raise ArtifactError(f"{p} has a malformed manifest: no target; recompile it")
+    _check_memory(p, payload)
     module = _runner_module(p, target)
     load_runner = getattr(module, "load_runner", None)
     if not callable(load_runner):
@@ -137,6 +138,19 @@ def _open(p: str, manifest: dict[str, Any], payload: dict[str, Any], threads: in
         raise ArtifactError(f"{p}: the '{target}' runtime cannot use what the artifact holds "
                             f"({type(exc).__name__}: {one_line(exc, 200)}); recompile it or download it again") from exc
     return LoadedModel(p, manifest, runner, inputs, outputs, threads)
+
+
+def _check_memory(p: str, payload: dict[str, Any]) -> None:
+    """Weights left in the artifact file (``weights.bin``) become resident as the runtime uses
+    them, and onnxruntime packs its MatMul weights into copies: an artifact whose weights the
+    process cannot hold is refused here, with the sizes, not part-way through the runtime's own
+    allocations (where onnxruntime fails in its allocator, or the OOM killer ends the process)."""
+    from compiler.memory import check_room
+    from compiler.weight_table import WEIGHTS_FILE, entry_size
+
+    entry = payload.get(WEIGHTS_FILE)
+    if entry is not None and not isinstance(entry, (bytes, bytearray, memoryview)):  # in memory: already held
+        check_room(p, entry_size(entry), f"its {entry_size(entry) / 2**20:.0f} MiB of weights")
 
 
 def _warn_if_native_code(p: str, target: Any) -> None:

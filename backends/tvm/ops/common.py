@@ -14,6 +14,7 @@ from tvm import relax
 from compiler import dims
 from compiler.errors import UnsupportedOpError
 from compiler.ir import DType, Graph, Node, Value
+from compiler.weight_table import TENSOR_ALIGN as WEIGHT_TABLE_ALIGN
 
 
 STAGE = "the TVM backend"
@@ -23,7 +24,9 @@ def tvm_dtype(dtype: DType) -> str:
     return np.dtype(dtype.numpy).name  # "float32", "int64", "bool", ...
 
 
-TENSOR_ALIGN = 64  # the data alignment TVM takes without a copy (its kAllocAlignment)
+# The data alignment TVM takes without a copy (its kAllocAlignment): the artifact's weights.bin
+# aligns its tensors the same, so that those mapped from it are used in place.
+TENSOR_ALIGN = WEIGHT_TABLE_ALIGN
 
 
 def shared_tensor(array: np.ndarray):
