@@ -86,6 +86,43 @@ def test_padded_chain_keeps_the_outputs(tmp_path):
         np.testing.assert_allclose(compiler.load(path)(x.numpy()), model(x).numpy(), rtol=1e-5, atol=1e-5)
 
 
+def test_chain_padding_copies_each_weight_once_and_keeps_the_outputs(monkeypatch):
+    """Three linears with hidden widths 37 and 45: both widths padded to 48; the middle weight gets
+    its rows and its columns in one copy (padding pair by pair copied it twice); the graph's
+    outputs (reference interpreter) and the last output's name are unchanged."""
+    from compiler.interpreter import run_graph
+    from compiler.ir import DType, Graph, TensorType
+
+    rng = np.random.default_rng(0)
+    graph = Graph("chain")
+    h = graph.add_input("x", TensorType(DType.float32, ("batch", 20)))
+    for width, (out, bias) in enumerate([(37, True), (45, False), (7, True)]):
+        w = rng.standard_normal((out, h.shape[1])).astype(np.float32)
+        b = graph.add_constant(rng.standard_normal(out).astype(np.float32), f"b{width}") if bias else None
+        h = graph.op("linear", h, graph.add_constant(w, f"w{width}"), b, **({"activation": "relu"} if out != 7 else {}))
+    graph.set_outputs([h])
+    x = rng.standard_normal((3, 20)).astype(np.float32)
+    want = run_graph(graph, [x])
+    name = graph.outputs[0].name
+    copies = []
+    real = pipeline._zero_padded
+    monkeypatch.setattr(pipeline, "_zero_padded", lambda array, shape: copies.append(shape) or real(array, shape))
+    assert pipeline.pad_linear_chains(graph, multiple=16) == 2
+    weights = [tuple(n.inputs[1].shape) for n in graph.nodes if n.op == "linear"]
+    assert weights == [(48, 20), (48, 48), (7, 48)]
+    assert sorted(copies) == sorted([(48, 20), (48,), (48, 48), (7, 48)])  # one per weight, one bias
+    assert graph.outputs[0].name == name
+    np.testing.assert_allclose(run_graph(graph, [x])[0], want[0], rtol=1e-5, atol=1e-4)  # summation order only
+
+
+def test_transposed_copy_in_tiles_is_the_transpose():
+    a = np.random.default_rng(0).standard_normal((1100, 700)).astype(np.float32)
+    for source in (a, np.asfortranarray(a), a[::2, ::3]):
+        out = np.empty(source.shape[::-1], np.float32)
+        pipeline._transpose_into(out, source, tile=256)
+        np.testing.assert_array_equal(out, source.T)
+
+
 _CHILD = """
 import json, os, sys, threading, time
 import torch
