@@ -11,6 +11,7 @@ shared machine slows every candidate alike, and each latency is the median over 
 
     python bench/bench_real.py                                  # all real models, batch 1 and 8, 1 and all threads
     python bench/bench_real.py --models resnet18,bert --batch 1 --threads 1 --quick
+    python bench/bench_real.py --cpu x86-64-v3 --threads 1    # our AVX2 build (onnxruntime as the host allows)
 
 Results also go to bench/results/real-<time>.json.
 """
@@ -65,14 +66,16 @@ def interleaved_medians(candidates: dict, *, min_rounds: int, budget_s: float, m
     return {k: 1e3 * float(np.median(v)) for k, v in times.items()}
 
 
-def compile_ours(model, inputs, target: str, path: str) -> float:
-    """Seconds for ``compiler.compile`` (no verification) to write our ``target`` artifact."""
+def compile_ours(model, inputs, target: str, path: str, cpu: str | None = None) -> float:
+    """Seconds for ``compiler.compile`` (no verification) to write our ``target`` artifact
+    (``cpu``: the llvm artifact built for that CPU alone, e.g. x86-64-v3)."""
     import compiler
 
+    options = compiler.LlvmOptions(cpu=cpu) if target == "llvm" and cpu else target
     t0 = time.perf_counter()
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        compiler.compile(model, inputs, target=target, output=path, verify=False)
+        compiler.compile(model, inputs, target=options, output=path, verify=False)
     return time.perf_counter() - t0
 
 
@@ -87,7 +90,7 @@ def output_errors(model, inputs, feeds, loaded: dict) -> dict[str, float]:
     return {t: float(np.abs(m.run(feeds)[0] - want).max()) / scale for t, m in loaded.items()}
 
 
-def bench_model(name: str, batch: int, thread_counts: list[int], quick: bool) -> list[dict]:
+def bench_model(name: str, batch: int, thread_counts: list[int], quick: bool, cpu: str | None = None) -> list[dict]:
     """One row per thread count for ``name`` at ``batch``; a target that fails to compile is left
     out of the rows with its error recorded."""
     import torch
@@ -109,7 +112,7 @@ def bench_model(name: str, batch: int, thread_counts: list[int], quick: bool) ->
             print(f"[bench_real] {name} batch {batch}: compiling {target} ...", file=sys.stderr, flush=True)
             path = os.path.join(tmp, f"{name}-{target}.aot")
             try:
-                base["compile_s"][target] = compile_ours(model, inputs, target, path)
+                base["compile_s"][target] = compile_ours(model, inputs, target, path, cpu)
                 paths[target] = path
             except Exception as exc:  # noqa: BLE001 - the other candidates still get measured
                 base["errors"][target] = f"{type(exc).__name__}: {exc}".splitlines()[0][:160]
@@ -132,8 +135,9 @@ def bench_model(name: str, batch: int, thread_counts: list[int], quick: bool) ->
     return rows
 
 
-def format_table(host: dict, rows: list[dict]) -> str:
-    lines = [f"host: {host['summary']}, {host['cores']} usable cores",
+def format_table(host: dict, rows: list[dict], cpu: str | None = None) -> str:
+    built = f"; llvm built for --cpu {cpu} only" if cpu else ""
+    lines = [f"host: {host['summary']}, {host['cores']} usable cores{built}",
              "", "| model | batch | threads | llvm ms | onnx ms | ORT ms | eager ms | llvm / ORT | onnx / ORT "
              "| eager / ORT | compile s (llvm, onnx, torch.onnx) |", "|" + "---|" * 11]
 
@@ -173,6 +177,9 @@ def main(argv=None) -> int:
     parser.add_argument("--batch", default="1,8", help="comma-separated batch sizes")
     parser.add_argument("--threads", default="1,0", help="comma-separated thread counts, 0 = all usable cores")
     parser.add_argument("--quick", action="store_true", help="fewer rounds per measurement (3, ~5 s)")
+    parser.add_argument("--cpu", default=None,
+                        help="build the llvm artifact for this CPU alone (e.g. x86-64-v3: our AVX2 code on this "
+                             "host; onnxruntime still picks the host's best kernels)")
     args = parser.parse_args(argv)
     names = [m.strip() for m in args.models.split(",") if m.strip()]
     unknown = [m for m in names if m not in REAL]
@@ -203,14 +210,15 @@ def main(argv=None) -> int:
     for name in names:
         for batch in batches:
             try:
-                rows.extend(bench_model(name, batch, thread_counts, args.quick))
+                rows.extend(bench_model(name, batch, thread_counts, args.quick, args.cpu))
             except Exception as exc:  # noqa: BLE001 - the other models still get measured
                 failures.append(f"{name} batch {batch}: {type(exc).__name__}: {exc}".splitlines()[0][:200])
                 print(f"[bench_real] {failures[-1]}", file=sys.stderr, flush=True)
             # Written after every model, so a long run that dies late keeps what it measured.
-            out.write_text(json.dumps({"host": host, "quick": args.quick, "rows": rows, "failures": failures},
+            out.write_text(json.dumps({"host": host, "quick": args.quick, "cpu": args.cpu, "rows": rows,
+                                       "failures": failures},
                                       indent=1) + "\n")
-    table = format_table(host, rows) if rows else "no model was measured"
+    table = format_table(host, rows, args.cpu) if rows else "no model was measured"
     print("\n".join([table, *failures]))
     print(f"results: {out.relative_to(ROOT)}", file=sys.stderr)
     return 0 if rows else 1
