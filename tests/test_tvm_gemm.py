@@ -229,6 +229,9 @@ def test_conv2d_nhwc_over_symbolic_image_size(rng, target, kernel, stride, paddi
     ((1, 4, 7, 8), 1, 1, 0, 1),       # AVX2: 7 rows leave leftovers, the map's 28 do not
     ((1, 7, 7, 8), 3, 1, 1, 1),       # 7 rows: a leftover row in every row of the map on AVX2
     ((2, 3, 13, 4), 1, 1, 0, 1),      # 13 rows: leftover rows in a partitioned block
+    ((3, 14, 14, 16), 1, 1, 0, 1),    # AVX2: 14 rows leave leftovers, an image's 196 do not: the
+                                      # rows of each image tiled at once, the epilogue per image
+    ((2, 7, 7, 8), 1, 1, 0, 1),       # 7x7 maps at batch 2: 49 rows an image, no whole AVX2 tile
 ])
 def test_conv2d_nhwc(rng, target, shape, kernel, stride, padding, dilation):
     n_out = 32
