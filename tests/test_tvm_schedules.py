@@ -159,19 +159,31 @@ def test_layer_norm(rng, target):
     np.testing.assert_allclose(_run(pipeline.build(mod, target, {}), x), want, rtol=1e-4, atol=1e-4)
 
 
-@pytest.mark.parametrize("op", ["gelu", "exp", "tanh"])
+@pytest.mark.parametrize("op", ["gelu", "gelu_tanh", "exp", "tanh"])
 def test_fast_math_stays_within_tolerance(rng, target, op):
-    """gelu/exp/tanh run as TVM's polynomial forms: compare with numpy/math on a wide range."""
+    """gelu/gelu_tanh/exp/tanh run as TVM's polynomial forms: compare with numpy/math on a wide
+    range (and gelu_tanh with a NaN, which stays NaN)."""
     import math
 
     x = (_const(rng, 6, 50) * 4).astype("float32")
-    relax_op = {"gelu": relax.op.nn.gelu, "exp": relax.op.exp, "tanh": relax.op.tanh}[op]
+    x[0, 0] = np.nan if op == "gelu_tanh" else x[0, 0]
+    relax_op = {"gelu": relax.op.nn.gelu, "gelu_tanh": relax.op.nn.gelu_tanh, "exp": relax.op.exp,
+                "tanh": relax.op.tanh}[op]
     erf = np.vectorize(math.erf)
-    want = {"gelu": lambda v: 0.5 * v * (1 + erf(v / math.sqrt(2))), "exp": np.exp, "tanh": np.tanh}[op](
+    want = {"gelu": lambda v: 0.5 * v * (1 + erf(v / math.sqrt(2))), "exp": np.exp, "tanh": np.tanh,
+            "gelu_tanh": lambda v: 0.5 * v * (1 + np.tanh(math.sqrt(2 / math.pi) * (v + 0.044715 * v ** 3)))}[op](
         x.astype("float64"))
     mod = _module([("x", (6, 50))], lambda bb, v: relax_op(v))
     got = _run(pipeline.build(mod, target, {}), x)
     np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)
+
+
+def test_gelu_tanh_calls_no_scalar_tanh(target):
+    """The tanh gelu (GPT-2's) is the polynomial form: no libm tanhf call per element."""
+    mod = _module([("x", (4, 64))], lambda bb, v: relax.op.nn.gelu_tanh(v))
+    prepared = pipeline.prepare_module(mod, target=target)
+    text = "\n".join(f.script() for f in prepared.functions.values() if isinstance(f, tvm.tirx.PrimFunc))
+    assert "tanh" in text.lower() and "T.tanh(" not in text
 
 
 def test_mean_over_sequence(rng, target):

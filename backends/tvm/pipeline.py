@@ -18,6 +18,7 @@ legalization (``backends/tvm/gemm.py``). CUDA: TVM's zero pipeline and dlight's 
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 
@@ -262,7 +263,7 @@ def _rank(expr):
 
 
 def fast_math_pass():
-    """exp, erf, tanh, softmax and gelu through TVM's polynomial forms (``topi.fast_*``,
+    """exp, erf, tanh, softmax, gelu and the tanh gelu through TVM's polynomial forms (``topi.fast_*``,
     float32 error ~1e-7 relative): the libm calls they replace are scalar and made gelu the
     slowest kernel of the Transformer (3.5 ns per element)."""
     import tvm
@@ -274,6 +275,8 @@ def fast_math_pass():
             call = super().visit_call_(call)
             if isinstance(call.op, tvm.ir.Op) and call.op.name == "relax.nn.gelu" and _is_f32(call):
                 return self.builder_.call_te(_fast_gelu, call.args[0], primfunc_name_hint="fast_gelu")
+            if isinstance(call.op, tvm.ir.Op) and call.op.name == "relax.nn.gelu_tanh" and _is_f32(call):
+                return self.builder_.call_te(_fast_gelu_tanh, call.args[0], primfunc_name_hint="fast_gelu_tanh")
             return call
 
     def _fast_gelu(x):
@@ -281,6 +284,17 @@ def fast_math_pass():
         return topi.multiply(topi.multiply(x, half),
                              topi.add(topi.fast_erf(topi.multiply(x, tvm.tirx.const(0.5 ** 0.5, x.dtype))),
                                       tvm.tirx.const(1.0, x.dtype)))
+
+    def _fast_gelu_tanh(x):
+        """GPT-2's gelu: 0.5 x (1 + tanh(sqrt(2 / pi) (x + 0.044715 x^3))), tanh polynomial. Its
+        legalized form called libm's scalar tanhf per element (GPT-2's MLP GEMMs with this
+        epilogue ran at 79 GFLOP/s against 105 for the others). NaN stays NaN (the polynomial
+        clamps its input)."""
+        c = tvm.tirx.const
+        inner = topi.multiply(topi.add(x, topi.multiply(topi.multiply(topi.multiply(x, x), x), c(0.044715, x.dtype))),
+                              c((2 / math.pi) ** 0.5, x.dtype))
+        y = topi.multiply(topi.multiply(x, c(0.5, x.dtype)), topi.add(topi.fast_tanh(inner), c(1.0, x.dtype)))
+        return topi.where(topi.isnan(x), x, y)
 
     return tvm.transform.Sequential([_relax_function_pass(FastGelu, "FastGelu"),
                                      relax.transform.FastMathTransform()])
