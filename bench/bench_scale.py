@@ -97,10 +97,11 @@ def _reset_peak() -> None:
         f.write("5")
 
 
-class _TreePeak:
+class TreePeak:
     """The peak of this process's RSS plus the pages only its descendants map (the llvm target
     builds its libraries in forked processes: what they share with this one is in its RSS),
-    sampled every 10 ms while the block runs, in ``peak``."""
+    sampled every 10 ms while the block runs, in ``peak``. (Also used by
+    tests/test_tvm_compile_memory.py.)"""
 
     def __enter__(self):
         import threading
@@ -156,7 +157,7 @@ def measure_compile(kind: str, size_mb: float, path: str, torch_anchor: bool, ro
         before = _rss()
         _reset_peak()
         t0 = time.perf_counter()
-        with torch.no_grad(), _TreePeak() as tree:
+        with torch.no_grad(), TreePeak() as tree:
             art = compiler.compile(model, inputs, target=target, output=path, verify=False)
         ours.append(time.perf_counter() - t0)
         if i == 0:

@@ -124,10 +124,11 @@ def test_transposed_copy_in_tiles_is_the_transpose():
 
 
 _CHILD = """
-import json, os, sys, threading, time
+import json, sys
 import torch
 import compiler
 from backends.tvm.runtime import import_tvm
+from bench_scale import TreePeak  # the process tree's memory: the build processes are forked
 
 import_tvm()  # fixed costs before the baseline: only what compiling adds counts
 
@@ -135,33 +136,6 @@ def status(key):
     with open("/proc/self/status") as f:
         return next(int(line.split()[1]) * 1024 for line in f if line.startswith(key + ":"))
 
-
-def private(pid):  # pages only this process maps: a forked child's own allocations and copies
-    try:
-        with open(f"/proc/{pid}/smaps_rollup") as f:
-            return sum(int(line.split()[1]) * 1024 for line in f
-                       if line.startswith(("Private_Clean:", "Private_Dirty:")))
-    except OSError:
-        return 0
-
-
-def descendants(pid):
-    try:
-        with open(f"/proc/{pid}/task/{pid}/children") as f:
-            kids = [int(k) for k in f.read().split()]
-    except OSError:
-        return []
-    return kids + [d for k in kids for d in descendants(k)]
-
-
-tree_peak, sampling = [0], threading.Event()
-
-
-def sample():  # the process tree's memory: the build processes are forked
-    while not sampling.is_set():
-        # What the children share with this process is in its RSS; count only their own pages.
-        tree_peak[0] = max(tree_peak[0], status("VmRSS") + sum(private(k) for k in descendants(os.getpid())))
-        time.sleep(0.01)
 
 torch.manual_seed(0)
 width, layers = 3584, 4  # hidden widths multiples of 16: nothing padded
@@ -173,15 +147,12 @@ with torch.no_grad():
     before = status("VmRSS")
     with open("/proc/self/clear_refs", "w") as f:
         f.write("5")  # reset the high-water mark
-    sampler = threading.Thread(target=sample, daemon=True)
-    sampler.start()
-    compiler.compile(model, (x,), target="llvm", output=sys.argv[1], verify=False)
+    with TreePeak() as tree:
+        compiler.compile(model, (x,), target="llvm", output=sys.argv[1], verify=False)
     peak = status("VmHWM") - before
-    sampling.set()
-    sampler.join()
     want = model(x).numpy()
 out = compiler.load(sys.argv[1])(x.numpy())
-print(json.dumps({"peak": peak / param_bytes, "tree": (tree_peak[0] - before) / param_bytes,
+print(json.dumps({"peak": peak / param_bytes, "tree": (tree.peak - before) / param_bytes,
                   "error": float(abs(out - want).max())}))
 """
 
@@ -198,7 +169,8 @@ def test_llvm_compile_adds_about_one_copy_of_the_weights(tmp_path):
     copies of the weights went (``params.DeferredWeights``); when each packed its own copy, the
     tree added 3.9x."""
     proc = subprocess.run([sys.executable, "-c", _CHILD, str(tmp_path / "mlp.aot")], capture_output=True, text=True,
-                          env={**os.environ, "PYTHONPATH": str(ROOT), "AOT_COMPILE_JOBS": "2"}, timeout=600)
+                          env={**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), str(ROOT / "bench")]),
+                               "AOT_COMPILE_JOBS": "2"}, timeout=600)
     assert proc.returncode == 0, proc.stderr[-2000:]
     result = json.loads(proc.stdout.strip().splitlines()[-1])
     assert result["error"] < 1e-3
