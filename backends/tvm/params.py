@@ -287,7 +287,6 @@ class PanelPacked:
         self.weight, self.panel, self.columns = weight, panel, columns
         self.dtype = weight.dtype
         self.shape = (columns // panel, weight.shape[0], panel)
-        self.ndim = 3
         self.panel_bytes = weight.shape[0] * panel * weight.dtype.itemsize
         self.nbytes = self.shape[0] * self.panel_bytes
 
