@@ -9,6 +9,15 @@ size and the total size:
 
     sha256("sha256-pieces:<piece>:<size>:" + sha256(piece 0) + sha256(piece 1) + ...)
 
+A segmented digest (artifact format 3) cuts the bytes into segments first, at given start
+offsets, and each segment into pieces from its own start; the starts are hashed in too:
+
+    sha256("sha256-segments:<piece>:<size>:<start 0>,<start 1>,...:" + sha256(piece 0) + ...)
+
+A weights file whose segments are its tensors then has, for each tensor, the pieces' digests
+that the tensor has alone: the compiler hashes a model's weights once, for the source's digest,
+and reuses those digests for the artifact's.
+
 Finding two byte strings with the same piecewise digest means finding a SHA-256 collision in
 one of the two levels, so it is as strong a check as the plain hash. Standard library only.
 """
@@ -23,43 +32,121 @@ from typing import Any, Callable, Iterable
 PIECE = 64 << 20  # bytes per piece: many pieces per core for GB-sized weights, few for small ones
 _READ_BLOCK = 8 << 20  # bytes per read of a file piece
 _MAX_THREADS = 16
+_BYTES_PER_THREAD = 16 << 20
 
 # read(start, end) -> the buffers that hold bytes [start, end) of the source, in order
 RangeReader = Callable[[int, int], Iterable[Any]]
 
 
-def piece_ranges(size: int, piece: int = PIECE) -> list[tuple[int, int]]:
-    """The [start, end) ranges of the pieces of ``size`` bytes (one empty piece for no bytes)."""
-    return [(start, min(size, start + piece)) for start in range(0, size, piece)] or [(0, 0)]
+def piece_ranges(size: int, piece: int = PIECE, starts: list[int] | None = None) -> list[tuple[int, int]]:
+    """The [start, end) ranges of the pieces of ``size`` bytes (one empty piece for no bytes). With
+    ``starts`` (increasing offsets from 0: the segments' starts) each segment is cut into pieces
+    from its own start, so a tensor stored as one segment has the pieces it has alone."""
+    bounds = list(starts or [0]) + [size]
+    ranges = [(start, min(end, start + piece)) for begin, end in zip(bounds, bounds[1:])
+              for start in range(begin, end, piece)]
+    return ranges or [(0, 0)]
 
 
-def piecewise_sha256(size: int, read: RangeReader, piece: int = PIECE) -> str:
+def piecewise_sha256(size: int, read: RangeReader, piece: int = PIECE, starts: list[int] | None = None) -> str:
     """The piecewise digest (hex) of ``size`` bytes that ``read`` gives back range by range."""
-    return piecewise_sha256_many([(size, read)], piece)[0]
+    ranges = piece_ranges(size, piece, starts)
+    return combined_digest(piece, size, _digests([(read, start, end) for start, end in ranges]), starts)
+
+
+def piece_digests_many(sources: list[tuple[int, RangeReader]], piece: int = PIECE) -> list[list[bytes]]:
+    """The SHA-256 digests of each (size, read) source's pieces; all their pieces share one pool."""
+    jobs = [(index, start, end) for index, (size, _) in enumerate(sources) for start, end in piece_ranges(size, piece)]
+    digests = _digests([(sources[index][1], start, end) for index, start, end in jobs])
+    parts: list[list[bytes]] = [[] for _ in sources]
+    for (index, _, _), d in zip(jobs, digests):
+        parts[index].append(d)
+    return parts
 
 
 def piecewise_sha256_many(sources: list[tuple[int, RangeReader]], piece: int = PIECE) -> list[str]:
     """The piecewise digest of each (size, read) source; all their pieces share one thread pool."""
-    jobs = [(index, start, end) for index, (size, _) in enumerate(sources) for start, end in piece_ranges(size, piece)]
+    return [combined_digest(piece, size, ds) for (size, _), ds in zip(sources, piece_digests_many(sources, piece))]
 
-    def digest(job: tuple[int, int, int]) -> bytes:
-        index, start, end = job
+
+def thread_count(jobs: int, total_bytes: int) -> int:
+    """Threads for ``jobs`` pieces of ``total_bytes`` in all: one per core, but none beside the
+    caller for less than a few pieces' worth (a thread costs more than hashing a few MB)."""
+    return max(1, min(jobs, os.cpu_count() or 1, _MAX_THREADS, total_bytes // _BYTES_PER_THREAD))
+
+
+def _digests(jobs: list[tuple[RangeReader, int, int]]) -> list[bytes]:
+    """The SHA-256 digest of each (read, start, end) range, in threads."""
+
+    def digest(job: tuple[RangeReader, int, int]) -> bytes:
+        read, start, end = job
         h = hashlib.sha256()
-        for buf in sources[index][1](start, end):
+        for buf in read(start, end):
             h.update(buf)
         return h.digest()
 
-    threads = min(len(jobs), os.cpu_count() or 1, _MAX_THREADS)
-    if threads <= 1:
-        digests = [digest(job) for job in jobs]
-    else:
-        with ThreadPoolExecutor(threads, thread_name_prefix="sha256") as pool:
-            digests = list(pool.map(digest, jobs))
-    parts: list[list[bytes]] = [[] for _ in sources]
-    for (index, _, _), d in zip(jobs, digests):
-        parts[index].append(d)
-    return [hashlib.sha256(f"sha256-pieces:{piece}:{size}:".encode() + b"".join(ds)).hexdigest()
-            for (size, _), ds in zip(sources, parts)]
+    return map_in_threads(digest, jobs, thread_count(len(jobs), sum(end - start for _, start, end in jobs)))
+
+
+def map_in_threads(function: Callable[[Any], Any], jobs: list, threads: int) -> list:
+    """``[function(job) for job in jobs]`` on ``threads`` threads; in the calling thread alone when
+    one thread is asked for or none can be started (a process or container at its thread or
+    address-space limit: the work is the same, only slower)."""
+    if threads > 1:
+        try:
+            with ThreadPoolExecutor(threads, thread_name_prefix="hash") as pool:
+                futures = [pool.submit(function, job) for job in jobs]
+        except RuntimeError as e:  # "can't start new thread"
+            if "thread" not in str(e):
+                raise
+        else:
+            return [future.result() for future in futures]
+    return [function(job) for job in jobs]
+
+
+def combined_digest(piece: int, size: int, digests: list[bytes], starts: list[int] | None = None) -> str:
+    """The piecewise digest (hex) of ``size`` bytes from the SHA-256 digests of its pieces, in
+    order; segment starts other than the single segment [0] are hashed in with them."""
+    head = f"sha256-pieces:{piece}:{size}:" if not starts or list(starts) == [0] else \
+        f"sha256-segments:{piece}:{size}:{','.join(map(str, starts))}:"
+    return hashlib.sha256(head.encode() + b"".join(digests)).hexdigest()
+
+
+# -- CRC-32 of a concatenation from the CRCs of its parts -------------------------------------------
+# CRC-32 is linear over GF(2): crc(A + B) is crc(A) advanced over len(B) zero bytes, xor crc(B).
+# Advancing over n zero bytes multiplies by x^(8n) modulo the CRC polynomial; polynomials are kept
+# bit-reflected as zlib keeps them (bit 31 is x^0), so the shifts run right.
+_CRC_POLY = 0xEDB88320
+_X0 = 1 << 31  # the polynomial 1
+
+
+def _mulmod(a: int, b: int) -> int:
+    """a(x) * b(x) modulo the CRC polynomial (reflected)."""
+    product = 0
+    bit = _X0
+    while a:
+        if a & bit:
+            product ^= b
+            a ^= bit
+        bit >>= 1
+        b = (b >> 1) ^ _CRC_POLY if b & 1 else b >> 1
+    return product
+
+
+def _x_pow_8n(n: int) -> int:
+    """x^(8n) modulo the CRC polynomial: square-and-multiply over the bits of n."""
+    result, square = _X0, 1 << 23  # 1 << 23 is x^8: one zero byte
+    while n:
+        if n & 1:
+            result = _mulmod(square, result)
+        square = _mulmod(square, square)
+        n >>= 1
+    return result
+
+
+def crc32_combine(crc_a: int, crc_b: int, length_b: int) -> int:
+    """zlib.crc32(a + b) from zlib.crc32(a), zlib.crc32(b) and len(b), without reading a or b."""
+    return _mulmod(_x_pow_8n(length_b), crc_a) ^ crc_b
 
 
 def buffer_reader(buf: Any) -> RangeReader:
@@ -87,4 +174,5 @@ def file_reader(fd: int, base: int) -> RangeReader:
     return read
 
 
-__all__ = ["PIECE", "buffer_reader", "file_reader", "piece_ranges", "piecewise_sha256", "piecewise_sha256_many"]
+__all__ = ["PIECE", "buffer_reader", "combined_digest", "crc32_combine", "file_reader", "piece_digests_many",
+           "map_in_threads", "piece_ranges", "piecewise_sha256", "piecewise_sha256_many", "thread_count"]

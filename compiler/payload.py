@@ -10,7 +10,7 @@ from __future__ import annotations
 import os
 from typing import Any
 
-from compiler.hashing import PIECE, file_reader, piecewise_sha256
+from compiler.hashing import file_reader
 
 _CHUNK = 16 << 20
 
@@ -75,11 +75,23 @@ class StoredBlob:
             pos = offset + last
         yield from _zeros(end - pos)
 
-    def sha256(self, piece: int = PIECE) -> str:
-        """The blob's piecewise SHA-256 (``compiler.hashing``), computed on every core."""
-        if piece not in self._sha256:  # the artifact is written twice (before and after verification)
-            self._sha256[piece] = piecewise_sha256(self.size, self.range_chunks, piece)
-        return self._sha256[piece]
+    def segment_starts(self) -> list[int]:
+        """Where the blob's segments start: 0, each part's start, and where each gap after a part
+        starts. Hashed segment by segment, each part has the pieces it has alone."""
+        starts = {0}
+        for offset, view in self.parts:
+            starts.add(offset)
+            starts.add(offset + view.nbytes)
+        return sorted(start for start in starts if start < self.size) or [0]
+
+    def known_sha256(self, piece: int) -> str | None:
+        """The blob's segmented SHA-256 (``compiler.hashing``) when an earlier write computed it."""
+        return self._sha256.get(piece)
+
+    def remember_sha256(self, piece: int, digest: str) -> None:
+        """Keep the digest a write computed: the artifact is written twice (before and after
+        verification), and the parts do not change between the two."""
+        self._sha256[piece] = digest
 
 
 def _zeros(count: int):

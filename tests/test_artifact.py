@@ -9,7 +9,7 @@ import zipfile
 import numpy as np
 import pytest
 
-from compiler.driver import artifact
+from compiler.driver import artifact, zip_writing
 from compiler.driver.artifact import (FORMAT_NAME, FORMAT_VERSION, read_artifact, read_manifest, sha256_bytes,
                                sha256_file, write_artifact)
 from compiler.errors import ArtifactError, CompileError
@@ -136,16 +136,18 @@ def test_existing_file_untouched_when_manifest_is_not_json(art, payload):
 def test_existing_file_untouched_when_write_fails_midway(art, payload, monkeypatch):
     before = art.read_bytes()
     seen = []
-    real_fsync = os.fsync
+    real_pwrite = zip_writing.os.pwrite
 
-    def failing_fsync(fd):
-        seen.append(leftovers(art.parent))  # the temp file exists while writing
-        raise OSError(28, "No space left on device")
+    def pwrite_then_fail(fd, data, offset):
+        if offset > 0:  # the first entry's header went through: the temp file has bytes
+            seen.append(leftovers(art.parent))
+            raise OSError(28, "No space left on device")
+        return real_pwrite(fd, data, offset)
 
-    monkeypatch.setattr(artifact.os, "fsync", failing_fsync)
+    monkeypatch.setattr(zip_writing.os, "pwrite", pwrite_then_fail)
     with pytest.raises(ArtifactError, match="cannot write artifact .*m.aot: No space left on device"):
         write_artifact(art, {**MANIFEST, "note": "new"}, payload)
-    monkeypatch.setattr(artifact.os, "fsync", real_fsync)
+    monkeypatch.setattr(zip_writing.os, "pwrite", real_pwrite)
     assert seen and seen[0] and seen[0][0].startswith(".m.aot.")
     assert art.read_bytes() == before
     assert leftovers(art.parent) == [] and os.listdir(art.parent) == ["m.aot"]

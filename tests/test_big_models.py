@@ -9,6 +9,7 @@ import errno
 import hashlib
 import json
 import os
+import threading
 import zipfile
 
 import numpy as np
@@ -19,7 +20,7 @@ import compiler
 from backends.onnx import emit as onnx_emit
 from backends.onnx.emit import EXTERNAL_MIN_BYTES, emit_onnx, emit_target
 from backends.onnx.runtime import external_weights, load_runner, session_from_model
-from compiler.driver import artifact
+from compiler.driver import artifact, zip_writing
 from compiler.driver.artifact import BLOB_ALIGN, MappedEntry, read_artifact, write_artifact
 from compiler.errors import ArtifactError
 from compiler.interpreter import run_graph
@@ -279,27 +280,18 @@ def test_external_weights_are_read_only_views_of_the_file(tmp_path):
 
 
 # -- a full disk -----------------------------------------------------------------------------------
-class _FullDisk:
-    """A temp file whose writes fail with ENOSPC after ``room`` bytes."""
+def _fill_disk_after(monkeypatch, room: int) -> None:
+    """Make the artifact writer's pwrite calls fail with ENOSPC once ``room`` bytes are written."""
+    real, written, lock = zip_writing.os.pwrite, [0], threading.Lock()
 
-    def __init__(self, real, room: int):
-        self._real, self._room = real, room
+    def pwrite(fd, data, offset):
+        with lock:
+            written[0] += memoryview(data).nbytes
+            if written[0] > room:
+                raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        return real(fd, data, offset)
 
-    def write(self, data) -> int:
-        self._room -= len(data)
-        if self._room < 0:
-            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
-        return self._real.write(data)
-
-    def __getattr__(self, name):
-        return getattr(self._real, name)
-
-    def __enter__(self):
-        self._real.__enter__()
-        return self
-
-    def __exit__(self, *exc):
-        return self._real.__exit__(*exc)
+    monkeypatch.setattr(zip_writing.os, "pwrite", pwrite)
 
 
 def test_disk_full_while_writing_weights_keeps_the_old_artifact(tmp_path, monkeypatch):
@@ -307,9 +299,7 @@ def test_disk_full_while_writing_weights_keeps_the_old_artifact(tmp_path, monkey
     model, x = _mlp(), torch.randn(2, 64)
     compiler.compile(model, (x,), target="onnx", output=path, verify=False)
     before = path.read_bytes()
-    real = artifact.tempfile.NamedTemporaryFile
-    monkeypatch.setattr(artifact.tempfile, "NamedTemporaryFile",
-                        lambda *a, **k: _FullDisk(real(*a, **k), room=20_000))  # runs out inside weights.bin
+    _fill_disk_after(monkeypatch, room=20_000)  # runs out inside weights.bin
     with pytest.raises(ArtifactError) as info:
         compiler.compile(_mlp(seed=1), (x,), target="onnx", output=path, verify=False)
     message = str(info.value)

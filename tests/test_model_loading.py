@@ -399,6 +399,22 @@ def test_source_from_module():
     assert src.sha256 != ml.source_from_module(_mlp(seed=1), (x,)).sha256
 
 
+def test_module_digest_gives_its_tensors_piece_digests_until_one_changes():
+    """The artifact writer reuses these instead of hashing the same weights again."""
+    from compiler.hashing import buffer_reader, piece_digests_many
+
+    m = _mlp()
+    src = ml.source_from_module(m, torch.randn(2, 4))
+    weight = next(m.parameters())
+    part = memoryview(weight.detach().numpy()).cast("B")
+    assert src.known_pieces(part) == piece_digests_many([(part.nbytes, buffer_reader(part))])[0]
+    assert src.known_pieces(memoryview(weight.detach().numpy().copy()).cast("B")) is None  # same bytes elsewhere
+    assert src.known_pieces(part[4:]) is None  # not a whole tensor
+    with torch.no_grad():
+        weight.add_(1.0)  # written in place after hashing: its digests no longer hold
+    assert src.known_pieces(part) is None
+
+
 # -- bad files ----------------------------------------------------------------------------------
 
 def _assert_one_line(exc_info):

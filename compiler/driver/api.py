@@ -168,7 +168,7 @@ def _load_source(model, example_inputs, weights, trust_pickle, input_shapes, pro
             inputs = tuple(example_inputs) if example_inputs is not None else _ep_example_inputs(model)
             return model_loading.ModelSource(name="model", kind="exported_program", module=None,
                                              exported_program=model, example_inputs=inputs,
-                                             sha256=_ep_sha256(model))
+                                             digest=_ep_sha256(model))
         if isinstance(model, torch.nn.Module):
             if example_inputs is None and input_shapes:
                 example_inputs = model_loading.make_inputs([model_loading.parse_input_shape(s) for s in input_shapes])
@@ -377,12 +377,12 @@ def _write_verify_and_move(output_path: Path, manifest, payload, report: Compile
         if runnable and (verify or evaluate is not None):
             _write_and_check(tmp_name, manifest, payload, report, source, exported, verify, rtol, atol,
                              dynamic_batch, seed, prog, spec_graph, evaluate)
-            write_final = lambda: write_artifact(tmp_name, manifest, payload)  # noqa: E731
+            write_final = lambda: write_artifact(tmp_name, manifest, payload, source.known_pieces)  # noqa: E731
         else:
             # Nothing runs the artifact before it is final: written once, not twice (a big model's
             # weights cost seconds per write). The embedded report gives the payload's size.
             report.artifact_bytes = _payload_bytes(payload)
-            write_final = lambda: _timed_write(prog, tmp_name, manifest, payload)  # noqa: E731
+            write_final = lambda: _timed_write(prog, tmp_name, manifest, payload, source)  # noqa: E731
         report.phases = dict(prog.times)
         # The final artifact carries the finished report; rewriting it is cheap next to verification.
         manifest["report"] = json_safe(report.to_dict())
@@ -412,7 +412,7 @@ def _write_and_check(tmp_name: str, manifest, payload, report: CompileReport, so
     from compiler.driver.artifact import write_artifact
 
     with prog.phase("write", "writing the artifact"):
-        report.artifact_bytes = write_artifact(tmp_name, {**manifest, "report": None}, payload)
+        report.artifact_bytes = write_artifact(tmp_name, {**manifest, "report": None}, payload, source.known_pieces)
     if verify:
         with prog.phase("verify", "running the artifact against PyTorch"):
             report.verification = _verify(tmp_name, source, exported, rtol, atol, dynamic_batch, seed,
@@ -422,11 +422,11 @@ def _write_and_check(tmp_name: str, manifest, payload, report: CompileReport, so
             report.evaluation = evaluate(tmp_name)
 
 
-def _timed_write(prog: Progress, tmp_name: str, manifest, payload) -> int:
+def _timed_write(prog: Progress, tmp_name: str, manifest, payload, source) -> int:
     from compiler.driver.artifact import write_artifact
 
     with prog.phase("write", "writing the artifact"):
-        return write_artifact(tmp_name, manifest, payload)
+        return write_artifact(tmp_name, manifest, payload, source.known_pieces)
 
 
 def _payload_bytes(payload: dict) -> int:

@@ -2,8 +2,11 @@
 
 ``write_artifact`` adds the format name and version and each payload file's sha256 and size to the
 manifest, stores the manifest's own sha256 in the zip comment, and writes the archive to a
-temporary file in the destination directory that is fsynced and renamed into place, so a failed
-or interrupted write never leaves a half-written artifact (and never touches an existing file).
+temporary file in the destination directory that is renamed into place, so a failed or
+interrupted write never leaves a half-written artifact (and never touches an existing file).
+Nothing is fsynced, as compilers and torch.save/onnx.save do not: after a power loss a file that
+had not reached the disk yet fails load()'s sha256 check and is compiled again, and waiting for
+the disk cost ~1 s per 2 GB here, far more on network volumes.
 
 ``read_artifact`` re-hashes the manifest and every payload file and refuses a missing, truncated,
 tampered or unknown-format file with an ``ArtifactError`` whose one-line message says what to do.
@@ -42,19 +45,20 @@ from typing import Any, Callable
 
 from compiler.errors import ArtifactError
 from compiler.hashing import PIECE, RangeReader, file_reader, piecewise_sha256
+from compiler.driver.zip_writing import KnownPieces, ZipWriter
 from compiler.payload import StoredBlob
 
 FORMAT_NAME = "aot-artifact"
-# 2: a mapped entry's "sha256" is the piecewise digest of compiler.hashing (its "piece" says the
-# piece size); version 1 hashed it as one stream, which is still read.
-FORMAT_VERSION = 2
+# 3: a mapped entry's "sha256" is the segmented digest of compiler.hashing ("segments" lists the
+# segments' starts); 2: the piecewise digest ("piece" says the piece size); 1: one stream. All
+# three are read.
+FORMAT_VERSION = 3
 MANIFEST_NAME = "manifest.json"
 SIGNATURE_NAME = "signature.sigstore.json"  # the one entry the manifest does not list: it signs the manifest
 
 _ZIP_DATE = (1980, 1, 1, 0, 0, 0)  # fixed entry timestamps: reproducible artifacts
 _CHUNK = 1 << 20
 BLOB_ALIGN = 4096  # a mapped entry's data starts on a page: mmap-able, and every aligned tensor in it too
-_PAD_EXTRA_ID = 0xD935  # a private zip extra field (the id zipalign uses) that only pads the header
 _LOCAL_HEADER = 30  # bytes of a zip local file header before its name and extra field
 _SAMPLE = 1 << 16  # bytes deflated to decide whether a payload file compresses
 _SAMPLE_SLICES = 16
@@ -106,33 +110,34 @@ class MappedEntry:
 
 
 # -- writing ---------------------------------------------------------------------------------------
-def write_artifact(path: str | os.PathLike, manifest: dict[str, Any], payload: dict[str, bytes]) -> int:
+def write_artifact(path: str | os.PathLike, manifest: dict[str, Any], payload: dict[str, bytes],
+                   known_pieces: KnownPieces | None = None) -> int:
     """Write ``manifest`` and ``payload`` as one artifact file at ``path``; return its size in bytes.
 
-    Raises ``ArtifactError`` when the destination cannot be written (nothing is left at ``path``
-    then, and an existing file there is untouched), ``TypeError``/``ValueError`` for a manifest
-    that is not JSON or a bad payload name (bugs in the caller).
+    ``StoredBlob`` entries come first: each is written, hashed and CRC'd in one pass on every core
+    (``zip_writing``), and the manifest that lists their digests follows them; a part whose pieces'
+    digests ``known_pieces`` gives (the source model's weights, hashed for its own digest) is not
+    hashed again. Raises
+    ``ArtifactError`` when the destination cannot be written (nothing is left at ``path`` then, and
+    an existing file there is untouched), ``TypeError``/``ValueError`` for a manifest that is not
+    JSON or a bad payload name (bugs in the caller).
     """
     path = os.fspath(path)
-    full = dict(manifest)
-    entries: dict[str, bytes | StoredBlob] = {}
+    blobs: dict[str, StoredBlob] = {}
+    files: dict[str, bytes] = {}
     table: dict[str, dict[str, Any]] = {}
     for name, data in payload.items():
         if not isinstance(name, str) or not name or name in (MANIFEST_NAME, SIGNATURE_NAME) or name.endswith("/"):
             raise ValueError(f"invalid payload file name {name!r}")
         if isinstance(data, StoredBlob):
-            table[name] = {"sha256": data.sha256(PIECE), "piece": PIECE, "size": data.size, "mapped": True}
+            blobs[name] = data
+            table[name] = {"sha256": data.known_sha256(PIECE) or "0" * 64, "piece": PIECE, "size": data.size,
+                           "mapped": True}
         else:
-            data = data if isinstance(data, bytes) else bytes(data)
-            table[name] = {"sha256": sha256_bytes(data), "size": len(data)}
-        entries[name] = data
-    full["format"] = FORMAT_NAME
-    full["format_version"] = FORMAT_VERSION
-    full["payload"] = table
-    try:
-        manifest_bytes = json.dumps(full, sort_keys=True, indent=2, allow_nan=False).encode("utf-8")
-    except (TypeError, ValueError) as e:
-        raise type(e)(f"artifact manifest is not JSON-serialisable: {e}") from e
+            files[name] = data if isinstance(data, bytes) else bytes(data)
+            table[name] = {"sha256": sha256_bytes(files[name]), "size": len(files[name])}
+    full = {**manifest, "format": FORMAT_NAME, "format_version": FORMAT_VERSION, "payload": table}
+    _manifest_bytes(full)  # a manifest that is not JSON fails here, before any file is opened
 
     directory = os.path.dirname(path) or "."
     if not os.path.isdir(directory):
@@ -143,23 +148,35 @@ def write_artifact(path: str | os.PathLike, manifest: dict[str, Any], payload: d
                             f"{os.path.join(path, 'model.aot')}")
 
     def fill(tmp) -> None:
-        with zipfile.ZipFile(tmp, "w", allowZip64=True) as zf:
-            zf.comment = sha256_bytes(manifest_bytes).encode("ascii")
-            zf.writestr(_zip_info(MANIFEST_NAME), manifest_bytes)
-            for name, data in entries.items():
-                if isinstance(data, StoredBlob):
-                    _write_blob(zf, name, data)
-                else:
-                    zf.writestr(_zip_info(name, _compresses(data)), data)
+        zf = ZipWriter(tmp.fileno())
+        for name, blob in blobs.items():
+            digest = zf.add_blob(name, blob, BLOB_ALIGN, PIECE, blob.known_sha256(PIECE), known_pieces)
+            blob.remember_sha256(PIECE, digest)  # the artifact is written again after verification
+            table[name]["sha256"] = digest
+            starts = blob.segment_starts()
+            if starts != [0]:
+                table[name]["segments"] = starts
+        manifest_bytes = _manifest_bytes(full)
+        zf.add_bytes(MANIFEST_NAME, manifest_bytes, deflate=True)
+        for name, data in files.items():
+            zf.add_bytes(name, data, deflate=_compresses(data))
+        zf.close(comment=sha256_bytes(manifest_bytes).encode("ascii"))
 
     return _write_atomically(path, fill)
 
 
+def _manifest_bytes(manifest: dict[str, Any]) -> bytes:
+    try:
+        return json.dumps(manifest, sort_keys=True, indent=2, allow_nan=False).encode("utf-8")
+    except (TypeError, ValueError) as e:
+        raise type(e)(f"artifact manifest is not JSON-serialisable: {e}") from e
+
+
 def _write_atomically(path: str, fill: Callable[[Any], None]) -> int:
-    """Write ``path`` through ``fill(file)`` into a temporary file in its directory, fsynced and
-    renamed into place (with the umask's permissions), so a failure or a concurrent reader never
-    sees a half-written artifact and the old file stays until the new one is whole; returns the
-    new file's size. An OSError (a full disk, no permission) is one ArtifactError line."""
+    """Write ``path`` through ``fill(file)`` into a temporary file in its directory, renamed into
+    place (with the umask's permissions), so a failure or a concurrent reader never sees a
+    half-written artifact and the old file stays until the new one is whole; returns the new
+    file's size. An OSError (a full disk, no permission) is one ArtifactError line."""
     directory = os.path.dirname(path) or "."
     tmp_name = None
     try:
@@ -167,12 +184,9 @@ def _write_atomically(path: str, fill: Callable[[Any], None]) -> int:
                                          suffix=".tmp") as tmp:
             tmp_name = tmp.name
             fill(tmp)
-            tmp.flush()
-            os.fsync(tmp.fileno())
         os.chmod(tmp_name, 0o666 & ~_umask())
         os.replace(tmp_name, path)
         tmp_name = None
-        _fsync_dir(directory)
         return os.path.getsize(path)
     except OSError as e:
         raise ArtifactError(f"cannot write artifact {path}: {e.strerror or e}") from e
@@ -206,38 +220,10 @@ def _compresses(data: bytes) -> bool:
     return len(zlib.compress(sample, 1)) < 0.9 * len(sample)
 
 
-def _write_blob(zf: zipfile.ZipFile, name: str, blob: StoredBlob) -> None:
-    """Write ``blob`` stored, its data starting at a multiple of BLOB_ALIGN in the file: the local
-    header's extra field is padded (zip readers skip unknown extra fields)."""
-    info = _zip_info(name, deflate=False)
-    info.file_size = blob.size
-    zip64 = blob.size * 1.05 > zipfile.ZIP64_LIMIT  # zipfile's own rule for an entry of known size
-    header_end = zf.start_dir + _LOCAL_HEADER + len(name.encode("utf-8")) + (20 if zip64 else 0)
-    pad = -(header_end + 4) % BLOB_ALIGN  # + 4: the padding field's own id and length
-    info.extra = _PAD_EXTRA_ID.to_bytes(2, "little") + pad.to_bytes(2, "little") + bytes(pad)
-    with zf.open(info, "w", force_zip64=zip64) as out:
-        for chunk in blob.chunks():
-            out.write(chunk)
-
-
 def _umask() -> int:
     mask = os.umask(0o022)
     os.umask(mask)
     return mask
-
-
-def _fsync_dir(directory: str) -> None:
-    """Make the rename durable (best effort: not every platform can open a directory)."""
-    try:
-        fd = os.open(directory, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
 
 
 # -- reading ---------------------------------------------------------------------------------------
@@ -284,7 +270,7 @@ def _read_zip(p: str, zf: zipfile.ZipFile, load_payload: bool) -> tuple[dict[str
     table = manifest.get("payload")
     if not isinstance(table, dict) or not all(
             isinstance(e, dict) and isinstance(e.get("sha256"), str) and type(e.get("size")) is int
-            and _valid_piece(e.get("piece", _ABSENT)) for e in table.values()):
+            and _valid_piece(e.get("piece", _ABSENT)) and _valid_segments(e) for e in table.values()):
         raise ArtifactError(f"{p} is not a valid artifact: its manifest has no valid payload table; {_RECOMPILE}")
     present = {i.filename: i for i in infos if i.filename not in (MANIFEST_NAME, SIGNATURE_NAME)}
     extra = sorted(set(present) - set(table))
@@ -305,7 +291,7 @@ def _read_zip(p: str, zf: zipfile.ZipFile, load_payload: bool) -> tuple[dict[str
     for name in sorted(table):
         want_sha, info = table[name]["sha256"], present[name]
         if table[name].get("mapped"):
-            payload[name] = _mapped_entry(p, zf, info, want_sha, table[name].get("piece"))
+            payload[name] = _mapped_entry(p, zf, info, want_sha, table[name].get("piece"), table[name].get("segments"))
             continue
         data = _read_entry(zf, info)
         got_sha = sha256_bytes(data)
@@ -319,6 +305,16 @@ def _valid_piece(piece: Any) -> bool:
     """A mapped entry's piece size, when given, is a whole number of MiB up to 1 GiB (a tiny one
     would make millions of pieces to hash)."""
     return piece is _ABSENT or (type(piece) is int and 1 << 20 <= piece <= 1 << 30 and piece % (1 << 20) == 0)
+
+
+def _valid_segments(entry: dict) -> bool:
+    """A mapped entry's segment starts, when given: strictly increasing offsets inside it from 0
+    (so no more of them than bytes; the manifest's size cap bounds the work they can cause)."""
+    starts = entry.get("segments", _ABSENT)
+    if starts is _ABSENT:
+        return True
+    return (isinstance(starts, list) and bool(starts) and starts[0] == 0 and all(type(s) is int for s in starts)
+            and all(a < b for a, b in zip(starts, starts[1:])) and starts[-1] < max(entry["size"], 1))
 
 
 def _read_entry(zf: zipfile.ZipFile, info: zipfile.ZipInfo) -> bytes:
@@ -481,10 +477,12 @@ def check_manifest_fields(p: str, manifest: dict[str, Any]) -> None:
 _ABSENT = object()
 
 
-def _mapped_entry(p: str, zf: zipfile.ZipFile, info: zipfile.ZipInfo, want_sha: str, piece: Any) -> MappedEntry:
+def _mapped_entry(p: str, zf: zipfile.ZipFile, info: zipfile.ZipInfo, want_sha: str, piece: Any,
+                  segments: list[int] | None) -> MappedEntry:
     """The stored entry ``info`` as a MappedEntry, after checking that its data lies inside the
     file before the central directory and hashing it where it lies: piecewise on every core when
-    the manifest gives a ``piece`` size (format 2), as one stream otherwise (format 1)."""
+    the manifest gives a ``piece`` size (formats 2 and 3, by ``segments`` when given), as one
+    stream otherwise (format 1)."""
     name = info.filename
     if info.compress_type != zipfile.ZIP_STORED or info.compress_size != info.file_size:
         raise _integrity(p, f"payload file {name} is marked mapped but is compressed")
@@ -501,7 +499,7 @@ def _mapped_entry(p: str, zf: zipfile.ZipFile, info: zipfile.ZipInfo, want_sha: 
         if piece is None:
             got_sha = _stream_sha256(info.file_size, read)
         else:
-            got_sha = piecewise_sha256(info.file_size, read, piece)
+            got_sha = piecewise_sha256(info.file_size, read, piece, segments)
     except EOFError:
         raise _integrity(p, f"payload file {name} is cut off") from None
     if got_sha != want_sha:
@@ -543,8 +541,8 @@ def add_entry(path: str | os.PathLike, name: str, data: bytes, output: str | os.
     itself); return the new file's size. An earlier ``name`` is replaced: it must be the last
     entry, as this function leaves it. The other entries keep their bytes and offsets (mapped blobs
     stay aligned) and the zip comment its manifest hash: the archive is copied and appended to,
-    never rebuilt. The copy is a temporary file in the destination directory, fsynced and renamed
-    into place, so a failure leaves ``output`` as it was."""
+    never rebuilt. The copy is a temporary file in the destination directory, renamed into place,
+    so a failure leaves ``output`` as it was."""
     src, dest = os.fspath(path), os.fspath(output if output is not None else path)
 
     def fill(tmp) -> None:

@@ -55,7 +55,9 @@ is known. Random inputs come from ``make_inputs`` (seeded: floats ``randn``, int
 ``sha256`` is the hash of the model file; for a factory, of its ``.py`` file (the weights file,
 when given, is hashed into it too: ``sha256(py_sha + weights_sha)``); for a dotted module
 without a file, of the spec text; for ``source_from_module``, of ``repr(module)`` followed by
-every state-dict entry's name, dtype, shape and bytes in order.
+every state-dict entry's name, dtype, shape and bytes in order. That last one is hashed in a
+background thread from the moment the module is wrapped (the hashing releases the GIL): it runs
+beside torch.export and the rest of the compile, and ``ModelSource.sha256`` waits for it.
 
 Every problem with the user's input raises ``ModelLoadError`` with a one-line message; torch's
 own errors are wrapped and only the first line of their message is kept.
@@ -82,20 +84,23 @@ import os
 import pickle
 import re
 import sys
+import threading
 import traceback
 import warnings
 import zipfile
 import zlib
 from collections.abc import Mapping
+from concurrent.futures import Future
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Iterable, Sequence
 
+import numpy as np
 import torch
 
 from compiler.driver.artifact import sha256_file
 from compiler.errors import ModelLoadError, one_line
-from compiler.hashing import buffer_reader, piecewise_sha256_many
+from compiler.hashing import PIECE, buffer_reader, combined_digest, piece_digests_many
 
 if TYPE_CHECKING:  # pragma: no cover
     from torch.export import ExportedProgram
@@ -125,8 +130,16 @@ class ModelSource:
     module: torch.nn.Module | None
     exported_program: "ExportedProgram | None"
     example_inputs: tuple[torch.Tensor, ...] | None
-    sha256: str
+    digest: "str | ModuleDigest"  # the source's sha256, or the background job computing it
     dynamic_dims: tuple = ()  # DynamicDim (compiler.driver.dynamic): the axes the user made symbolic
+
+    @property
+    def sha256(self) -> str:
+        return self.digest if isinstance(self.digest, str) else self.digest.sha256()
+
+    def known_pieces(self, part: memoryview) -> list[bytes] | None:
+        """The piece digests of an artifact part that is a source tensor's bytes (see ModuleDigest)."""
+        return None if isinstance(self.digest, str) else self.digest.known_pieces(part)
 
 
 # --------------------------------------------------------------------------------------------
@@ -236,33 +249,78 @@ def _shown(name: str, limit: int = 200) -> str:
     return name if len(name) <= limit else f"{name[:limit // 2]}...{name[-limit // 2:]}"
 
 
-def _module_sha256(module: torch.nn.Module) -> str:
-    """sha256 of the module's repr and its state dict: each tensor's name, dtype, shape and the
-    piecewise digest of its bytes (``compiler.hashing``: hashed in place, on every core; a 2 GB
-    model took 3 s here through a bytes copy of each tensor on one core)."""
-    h = hashlib.sha256(repr(module).encode())
+class ModuleDigest:
+    """The sha256 of an in-memory module (``repr`` and state dict, see ``_module_sha256``), hashed
+    in a background thread from the moment the module is wrapped: it runs beside torch.export and
+    the rest of the compile (the hashing releases the GIL; a 2.2 GB model's took 0.6 s). Its
+    tensors' piece digests are kept, so the artifact writer does not hash those bytes again where
+    it stores a tensor unchanged (``known_pieces``)."""
+
+    def __init__(self, module: torch.nn.Module):
+        head, entries = _module_state_bytes(module)
+        self._tensors = [(t, t._version) for _, _, t in entries if t is not None]
+        self._result: Future[tuple[str, dict]] = Future()
+
+        def run() -> None:
+            try:
+                self._result.set_result(_module_sha256(head, entries))
+            except BaseException as e:  # noqa: BLE001 - handed to whoever waits for the digest
+                self._result.set_exception(e)
+
+        threading.Thread(target=run, name="source-sha256", daemon=True).start()
+
+    def sha256(self) -> str:
+        return self._result.result()[0]
+
+    def known_pieces(self, part: memoryview) -> list[bytes] | None:
+        """The piece digests of ``part`` when it is exactly a state-dict tensor's bytes, hashed
+        and still unchanged (no in-place write since: its version counter)."""
+        pieces = self._result.result()[1].get((np.frombuffer(part, np.uint8).ctypes.data, part.nbytes))
+        if pieces is None or any(t._version != version for t, version in self._tensors):
+            return None
+        return pieces
+
+
+def _module_state_bytes(module: torch.nn.Module) -> tuple[bytes, list[tuple[bytes, Any, torch.Tensor | None]]]:
+    """The module's repr, and each state-dict entry's name, dtype and shape with its bytes (a view
+    of the tensor's memory; None for a non-tensor entry) and the tensor whose memory it views."""
     try:
         state = module.state_dict()
     except Exception:  # noqa: BLE001 - hashing must not fail on odd modules
         state = {}
-    entries = []  # (name, dtype and shape; the tensor's bytes or None)
+    entries = []
     for key, value in state.items():
         if not isinstance(value, torch.Tensor):
-            entries.append((key.encode(), None))
+            entries.append((key.encode(), None, None))
             continue
         t = value.detach().cpu().contiguous()
         try:
-            data = t.reshape(-1).view(torch.uint8).numpy()
+            data, viewed = t.reshape(-1).view(torch.uint8).numpy(), t
         except Exception:  # noqa: BLE001 - e.g. a dtype numpy cannot view
-            data = repr(t.tolist()).encode()
-        entries.append((key.encode() + f"{t.dtype}{tuple(t.shape)}".encode(), data))
-    digests = iter(piecewise_sha256_many([(memoryview(data).nbytes, buffer_reader(data))
-                                          for _, data in entries if data is not None]))
-    for header, data in entries:
+            data, viewed = repr(t.tolist()).encode(), None
+        entries.append((key.encode() + f"{t.dtype}{tuple(t.shape)}".encode(), data, viewed))
+    return repr(module).encode(), entries
+
+
+def _module_sha256(head: bytes, entries: list[tuple[bytes, Any, Any]]) -> tuple[str, dict]:
+    """sha256 of the module's repr and its state dict: each tensor's name, dtype, shape and the
+    piecewise digest of its bytes (``compiler.hashing``: hashed in place, on every core; a 2 GB
+    model took 3 s here through a bytes copy of each tensor on one core); and {(address, size) of
+    each tensor's bytes: its pieces' digests}."""
+    h = hashlib.sha256(head)
+    hashed = [(header, data) for header, data, _ in entries if data is not None]
+    sizes = [memoryview(data).nbytes for _, data in hashed]
+    pieces = piece_digests_many([(size, buffer_reader(data)) for size, (_, data) in zip(sizes, hashed)], PIECE)
+    known = {}
+    digests = iter(combined_digest(PIECE, size, ds) for size, ds in zip(sizes, pieces))
+    for (_, data), size, ds in zip(hashed, sizes, pieces):
+        if isinstance(data, np.ndarray):
+            known[(data.ctypes.data, size)] = ds
+    for header, data, _ in entries:
         h.update(header)
         if data is not None:
             h.update(next(digests).encode())
-    return h.hexdigest()
+    return h.hexdigest(), known
 
 
 @contextlib.contextmanager
@@ -593,7 +651,7 @@ def _load_exported_program(path: Path, input_shapes: list[str] | None) -> ModelS
     module = _module_of(ep)
     _set_eval(module)
     return ModelSource(name=path.stem, kind="exported_program", module=module,
-                       exported_program=ep, example_inputs=inputs, sha256=sha256_file(path))
+                       exported_program=ep, example_inputs=inputs, digest=sha256_file(path))
 
 
 def _convert_torchscript(path: Path, module: torch.nn.Module,
@@ -641,7 +699,7 @@ def _load_torchscript(path: Path, input_shapes: list[str] | None) -> ModelSource
     exportable = _module_of(ep)
     _set_eval(exportable)
     return ModelSource(name=path.stem, kind="torchscript", module=exportable, exported_program=ep,
-                       example_inputs=inputs, sha256=sha256_file(path))
+                       example_inputs=inputs, digest=sha256_file(path))
 
 
 def _module_inputs(name: str, module: torch.nn.Module, input_shapes: list[str] | None,
@@ -717,7 +775,7 @@ def _load_pickle(path: Path, trust_pickle: bool, input_shapes: list[str] | None)
     _set_eval(obj)
     inputs = _module_inputs(str(path), obj, input_shapes, None)
     return ModelSource(name=path.stem, kind="pickle", module=obj, exported_program=None,
-                       example_inputs=inputs, sha256=sha256_file(path))
+                       example_inputs=inputs, digest=sha256_file(path))
 
 
 def _error_location(exc: BaseException, filename: str) -> str:
@@ -887,7 +945,7 @@ def _load_factory(spec: str, left: str, attr: str, weights: str | None,
     _set_eval(module)
     inputs = _module_inputs(f"{where}:{attr}", module, input_shapes, given)
     return ModelSource(name=attr.split(".")[-1], kind="factory", module=module,
-                       exported_program=None, example_inputs=inputs, sha256=sha)
+                       exported_program=None, example_inputs=inputs, digest=sha)
 
 
 # --------------------------------------------------------------------------------------------
@@ -955,4 +1013,4 @@ def source_from_module(module: torch.nn.Module, example_inputs: Any) -> ModelSou
     if inputs is not None:
         _check_arity(name, module, inputs, from_shapes=False)
     return ModelSource(name=name, kind="module", module=module, exported_program=None,
-                       example_inputs=inputs, sha256=_module_sha256(module))
+                       example_inputs=inputs, digest=ModuleDigest(module))

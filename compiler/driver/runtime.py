@@ -35,7 +35,7 @@ from typing import Any, Callable
 import numpy as np
 
 from compiler import dims
-from compiler.driver.artifact import read_artifact
+from compiler.driver.artifact import read_artifact, read_manifest
 from compiler.driver.signing import TRUSTED_KEYS_ENV  # signing imports model-signing only when it signs or verifies
 from compiler.errors import ArtifactError, InputError, one_line
 
@@ -103,8 +103,10 @@ def load(path: str | os.PathLike, threads: int | None = None,
         from compiler.driver import signing
 
         policy = signing.trust_policy(trusted_keys)
+        _check_memory(p, read_manifest(p))
         _key, manifest, payload = signing.verify_artifact(p, policy)
     else:
+        _check_memory(p, read_manifest(p))
         manifest, payload = read_artifact(p)
         _warn_if_native_code(p, manifest.get("target"))
     return _open(p, manifest, payload, threads)
@@ -115,6 +117,7 @@ def load_built(path: str | os.PathLike, threads: int | None = None) -> LoadedMod
     trust policy applies and no native-code warning is shown, since its code is the compiler's own
     output, not a file from elsewhere (and it is signed, if at all, only after it is verified)."""
     p = os.fspath(path)
+    _check_memory(p, read_manifest(p))
     manifest, payload = read_artifact(p)
     return _open(p, manifest, payload, threads)
 
@@ -125,7 +128,6 @@ def _open(p: str, manifest: dict[str, Any], payload: dict[str, Any], threads: in
     outputs = _specs(p, manifest, "outputs")
     if not isinstance(target, str) or not target:
         raise ArtifactError(f"{p} has a malformed manifest: no target; recompile it")
-    _check_memory(p, payload)
     module = _runner_module(p, target)
     load_runner = getattr(module, "load_runner", None)
     if not callable(load_runner):
@@ -140,17 +142,18 @@ def _open(p: str, manifest: dict[str, Any], payload: dict[str, Any], threads: in
     return LoadedModel(p, manifest, runner, inputs, outputs, threads)
 
 
-def _check_memory(p: str, payload: dict[str, Any]) -> None:
+def _check_memory(p: str, manifest: dict[str, Any]) -> None:
     """Weights left in the artifact file (``weights.bin``) become resident as the runtime uses
     them, and onnxruntime packs its MatMul weights into copies: an artifact whose weights the
-    process cannot hold is refused here, with the sizes, not part-way through the runtime's own
-    allocations (where onnxruntime fails in its allocator, or the OOM killer ends the process)."""
+    process cannot hold is refused here, with the sizes, before its hashing (threads, buffers) and
+    the runtime's own allocations (where onnxruntime fails in its allocator, or the OOM killer
+    ends the process). Sizes from the manifest, checked against the archive by ``read_manifest``."""
     from compiler.memory import check_room
-    from compiler.weight_table import WEIGHTS_FILE, entry_size
+    from compiler.weight_table import WEIGHTS_FILE
 
-    entry = payload.get(WEIGHTS_FILE)
-    if entry is not None and not isinstance(entry, (bytes, bytearray, memoryview)):  # in memory: already held
-        check_room(p, entry_size(entry), f"its {entry_size(entry) / 2**20:.0f} MiB of weights")
+    entry = manifest.get("payload", {}).get(WEIGHTS_FILE)
+    if isinstance(entry, dict) and entry.get("mapped") and type(entry.get("size")) is int:  # deflated: read already
+        check_room(p, entry["size"], f"its {entry['size'] / 2**20:.0f} MiB of weights")
 
 
 def _warn_if_native_code(p: str, target: Any) -> None:
