@@ -69,10 +69,12 @@ def piecewise_sha256_many(sources: list[tuple[int, RangeReader]], piece: int = P
     return [combined_digest(piece, size, ds) for (size, _), ds in zip(sources, piece_digests_many(sources, piece))]
 
 
-def thread_count(jobs: int, total_bytes: int) -> int:
-    """Threads for ``jobs`` pieces of ``total_bytes`` in all: one per core, but none beside the
-    caller for less than a few pieces' worth (a thread costs more than hashing a few MB)."""
-    return max(1, min(jobs, os.cpu_count() or 1, _MAX_THREADS, total_bytes // _BYTES_PER_THREAD))
+def thread_count(jobs: int, total_bytes: int, spare_caller: bool = False) -> int:
+    """Threads for ``jobs`` pieces of ``total_bytes`` in all: one per core (less the caller's,
+    with ``spare_caller``: it has other work), but none for less than a few pieces' worth (a
+    thread costs more than hashing a few MB)."""
+    cores = (os.cpu_count() or 1) - (1 if spare_caller else 0)
+    return max(1, min(jobs, cores, _MAX_THREADS, total_bytes // _BYTES_PER_THREAD))
 
 
 def _digests(jobs: list[tuple[RangeReader, int, int]]) -> list[bytes]:
@@ -112,43 +114,6 @@ def combined_digest(piece: int, size: int, digests: list[bytes], starts: list[in
     return hashlib.sha256(head.encode() + b"".join(digests)).hexdigest()
 
 
-# -- CRC-32 of a concatenation from the CRCs of its parts -------------------------------------------
-# CRC-32 is linear over GF(2): crc(A + B) is crc(A) advanced over len(B) zero bytes, xor crc(B).
-# Advancing over n zero bytes multiplies by x^(8n) modulo the CRC polynomial; polynomials are kept
-# bit-reflected as zlib keeps them (bit 31 is x^0), so the shifts run right.
-_CRC_POLY = 0xEDB88320
-_X0 = 1 << 31  # the polynomial 1
-
-
-def _mulmod(a: int, b: int) -> int:
-    """a(x) * b(x) modulo the CRC polynomial (reflected)."""
-    product = 0
-    bit = _X0
-    while a:
-        if a & bit:
-            product ^= b
-            a ^= bit
-        bit >>= 1
-        b = (b >> 1) ^ _CRC_POLY if b & 1 else b >> 1
-    return product
-
-
-def _x_pow_8n(n: int) -> int:
-    """x^(8n) modulo the CRC polynomial: square-and-multiply over the bits of n."""
-    result, square = _X0, 1 << 23  # 1 << 23 is x^8: one zero byte
-    while n:
-        if n & 1:
-            result = _mulmod(square, result)
-        square = _mulmod(square, square)
-        n >>= 1
-    return result
-
-
-def crc32_combine(crc_a: int, crc_b: int, length_b: int) -> int:
-    """zlib.crc32(a + b) from zlib.crc32(a), zlib.crc32(b) and len(b), without reading a or b."""
-    return _mulmod(_x_pow_8n(length_b), crc_a) ^ crc_b
-
-
 def buffer_reader(buf: Any) -> RangeReader:
     """A RangeReader over an in-memory buffer (bytes, a numpy array, a memoryview): no copies."""
     view = memoryview(buf).cast("B")
@@ -174,5 +139,5 @@ def file_reader(fd: int, base: int) -> RangeReader:
     return read
 
 
-__all__ = ["PIECE", "buffer_reader", "combined_digest", "crc32_combine", "file_reader", "piece_digests_many",
+__all__ = ["PIECE", "buffer_reader", "combined_digest", "file_reader", "piece_digests_many",
            "map_in_threads", "piece_ranges", "piecewise_sha256", "piecewise_sha256_many", "thread_count"]

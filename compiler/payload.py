@@ -84,6 +84,11 @@ class StoredBlob:
             starts.add(offset + view.nbytes)
         return sorted(start for start in starts if start < self.size) or [0]
 
+    def in_memory(self, start: int, end: int) -> bool:
+        """Whether bytes [start, end) are zeros and views of memory (no part made on demand)."""
+        return all(isinstance(view, memoryview) for offset, view in self.parts
+                   if offset < end and offset + view.nbytes > start)
+
     def known_sha256(self, piece: int) -> str | None:
         """The blob's segmented SHA-256 (``compiler.hashing``) when an earlier write computed it."""
         return self._sha256.get(piece)

@@ -3,13 +3,11 @@
 from __future__ import annotations
 
 import hashlib
-import zlib
 
 import numpy as np
 import pytest
 
-from compiler.hashing import (buffer_reader, crc32_combine, file_reader, piece_ranges, piecewise_sha256,
-                              piecewise_sha256_many)
+from compiler.hashing import buffer_reader, file_reader, piece_ranges, piecewise_sha256, piecewise_sha256_many
 
 
 def _by_definition(data: bytes, piece: int) -> str:
@@ -73,19 +71,3 @@ def test_file_range_reads_its_bytes_in_any_range_even_after_the_file_is_removed(
         other = tmp_path / "short.bin"
         other.write_bytes(b"12345")
         FileRange(str(other), 2, 4)
-
-
-@pytest.mark.parametrize("len_a,len_b", [(0, 0), (0, 5), (5, 0), (1, 1), (37, 4096), (1000, 65537), (3, 1 << 20)])
-def test_crc32_combine_gives_the_crc_of_the_concatenation(len_a, len_b):
-    rng = np.random.default_rng(len_a * 7 + len_b)
-    a, b = rng.bytes(len_a), rng.bytes(len_b)
-    assert crc32_combine(zlib.crc32(a), zlib.crc32(b), len(b)) == zlib.crc32(a + b)
-
-
-def test_crc32_combine_folds_many_pieces_in_order():
-    data = np.random.default_rng(3).bytes(300_001)
-    crc = 0
-    for start in range(0, len(data), 65536):
-        piece = data[start:start + 65536]
-        crc = crc32_combine(crc, zlib.crc32(piece), len(piece))
-    assert crc == zlib.crc32(data)
