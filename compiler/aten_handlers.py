@@ -1151,14 +1151,46 @@ def _vector_norm(ctx: ImportContext, node: Node):
 
 @handles("aten.bucketize.Tensor")
 def _bucketize(ctx: ImportContext, node: Node):
-    """The number of boundaries below x (or at most x with right=True)."""
+    """The bucket of each x among 1-D ``boundaries``: torch.searchsorted with the roles swapped."""
     x, boundaries = ctx.tensor(node.args[0]), ctx.tensor(node.args[1])
     right = bool(node.kwargs.get("right", False))
     dtype = DType.int32 if node.kwargs.get("out_int32", False) else DType.int64
-    common = x.dtype if x.dtype == boundaries.dtype else DType.float64
-    xs = ctx.emit("reshape", ctx.tensor(x, common), shape=list(x.shape) + [1])
-    below = ctx.emit("ge" if right else "gt", xs, ctx.tensor(boundaries, common))
-    return ctx.emit("reduce_sum", ctx.emit("cast", below, dtype=dtype), axes=[-1], keepdim=False)
+    return _sorted_search(ctx, boundaries, x, right, dtype)
+
+
+def _sorted_search(ctx: ImportContext, sequence: Value, values: Value, right: bool, dtype: DType) -> Value:
+    """Insertion points of ``values`` in the last axis of ``sequence`` (1-D, or [..., N] against
+    values [..., M]) by PyTorch's own binary search, step for step: start/end per value, mid =
+    (start + end) // 2, go right while ``!(seq[mid] >= v)`` (``!(seq[mid] > v)`` with right=True).
+    So the result is PyTorch's also where the sequence is not sorted (torch does not check) and
+    for NaN values; bit_length(N) steps of one gather and a few selects."""
+    common = values.dtype if values.dtype == sequence.dtype else DType.float64
+    sequence, values = ctx.tensor(sequence, common), ctx.tensor(values, common)
+    size = sequence.shape[-1]
+    if not isinstance(size, int):  # a symbolic length: counting is the same on sorted input
+        if sequence.type.rank > 1:
+            sequence = ctx.emit("reshape", sequence, shape=list(sequence.shape[:-1]) + [1, size])
+        rows = ctx.emit("reshape", values, shape=list(values.shape) + [1])
+        below = ctx.emit("ge" if right else "gt", rows, sequence)
+        return ctx.emit("reduce_sum", ctx.emit("cast", below, dtype=dtype), axes=[-1], keepdim=False)
+    shape = list(values.shape)
+    start = _filled(ctx, 0, DType.int64, tuple(shape))
+    end = _filled(ctx, size, DType.int64, tuple(shape))
+    one, two, last = (ctx.tensor(v, DType.int64) for v in (1, 2, max(size - 1, 0)))
+    for _ in range(size.bit_length()):
+        active = ctx.emit("lt", start, end)
+        mid = ctx.emit("floor_div", ctx.emit("add", start, end), two)
+        at = ctx.emit("minimum", mid, last)  # mid == N only where the search is over
+        if sequence.type.rank == 1:
+            probe = ctx.emit("gather", sequence, at, axis=0)
+        else:
+            probe = ctx.emit("gather_elements", sequence, at, axis=sequence.type.rank - 1)
+        stop = ctx.emit("gt" if right else "ge", probe, values)
+        go_right = ctx.emit("logical_and", active, ctx.emit("logical_not", stop))
+        go_left = ctx.emit("logical_and", active, stop)
+        start = ctx.emit("where", go_right, ctx.emit("add", mid, one), start)
+        end = ctx.emit("where", go_left, mid, end)
+    return start if dtype == DType.int64 else ctx.emit("cast", start, dtype=dtype)
 
 
 @handles("aten._cdist_forward.default")
@@ -1237,6 +1269,32 @@ def _size_comparison(ctx: ImportContext, node: Node):
     if any(user.target != torch.ops.aten._assert_scalar.default for user in node.users):
         raise ctx.unsupported("a size comparison used as a value")
     return None
+
+
+# -- control flow ----------------------------------------------------------------------------------
+@handles("cond")
+def _cond(ctx: ImportContext, node: Node):
+    """torch.cond(pred, true_fn, false_fn, operands). A predicate known at compile time (a
+    Python bool) imports one branch; one known only at run time imports both and picks each
+    output with ``where``. That is exact: torch.cond's branches are pure functions of the
+    operands and return outputs of one type, so computing the unused one changes nothing."""
+    from compiler.frontend import import_subgraph
+
+    predicate, true_branch, false_branch, operands = node.args[:4]
+    pred = ctx.value(predicate)
+    inputs = list(ctx.value(operands))
+    if isinstance(pred, bool):
+        return tuple(import_subgraph(ctx, ctx.value(true_branch if pred else false_branch), inputs))
+    if not isinstance(pred, Value):
+        raise ctx.unsupported("a torch.cond predicate computed from symbolic sizes")
+    if pred.dtype != DType.bool:
+        pred = ctx.emit("ne", pred, ctx.tensor(0, pred.dtype))
+    if pred.type.rank:
+        pred = ctx.emit("reshape", pred, shape=[])
+    taken = import_subgraph(ctx, ctx.value(true_branch), inputs)
+    other = import_subgraph(ctx, ctx.value(false_branch), inputs)
+    return tuple(ctx.emit("where", pred, a, b) if isinstance(a, Value) and a is not b else a
+                 for a, b in zip(taken, other))
 
 
 # -- memory-shaped ops with a value meaning --------------------------------------------------------
@@ -1569,23 +1627,14 @@ def _shift_by_scalar(ctx: ImportContext, node: Node):
 
 @handles("aten.searchsorted.Tensor")
 def _searchsorted(ctx: ImportContext, node: Node):
-    """Insertion points of ``values`` in the last axis of ``sorted_sequence``: how many entries
-    are below each value (at most it with right=True), by one comparison and a sum."""
+    """Insertion points of ``values`` in the last axis of ``sorted_sequence`` (PyTorch's binary
+    search, see ``_sorted_search``)."""
     sequence, values = ctx.tensor(node.args[0]), ctx.tensor(node.args[1])
     if node.kwargs.get("sorter") is not None:
         raise ctx.unsupported("searchsorted with a sorter")
     right = bool(node.kwargs.get("right", False)) or node.kwargs.get("side") == "right"
     dtype = DType.int32 if node.kwargs.get("out_int32", False) else DType.int64
-    common = values.dtype if values.dtype == sequence.dtype else DType.float64
-    if sequence.type.rank == 1:
-        rows = ctx.emit("reshape", ctx.tensor(values, common), shape=list(values.shape) + [1])
-        seq = ctx.tensor(sequence, common)
-    else:  # batched: values [..., M] against sequence [..., N]
-        rows = ctx.emit("reshape", ctx.tensor(values, common), shape=list(values.shape) + [1])
-        seq = ctx.emit("reshape", ctx.tensor(sequence, common),
-                       shape=list(sequence.shape[:-1]) + [1, sequence.shape[-1]])
-    below = ctx.emit("ge" if right else "gt", rows, seq)
-    return ctx.emit("reduce_sum", ctx.emit("cast", below, dtype=dtype), axes=[-1], keepdim=False)
+    return _sorted_search(ctx, sequence, values, right, dtype)
 
 
 # -- recurrent layers (compiler/ops/recurrent.py) --------------------------------------------------

@@ -242,7 +242,9 @@ def decompose(ep: torch.export.ExportedProgram) -> torch.export.ExportedProgram:
     from torch._decomp import decomposition_table
 
     for _round in range(8):  # a decomposition may produce other unhandled ops: a few rounds
-        missing = {n.target for n in ep.graph.nodes if n.op == "call_function"
+        nodes = [n for gm in ep.graph_module.modules() if isinstance(gm, torch.fx.GraphModule)
+                 for n in gm.graph.nodes]  # torch.cond's branches are graphs of their own
+        missing = {n.target for n in nodes if n.op == "call_function"
                    and isinstance(n.target, torch._ops.OpOverload) and str(n.target) not in ATEN_HANDLERS
                    and n.target in decomposition_table}
         if not missing:
@@ -366,6 +368,33 @@ def _symbol_names(ep: torch.export.ExportedProgram, dim_names: dict[tuple[int, i
                     names[sym] = name
                     used.add(name)
     return names
+
+
+def import_subgraph(ctx: ImportContext, module: torch.fx.GraphModule, inputs: Sequence[Any]) -> list[Any]:
+    """Inline a subgraph (a branch of torch.cond) into the graph being built: its placeholders
+    are ``inputs``, its nodes go through the same handlers; returns its outputs' values."""
+    saved = ctx.node, ctx.location
+    placeholders = [n for n in module.graph.nodes if n.op == "placeholder"]
+    if len(placeholders) != len(inputs):
+        raise ctx.unsupported(f"a subgraph taking {len(placeholders)} operands called with {len(inputs)}")
+    ctx.env.update(zip(placeholders, inputs))
+    try:
+        for node in module.graph.nodes:
+            ctx.node, ctx.location = node, source_location(node) or saved[1]
+            if node.op == "call_function":
+                ctx.env[node] = _import_call(ctx, node)
+            elif node.op == "get_attr":
+                attr = getattr(module, node.target)
+                is_tensor = isinstance(attr, torch.Tensor)
+                ctx.env[node] = ctx.graph.add_constant(_to_numpy(attr), node.target) if is_tensor else attr
+            elif node.op == "output":
+                outs = node.args[0]
+                return [ctx.value(o) for o in (outs if isinstance(outs, (list, tuple)) else (outs,))]
+            elif node.op != "placeholder":
+                raise CompileError(f"unexpected FX node kind {node.op} in a subgraph")
+    finally:
+        ctx.node, ctx.location = saved
+    raise CompileError("a subgraph without an output node")
 
 
 def _import_call(ctx: ImportContext, node: torch.fx.Node) -> Any:
