@@ -92,6 +92,20 @@ _unary("trunc", "aten.fix.default")
 _unary("round", "aten.round.default")
 
 
+@handles("aten.round.decimals")
+def _round_decimals(ctx: ImportContext, node: Node):
+    """torch.round(x, decimals=d): round(x * 10^d) / 10^d, or round(x / 10^-d) * 10^-d for d < 0,
+    in x's dtype, as PyTorch computes it."""
+    x = ctx.tensor(node.args[0], ctx.out_dtype())
+    decimals = int(arg(node, 1, "decimals", 0))
+    if not x.dtype.is_float:
+        raise ctx.unsupported(f"round with decimals of {x.dtype}")
+    scale = ctx.tensor(10.0 ** abs(decimals), x.dtype)
+    if decimals >= 0:
+        return ctx.emit("div", ctx.emit("round", ctx.emit("mul", x, scale)), scale)
+    return ctx.emit("mul", ctx.emit("round", ctx.emit("div", x, scale)), scale)
+
+
 @handles("aten.isinf.default")
 def _isinf(ctx: ImportContext, node: Node):
     return ctx.emit("isinf", ctx.tensor(node.args[0]))
@@ -248,8 +262,9 @@ def _matmul(ctx: ImportContext, node: Node):
     return ctx.emit("matmul", ctx.tensor(node.args[0]), ctx.tensor(node.args[1]))
 
 
-@handles("aten.addmm.default")
+@handles("aten.addmm.default", "aten._sparse_addmm.default")
 def _addmm(ctx: ImportContext, node: Node):
+    """beta * bias + alpha * (a @ b); torch.sparse.addmm given dense matrices is the same."""
     bias, a, b = (ctx.tensor(x) for x in node.args[:3])
     beta, alpha = node.kwargs.get("beta", 1), node.kwargs.get("alpha", 1)
     product = ctx.emit("matmul", a, b)
@@ -1612,17 +1627,37 @@ def _kthvalue(ctx: ImportContext, node: Node):
     return _kth_along(ctx, x, axis, k - 1, keepdim=bool(arg(node, 3, "keepdim", False)))
 
 
-@handles("aten.__rshift__.Scalar", "aten.bitwise_right_shift.Tensor_Scalar",
-         "aten.__lshift__.Scalar", "aten.bitwise_left_shift.Tensor_Scalar")
-def _shift_by_scalar(ctx: ImportContext, node: Node):
-    """Integer shifts by a constant: x >> s is floor(x / 2^s) (arithmetic for signed), x << s is
-    x * 2^s (both wrap the same way in two's complement)."""
-    x, shift = ctx.tensor(node.args[0]), node.args[1]
-    if x.dtype.is_float or not isinstance(shift, int) or not 0 <= shift < 8 * x.dtype.itemsize:
-        raise ctx.unsupported("a shift of a float tensor or by a non-constant amount")
-    factor = ctx.tensor(1 << shift, x.dtype)
-    return ctx.emit("floor_div" if "right" in str(node.target) or "rshift" in str(node.target) else "mul",
-                    x, factor)
+@handles("aten.__rshift__.Scalar", "aten.bitwise_right_shift.Tensor_Scalar", "aten.__rshift__.Tensor",
+         "aten.bitwise_right_shift.Tensor", "aten.bitwise_right_shift.Scalar_Tensor",
+         "aten.__lshift__.Scalar", "aten.bitwise_left_shift.Tensor_Scalar", "aten.__lshift__.Tensor",
+         "aten.bitwise_left_shift.Tensor", "aten.bitwise_left_shift.Scalar_Tensor")
+def _shift(ctx: ImportContext, node: Node):
+    """Integer shifts, PyTorch's way for every amount: x << s is x * 2^s (wrapping; 0 for s < 0
+    or s >= bits), x >> s is floor(x / 2^s) (arithmetic for signed; -1 or 0 by x's sign once s
+    is negative or shifts out every bit). A constant amount is one mul or floor_div; a tensor of
+    amounts looks 2^s up in a table of the dtype's powers of two."""
+    dtype = ctx.out_dtype()
+    if dtype.is_float or dtype == DType.bool:
+        raise ctx.unsupported(f"a shift of {dtype} (shifts take integers)")
+    left = "left" in str(node.target) or "lshift" in str(node.target)
+    x, amount = ctx.tensor(node.args[0], dtype), ctx.value(node.args[1])
+    bits, signed = 8 * dtype.itemsize, dtype != DType.uint8
+    limit = bits if left or not signed else bits - 1  # amounts in [0, limit) are a power of two
+    zero = ctx.tensor(0, dtype)
+    fill = zero if left else ctx.emit("where", ctx.emit("lt", x, zero), ctx.tensor(-1, dtype), zero) \
+        if signed else zero
+    if isinstance(amount, int):
+        if not 0 <= amount < limit:
+            return ctx.emit("mul", x, zero) if fill is zero else fill
+        power = ctx.graph.add_constant(np.left_shift(np.ones((), dtype.numpy), amount), "power_of_two")
+        return ctx.emit("mul" if left else "floor_div", x, power)
+    amount = ctx.tensor(amount, dtype)
+    outside = ctx.emit("logical_or", ctx.emit("lt", amount, zero), ctx.emit("ge", amount, ctx.tensor(limit, dtype)))
+    index = ctx.emit("cast", ctx.emit("where", outside, zero, amount), dtype=DType.int64)
+    table = ctx.graph.add_constant(np.left_shift(np.ones(limit, dtype.numpy), np.arange(limit, dtype=dtype.numpy)),
+                                   "powers_of_two")
+    shifted = ctx.emit("mul" if left else "floor_div", x, ctx.emit("gather", table, index, axis=0))
+    return ctx.emit("where", outside, fill, shifted)
 
 
 @handles("aten.searchsorted.Tensor")

@@ -85,6 +85,8 @@ MORE = {
     "fold": (lambda x: F.fold(x, (5, 6), (2, 3), padding=1, stride=(2, 1)), (randn(2, 2 * 6, 18, seed=28),)),
     "fold_dilated": (lambda x: F.fold(x, (4, 4), 2, dilation=2), (randn(1, 3 * 4, 4, seed=29),)),
     "unfold_fold": (lambda x: F.fold(F.unfold(x, 2, stride=2), (6, 6), 2, stride=2), (randn(1, 2, 6, 6, seed=30),)),
+    "sparse_addmm_of_dense": (lambda c, a, b: torch.sparse.addmm(c, a, b, beta=0.8, alpha=0.5),
+                              (randn(4, 5, seed=32), randn(4, 3, seed=33), randn(3, 5, seed=34))),
     "adaptive_avg_pool3d": (lambda x: F.adaptive_avg_pool3d(x, (2, 2, 1)), (randn(1, 2, 4, 6, 3, seed=31),)),
 }
 

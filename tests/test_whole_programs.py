@@ -179,6 +179,38 @@ class Shifts(torch.nn.Module):
         return x >> 2, x << 3
 
 
+class ShiftsByTensor(torch.nn.Module):
+    def forward(self, x, amounts):
+        return x << amounts, x >> amounts, torch.bitwise_left_shift(x, 3), x >> 70
+
+
+def _shift_inputs(rng, dtype):
+    info = torch.iinfo(dtype)
+    x = torch.from_numpy(rng.integers(max(info.min, -1000), min(info.max, 1000), size=(48,))).to(dtype)
+    x[:2] = torch.tensor([info.min, info.max], dtype=dtype)
+    low = 0 if dtype == torch.uint8 else -2  # negative amounts and amounts past the width too
+    return x, torch.from_numpy(rng.integers(low, 8 * x.element_size() + 3, size=(48,))).to(dtype)
+
+
+@pytest.mark.parametrize("dtype", [torch.int8, torch.uint8, torch.int16, torch.int32, torch.int64])
+def test_shifts_by_a_tensor_match_eager_for_every_amount(dtype, rng):
+    inputs = _shift_inputs(rng, dtype)
+    graph = import_exported_program(export_module(ShiftsByTensor(), inputs))
+    with np.errstate(over="ignore"):
+        got = run_graph(graph, [t.numpy() for t in inputs])
+    for a, b in zip(got, ShiftsByTensor()(*inputs), strict=True):
+        assert a.dtype == b.numpy().dtype
+        np.testing.assert_array_equal(a, b.numpy())
+
+
+@pytest.mark.parametrize("target", ["onnx", "llvm"])
+def test_shifts_by_a_tensor_compile(target, tmp_path, rng):
+    inputs = _shift_inputs(rng, torch.int32)
+    art = compiler.compile(ShiftsByTensor(), inputs, target=target, output=tmp_path / "m.aot")
+    for got, want in zip(art.load()(*[t.numpy() for t in inputs]), ShiftsByTensor()(*inputs)):
+        np.testing.assert_array_equal(got, want.numpy())
+
+
 class Searches(torch.nn.Module):
     def forward(self, sequence, values):
         return torch.searchsorted(sequence, values), torch.searchsorted(sequence, values, right=True)
