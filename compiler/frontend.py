@@ -50,6 +50,9 @@ _TORCH_DTYPES = {
 
 
 def dtype_from_torch(dtype: torch.dtype) -> DType:
+    if dtype == torch.bfloat16:  # numpy has no bfloat16: neither verification nor the artifact's callers could hold it
+        raise CompileError("bfloat16 tensors are not supported yet; compile the float32 model (model.float(), "
+                           "float32 inputs, no .to(torch.bfloat16) inside)")
     try:
         return _TORCH_DTYPES[dtype]
     except KeyError:

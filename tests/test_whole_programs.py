@@ -11,7 +11,7 @@ import pytest
 import torch
 
 import compiler
-from compiler.errors import UnsupportedOpError
+from compiler.errors import CompileError, UnsupportedOpError
 from compiler.frontend import export_module, import_exported_program
 from compiler.interpreter import run_graph
 
@@ -436,3 +436,25 @@ def test_a_computed_index_out_of_range_stops_the_run(target, tmp_path):
     for bad in ([[7, 1]], [[1, 4]]):  # 7 + 3 is past the table; 4 * 2 past x's 8 columns
         with pytest.raises(compiler.InputError, match="out of range|out of data bounds"):
             model(np.array(bad), x.numpy())
+
+
+class HalvesPrecision(torch.nn.Module):
+    def forward(self, x):
+        return (x.to(torch.bfloat16) * 2).float()
+
+
+class AddsBfloat16(torch.nn.Module):
+    def forward(self, x, y):
+        return x + y
+
+
+@pytest.mark.parametrize("target", ["onnx", "llvm"])
+def test_bfloat16_is_refused_in_one_line(target, tmp_path, rng):
+    """numpy has no bfloat16 (verification and the artifact's callers hold numpy arrays): a
+    bfloat16 input or a cast to it inside is a user error with a way out, not a crash."""
+    x = _randn(rng, 4, 4)
+    for model, inputs in ((HalvesPrecision(), (x,)), (AddsBfloat16(), (x.bfloat16(), x.bfloat16()))):
+        with pytest.raises(CompileError) as info:
+            compiler.compile(model, inputs, target=target, output=tmp_path / "m.aot")
+        message = str(info.value)
+        assert "bfloat16" in message and "float32" in message and "\n" not in message
