@@ -170,7 +170,7 @@ def export_module(module: torch.nn.Module, example_inputs: Sequence[torch.Tensor
     """``torch.export`` the module; with ``dynamic_batch`` dim 0 of every input is symbolic;
     ``dynamic_shapes`` gives torch Dims per input (one dict of axis -> Dim, or None, each)."""
     module = module.eval()
-    inputs = tuple(example_inputs)
+    inputs = _unaliased(tuple(example_inputs))
     if dynamic_shapes is not None:
         dynamic_shapes = _grouped_like_forward(module, list(dynamic_shapes))
     if dynamic_batch:
@@ -184,6 +184,23 @@ def export_module(module: torch.nn.Module, example_inputs: Sequence[torch.Tensor
         except Exception as exc:  # torch's message is long; keep its first line, say what failed
             first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
             raise CompileError(f"torch.export could not trace the model: {first}") from exc
+
+
+def _unaliased(inputs: tuple) -> tuple:
+    """The inputs with every tensor that shares memory with an earlier one cloned. torch.export
+    traces aliased inputs as one (``f(x, x)`` exports ``a - b`` as ``b - b``): the compiled
+    model would ignore an input that callers then pass different values for."""
+    seen: set[int] = set()
+    result = []
+    for t in inputs:
+        if isinstance(t, torch.Tensor):
+            key = t.untyped_storage().data_ptr() if t.numel() else id(t)
+            if key in seen:
+                t = t.clone()
+            else:
+                seen.add(key)
+        result.append(t)
+    return tuple(result)
 
 
 def _batch_dynamic_shapes(module: torch.nn.Module, inputs: tuple, batch) -> tuple:

@@ -458,3 +458,19 @@ def test_bfloat16_is_refused_in_one_line(target, tmp_path, rng):
             compiler.compile(model, inputs, target=target, output=tmp_path / "m.aot")
         message = str(info.value)
         assert "bfloat16" in message and "float32" in message and "\n" not in message
+
+
+class Differences(torch.nn.Module):
+    def forward(self, a, b, c):
+        return a - b, b * c
+
+
+@pytest.mark.parametrize("target", ["onnx", "llvm"])
+def test_one_tensor_passed_as_several_example_inputs_stays_several_inputs(target, tmp_path, rng):
+    """torch.export traces inputs sharing memory as one input: ``f(x, x)`` would compile to a
+    model that ignores its first input. Callers then pass different tensors."""
+    x = _randn(rng, 3, 4)
+    art = compiler.compile(Differences(), (x, x, x[1:2].expand(3, 4)), target=target, output=tmp_path / "m.aot")
+    a, b, c = _randn(rng, 3, 4), _randn(rng, 3, 4), _randn(rng, 3, 4)
+    for got, want in zip(art.load()(a.numpy(), b.numpy(), c.numpy()), Differences()(a, b, c), strict=True):
+        np.testing.assert_allclose(got, want.numpy(), rtol=1e-6)
