@@ -593,8 +593,8 @@ def _sdpa(ctx: ImportContext, node: Node):
     mask = arg(node, 3, "attn_mask")
     if arg(node, 4, "dropout_p", 0.0):
         raise ctx.unsupported("attention dropout (dropout_p must be 0 at inference)")
-    if node.kwargs.get("enable_gqa", False):
-        raise ctx.unsupported("grouped-query attention (enable_gqa=True)")
+    if node.kwargs.get("enable_gqa", False) and q.type.rank >= 3 and k.shape[-3] != q.shape[-3]:
+        k, v = (_repeat_heads(ctx, t, q.shape[-3]) for t in (k, v))
     mask_value = None
     if mask is not None:
         mask_value = ctx.tensor(mask)
@@ -602,6 +602,18 @@ def _sdpa(ctx: ImportContext, node: Node):
             mask_value = ctx.tensor(mask, q.dtype)
     return ctx.emit("attention", q, k, v, mask_value, is_causal=bool(arg(node, 5, "is_causal", False)),
                     scale=arg(node, 6, "scale"))
+
+
+def _repeat_heads(ctx: ImportContext, t: Value, heads) -> Value:
+    """Grouped-query attention's key/value heads [..., Hkv, S, D] repeated to the query's
+    ``heads`` (each head ``heads // Hkv`` times in a row, as PyTorch's repeat_interleave)."""
+    groups = t.shape[-3]
+    if not isinstance(heads, int) or not isinstance(groups, int) or heads % groups:
+        raise ctx.unsupported(f"grouped-query attention with {heads} query heads over {groups} key/value heads")
+    lead, tail = list(t.shape[:-3]), list(t.shape[-2:])
+    grown = ctx.emit("expand", ctx.emit("reshape", t, shape=lead + [groups, 1] + tail),
+                     shape=lead + [groups, heads // groups] + tail)
+    return ctx.emit("reshape", grown, shape=lead + [heads] + tail)
 
 
 # -- compositions of existing IR ops ---------------------------------------------------------------
