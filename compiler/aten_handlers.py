@@ -1324,6 +1324,32 @@ def _cond(ctx: ImportContext, node: Node):
                  for a, b in zip(taken, other))
 
 
+MAX_SCAN_STEPS = 256
+
+
+@handles("scan")
+def _scan(ctx: ImportContext, node: Node):
+    """torch scan(combine_fn, init, xs, additional_inputs) over axis 0 of ``xs``, unrolled: the
+    combine graph inlined once per step (a static number of steps, at most MAX_SCAN_STEPS),
+    each step's outputs stacked. Returns the final carries, then the stacked outputs."""
+    from compiler.frontend import import_subgraph
+
+    combine = ctx.value(node.args[0])
+    carries, xs, extra = (list(ctx.value(a)) for a in node.args[1:4])
+    steps = xs[0].shape[0] if xs and xs[0].type.rank else None
+    if not isinstance(steps, int) or not 0 < steps <= MAX_SCAN_STEPS:
+        raise ctx.unsupported(f"a scan over {steps} steps (unrolled: a static number, 1 to {MAX_SCAN_STEPS})")
+    outputs: list[list[Value]] = []
+    for i in range(steps):
+        slices = [ctx.emit("reshape", ctx.emit("slice", x, axis=0, start=i, end=i + 1), shape=list(x.shape[1:]))
+                  for x in xs]
+        results = import_subgraph(ctx, combine, carries + slices + extra)
+        carries, step = results[:len(carries)], results[len(carries):]
+        outputs.append([ctx.emit("reshape", y, shape=[1] + list(y.shape)) for y in step])
+    stacked = [ys[0] if steps == 1 else ctx.emit("concat", *ys, axis=0) for ys in zip(*outputs)]
+    return tuple(carries) + tuple(stacked)
+
+
 # -- memory-shaped ops with a value meaning --------------------------------------------------------
 @handles("aten.empty.memory_format", "aten.empty_strided.default", "aten.empty_like.default",
          "aten.new_empty.default", "aten.new_empty_strided.default")

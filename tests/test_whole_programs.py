@@ -142,6 +142,50 @@ def test_cond_compiles(target, tmp_path, rng):
             np.testing.assert_allclose(got, want.detach().numpy(), rtol=1e-5, atol=1e-6)
 
 
+def _running(total, row, weight):
+    total = total * 0.5 + row * weight
+    return [total, total.sum(-1) + row[0]]
+
+
+class Scans(torch.nn.Module):
+    """A carry updated every step, an output stacked per step, an extra input seen by every step."""
+
+    def __init__(self):
+        super().__init__()
+        self.weight = torch.nn.Parameter(torch.linspace(-1.0, 1.0, 4))
+
+    def forward(self, x):
+        from torch._higher_order_ops.scan import scan
+
+        return scan(lambda total, row: _running(total, row, self.weight), torch.zeros(4), x)
+
+
+def test_scan_is_unrolled_step_for_step(rng):
+    for steps in (1, 5):
+        x = _randn(rng, steps, 4)
+        graph = import_exported_program(export_module(Scans(), (x,)))
+        probe = _randn(rng, steps, 4)
+        got = run_graph(graph, [probe.numpy()])
+        want = torch.utils._pytree.tree_leaves(Scans()(probe))
+        for a, b in zip(got, want, strict=True):
+            np.testing.assert_allclose(a, b.detach().numpy(), rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("target", ["onnx", "llvm"])
+def test_scan_compiles(target, tmp_path, rng):
+    x = _randn(rng, 6, 4)
+    art = compiler.compile(Scans(), (x,), target=target, output=tmp_path / "m.aot")
+    for got, want in zip(art.load()(x.numpy()), Scans()(x), strict=True):
+        np.testing.assert_allclose(got, want.detach().numpy(), rtol=1e-5, atol=1e-6)
+
+
+def test_a_scan_too_long_to_unroll_is_refused_in_one_line(rng):
+    with pytest.raises(UnsupportedOpError) as info:
+        import_exported_program(export_module(Scans(), (_randn(rng, 300, 4),)))
+    message = str(info.value)
+    assert "scan over 300 steps" in message and "\n" not in message
+
+
 class Loops(torch.nn.Module):
     def forward(self, x):
         from torch._higher_order_ops.while_loop import while_loop
