@@ -193,7 +193,7 @@ def _unaliased(inputs: tuple) -> tuple:
     seen: set[int] = set()
     result = []
     for t in inputs:
-        if isinstance(t, torch.Tensor):
+        if isinstance(t, torch.Tensor) and t.layout == torch.strided:
             key = t.untyped_storage().data_ptr() if t.numel() else id(t)
             if key in seen:
                 t = t.clone()
@@ -311,6 +311,10 @@ def import_exported_program(ep: torch.export.ExportedProgram, *, name: str = "ma
                 if not isinstance(val, torch.Tensor):
                     raise CompileError(f"model input '{node.name}' is not a tensor ({type(val).__name__}); "
                                        "only tensor inputs are supported")
+                if val.layout != torch.strided:  # the artifact takes numpy arrays: dense ones
+                    raise CompileError(f"model input '{node.name}' is a {str(val.layout).replace('torch.', '')} "
+                                       "tensor; only dense inputs are supported: pass x.to_dense() and "
+                                       "compile the model for dense inputs")
                 ctx.env[node] = graph.add_input(node.name, ctx.meta_type(node))
             elif spec.kind in (InputKind.PARAMETER, InputKind.BUFFER, InputKind.CONSTANT_TENSOR):
                 tensor = state[spec.target]

@@ -518,3 +518,17 @@ def test_one_tensor_passed_as_several_example_inputs_stays_several_inputs(target
     a, b, c = _randn(rng, 3, 4), _randn(rng, 3, 4), _randn(rng, 3, 4)
     for got, want in zip(art.load()(a.numpy(), b.numpy(), c.numpy()), Differences()(a, b, c), strict=True):
         np.testing.assert_allclose(got, want.numpy(), rtol=1e-6)
+
+
+class SparseProduct(torch.nn.Module):
+    def forward(self, sparse, dense):
+        return torch.sparse.mm(sparse, dense)
+
+
+def test_a_sparse_input_is_refused_in_one_line(tmp_path, rng):
+    """The artifact takes numpy arrays: a sparse input is a user error with a way out."""
+    sparse = torch.sparse_coo_tensor(torch.tensor([[0, 1, 2], [2, 0, 1]]), torch.tensor([1.0, 2.0, 3.0]), (3, 8))
+    with pytest.raises(CompileError) as info:
+        compiler.compile(SparseProduct(), (sparse, _randn(rng, 8, 5)), output=tmp_path / "m.aot")
+    message = str(info.value)
+    assert "sparse_coo" in message and "to_dense()" in message and "\n" not in message
