@@ -257,7 +257,19 @@ def _resolve_overload(name: str):
 def decompose(ep: torch.export.ExportedProgram) -> torch.export.ExportedProgram:
     """Torch's default decompositions minus the ops we handle; then, for each op still without
     a handler, PyTorch's own decomposition of just that op (``torch._decomp``), until none
-    applies. Ops with neither are refused at import with the usual one-line error."""
+    applies. Ops with neither are refused at import with the usual one-line error; a failure
+    inside torch's own decomposition (e.g. a sparse buffer) is one line too."""
+    try:
+        return _decompose(ep)
+    except (CompileError, IRError):
+        raise
+    except Exception as exc:  # torch's run_decompositions: its message is long, keep its first line
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise CompileError(f"PyTorch's decompositions failed on the exported program: {first}; "
+                           "keep the model to dense tensors and supported ops") from exc
+
+
+def _decompose(ep: torch.export.ExportedProgram) -> torch.export.ExportedProgram:
     ep = ep.run_decompositions(_decomposition_table())
     from torch._decomp import decomposition_table
 

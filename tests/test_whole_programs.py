@@ -532,3 +532,21 @@ def test_a_sparse_input_is_refused_in_one_line(tmp_path, rng):
         compiler.compile(SparseProduct(), (sparse, _randn(rng, 8, 5)), output=tmp_path / "m.aot")
     message = str(info.value)
     assert "sparse_coo" in message and "to_dense()" in message and "\n" not in message
+
+
+class SparseBuffer(torch.nn.Module):
+    def __init__(self):
+        super().__init__()
+        csr = torch.sparse_csr_tensor(torch.tensor([0, 1, 2]), torch.tensor([0, 1]), torch.tensor([1.0, 1.0]))
+        self.register_buffer("csr", csr)
+
+    def forward(self, x):
+        return torch.matmul(self.csr.to_sparse(layout=torch.sparse_csr), x).sum()
+
+
+def test_a_failure_inside_torchs_decompositions_is_one_line():
+    exported = torch.export.export(SparseBuffer().eval(), (torch.ones(2, 1),))
+    with pytest.raises(CompileError) as info:
+        import_exported_program(exported)
+    message = str(info.value)
+    assert message.startswith("PyTorch's decompositions failed") and "\n" not in message
