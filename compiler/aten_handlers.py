@@ -92,6 +92,20 @@ _unary("trunc", "aten.fix.default")
 _unary("round", "aten.round.default")
 
 
+@handles("aten.round.decimals")
+def _round_decimals(ctx: ImportContext, node: Node):
+    """torch.round(x, decimals=d): round(x * 10^d) / 10^d, or round(x / 10^-d) * 10^-d for d < 0,
+    in x's dtype, as PyTorch computes it."""
+    x = ctx.tensor(node.args[0], ctx.out_dtype())
+    decimals = int(arg(node, 1, "decimals", 0))
+    if not x.dtype.is_float:
+        raise ctx.unsupported(f"round with decimals of {x.dtype}")
+    scale = ctx.tensor(10.0 ** abs(decimals), x.dtype)
+    if decimals >= 0:
+        return ctx.emit("div", ctx.emit("round", ctx.emit("mul", x, scale)), scale)
+    return ctx.emit("mul", ctx.emit("round", ctx.emit("div", x, scale)), scale)
+
+
 @handles("aten.isinf.default")
 def _isinf(ctx: ImportContext, node: Node):
     return ctx.emit("isinf", ctx.tensor(node.args[0]))
@@ -248,8 +262,9 @@ def _matmul(ctx: ImportContext, node: Node):
     return ctx.emit("matmul", ctx.tensor(node.args[0]), ctx.tensor(node.args[1]))
 
 
-@handles("aten.addmm.default")
+@handles("aten.addmm.default", "aten._sparse_addmm.default")
 def _addmm(ctx: ImportContext, node: Node):
+    """beta * bias + alpha * (a @ b); torch.sparse.addmm given dense matrices is the same."""
     bias, a, b = (ctx.tensor(x) for x in node.args[:3])
     beta, alpha = node.kwargs.get("beta", 1), node.kwargs.get("alpha", 1)
     product = ctx.emit("matmul", a, b)
@@ -578,8 +593,8 @@ def _sdpa(ctx: ImportContext, node: Node):
     mask = arg(node, 3, "attn_mask")
     if arg(node, 4, "dropout_p", 0.0):
         raise ctx.unsupported("attention dropout (dropout_p must be 0 at inference)")
-    if node.kwargs.get("enable_gqa", False):
-        raise ctx.unsupported("grouped-query attention (enable_gqa=True)")
+    if node.kwargs.get("enable_gqa", False) and q.type.rank >= 3 and k.shape[-3] != q.shape[-3]:
+        k, v = (_repeat_heads(ctx, t, q.shape[-3]) for t in (k, v))
     mask_value = None
     if mask is not None:
         mask_value = ctx.tensor(mask)
@@ -587,6 +602,18 @@ def _sdpa(ctx: ImportContext, node: Node):
             mask_value = ctx.tensor(mask, q.dtype)
     return ctx.emit("attention", q, k, v, mask_value, is_causal=bool(arg(node, 5, "is_causal", False)),
                     scale=arg(node, 6, "scale"))
+
+
+def _repeat_heads(ctx: ImportContext, t: Value, heads) -> Value:
+    """Grouped-query attention's key/value heads [..., Hkv, S, D] repeated to the query's
+    ``heads`` (each head ``heads // Hkv`` times in a row, as PyTorch's repeat_interleave)."""
+    groups = t.shape[-3]
+    if not isinstance(heads, int) or not isinstance(groups, int) or heads % groups:
+        raise ctx.unsupported(f"grouped-query attention with {heads} query heads over {groups} key/value heads")
+    lead, tail = list(t.shape[:-3]), list(t.shape[-2:])
+    grown = ctx.emit("expand", ctx.emit("reshape", t, shape=lead + [groups, 1] + tail),
+                     shape=lead + [groups, heads // groups] + tail)
+    return ctx.emit("reshape", grown, shape=lead + [heads] + tail)
 
 
 # -- compositions of existing IR ops ---------------------------------------------------------------
@@ -1151,14 +1178,46 @@ def _vector_norm(ctx: ImportContext, node: Node):
 
 @handles("aten.bucketize.Tensor")
 def _bucketize(ctx: ImportContext, node: Node):
-    """The number of boundaries below x (or at most x with right=True)."""
+    """The bucket of each x among 1-D ``boundaries``: torch.searchsorted with the roles swapped."""
     x, boundaries = ctx.tensor(node.args[0]), ctx.tensor(node.args[1])
     right = bool(node.kwargs.get("right", False))
     dtype = DType.int32 if node.kwargs.get("out_int32", False) else DType.int64
-    common = x.dtype if x.dtype == boundaries.dtype else DType.float64
-    xs = ctx.emit("reshape", ctx.tensor(x, common), shape=list(x.shape) + [1])
-    below = ctx.emit("ge" if right else "gt", xs, ctx.tensor(boundaries, common))
-    return ctx.emit("reduce_sum", ctx.emit("cast", below, dtype=dtype), axes=[-1], keepdim=False)
+    return _sorted_search(ctx, boundaries, x, right, dtype)
+
+
+def _sorted_search(ctx: ImportContext, sequence: Value, values: Value, right: bool, dtype: DType) -> Value:
+    """Insertion points of ``values`` in the last axis of ``sequence`` (1-D, or [..., N] against
+    values [..., M]) by PyTorch's own binary search, step for step: start/end per value, mid =
+    (start + end) // 2, go right while ``!(seq[mid] >= v)`` (``!(seq[mid] > v)`` with right=True).
+    So the result is PyTorch's also where the sequence is not sorted (torch does not check) and
+    for NaN values; bit_length(N) steps of one gather and a few selects."""
+    common = values.dtype if values.dtype == sequence.dtype else DType.float64
+    sequence, values = ctx.tensor(sequence, common), ctx.tensor(values, common)
+    size = sequence.shape[-1]
+    if not isinstance(size, int):  # a symbolic length: counting is the same on sorted input
+        if sequence.type.rank > 1:
+            sequence = ctx.emit("reshape", sequence, shape=list(sequence.shape[:-1]) + [1, size])
+        rows = ctx.emit("reshape", values, shape=list(values.shape) + [1])
+        below = ctx.emit("ge" if right else "gt", rows, sequence)
+        return ctx.emit("reduce_sum", ctx.emit("cast", below, dtype=dtype), axes=[-1], keepdim=False)
+    shape = list(values.shape)
+    start = _filled(ctx, 0, DType.int64, tuple(shape))
+    end = _filled(ctx, size, DType.int64, tuple(shape))
+    one, two, last = (ctx.tensor(v, DType.int64) for v in (1, 2, max(size - 1, 0)))
+    for _ in range(size.bit_length()):
+        active = ctx.emit("lt", start, end)
+        mid = ctx.emit("floor_div", ctx.emit("add", start, end), two)
+        at = ctx.emit("minimum", mid, last)  # mid == N only where the search is over
+        if sequence.type.rank == 1:
+            probe = ctx.emit("gather", sequence, at, axis=0)
+        else:
+            probe = ctx.emit("gather_elements", sequence, at, axis=sequence.type.rank - 1)
+        stop = ctx.emit("gt" if right else "ge", probe, values)
+        go_right = ctx.emit("logical_and", active, ctx.emit("logical_not", stop))
+        go_left = ctx.emit("logical_and", active, stop)
+        start = ctx.emit("where", go_right, ctx.emit("add", mid, one), start)
+        end = ctx.emit("where", go_left, mid, end)
+    return start if dtype == DType.int64 else ctx.emit("cast", start, dtype=dtype)
 
 
 @handles("aten._cdist_forward.default")
@@ -1237,6 +1296,58 @@ def _size_comparison(ctx: ImportContext, node: Node):
     if any(user.target != torch.ops.aten._assert_scalar.default for user in node.users):
         raise ctx.unsupported("a size comparison used as a value")
     return None
+
+
+# -- control flow ----------------------------------------------------------------------------------
+@handles("cond")
+def _cond(ctx: ImportContext, node: Node):
+    """torch.cond(pred, true_fn, false_fn, operands). A predicate known at compile time (a
+    Python bool) imports one branch; one known only at run time imports both and picks each
+    output with ``where``. That is exact: torch.cond's branches are pure functions of the
+    operands and return outputs of one type, so computing the unused one changes nothing."""
+    from compiler.frontend import import_subgraph
+
+    predicate, true_branch, false_branch, operands = node.args[:4]
+    pred = ctx.value(predicate)
+    inputs = list(ctx.value(operands))
+    if isinstance(pred, bool):
+        return tuple(import_subgraph(ctx, ctx.value(true_branch if pred else false_branch), inputs))
+    if not isinstance(pred, Value):
+        raise ctx.unsupported("a torch.cond predicate computed from symbolic sizes")
+    if pred.dtype != DType.bool:
+        pred = ctx.emit("ne", pred, ctx.tensor(0, pred.dtype))
+    if pred.type.rank:
+        pred = ctx.emit("reshape", pred, shape=[])
+    taken = import_subgraph(ctx, ctx.value(true_branch), inputs)
+    other = import_subgraph(ctx, ctx.value(false_branch), inputs)
+    return tuple(ctx.emit("where", pred, a, b) if isinstance(a, Value) and a is not b else a
+                 for a, b in zip(taken, other))
+
+
+MAX_SCAN_STEPS = 256
+
+
+@handles("scan")
+def _scan(ctx: ImportContext, node: Node):
+    """torch scan(combine_fn, init, xs, additional_inputs) over axis 0 of ``xs``, unrolled: the
+    combine graph inlined once per step (a static number of steps, at most MAX_SCAN_STEPS),
+    each step's outputs stacked. Returns the final carries, then the stacked outputs."""
+    from compiler.frontend import import_subgraph
+
+    combine = ctx.value(node.args[0])
+    carries, xs, extra = (list(ctx.value(a)) for a in node.args[1:4])
+    steps = xs[0].shape[0] if xs and xs[0].type.rank else None
+    if not isinstance(steps, int) or not 0 < steps <= MAX_SCAN_STEPS:
+        raise ctx.unsupported(f"a scan over {steps} steps (unrolled: a static number, 1 to {MAX_SCAN_STEPS})")
+    outputs: list[list[Value]] = []
+    for i in range(steps):
+        slices = [ctx.emit("reshape", ctx.emit("slice", x, axis=0, start=i, end=i + 1), shape=list(x.shape[1:]))
+                  for x in xs]
+        results = import_subgraph(ctx, combine, carries + slices + extra)
+        carries, step = results[:len(carries)], results[len(carries):]
+        outputs.append([ctx.emit("reshape", y, shape=[1] + list(y.shape)) for y in step])
+    stacked = [ys[0] if steps == 1 else ctx.emit("concat", *ys, axis=0) for ys in zip(*outputs)]
+    return tuple(carries) + tuple(stacked)
 
 
 # -- memory-shaped ops with a value meaning --------------------------------------------------------
@@ -1554,38 +1665,49 @@ def _kthvalue(ctx: ImportContext, node: Node):
     return _kth_along(ctx, x, axis, k - 1, keepdim=bool(arg(node, 3, "keepdim", False)))
 
 
-@handles("aten.__rshift__.Scalar", "aten.bitwise_right_shift.Tensor_Scalar",
-         "aten.__lshift__.Scalar", "aten.bitwise_left_shift.Tensor_Scalar")
-def _shift_by_scalar(ctx: ImportContext, node: Node):
-    """Integer shifts by a constant: x >> s is floor(x / 2^s) (arithmetic for signed), x << s is
-    x * 2^s (both wrap the same way in two's complement)."""
-    x, shift = ctx.tensor(node.args[0]), node.args[1]
-    if x.dtype.is_float or not isinstance(shift, int) or not 0 <= shift < 8 * x.dtype.itemsize:
-        raise ctx.unsupported("a shift of a float tensor or by a non-constant amount")
-    factor = ctx.tensor(1 << shift, x.dtype)
-    return ctx.emit("floor_div" if "right" in str(node.target) or "rshift" in str(node.target) else "mul",
-                    x, factor)
+@handles("aten.__rshift__.Scalar", "aten.bitwise_right_shift.Tensor_Scalar", "aten.__rshift__.Tensor",
+         "aten.bitwise_right_shift.Tensor", "aten.bitwise_right_shift.Scalar_Tensor",
+         "aten.__lshift__.Scalar", "aten.bitwise_left_shift.Tensor_Scalar", "aten.__lshift__.Tensor",
+         "aten.bitwise_left_shift.Tensor", "aten.bitwise_left_shift.Scalar_Tensor")
+def _shift(ctx: ImportContext, node: Node):
+    """Integer shifts, PyTorch's way for every amount: x << s is x * 2^s (wrapping; 0 for s < 0
+    or s >= bits), x >> s is floor(x / 2^s) (arithmetic for signed; -1 or 0 by x's sign once s
+    is negative or shifts out every bit). A constant amount is one mul or floor_div; a tensor of
+    amounts looks 2^s up in a table of the dtype's powers of two."""
+    dtype = ctx.out_dtype()
+    if dtype.is_float or dtype == DType.bool:
+        raise ctx.unsupported(f"a shift of {dtype} (shifts take integers)")
+    left = "left" in str(node.target) or "lshift" in str(node.target)
+    x, amount = ctx.tensor(node.args[0], dtype), ctx.value(node.args[1])
+    bits, signed = 8 * dtype.itemsize, dtype != DType.uint8
+    limit = bits if left or not signed else bits - 1  # amounts in [0, limit) are a power of two
+    zero = ctx.tensor(0, dtype)
+    fill = zero if left else ctx.emit("where", ctx.emit("lt", x, zero), ctx.tensor(-1, dtype), zero) \
+        if signed else zero
+    if isinstance(amount, int):
+        if not 0 <= amount < limit:
+            return ctx.emit("mul", x, zero) if fill is zero else fill
+        power = ctx.graph.add_constant(np.left_shift(np.ones((), dtype.numpy), amount), "power_of_two")
+        return ctx.emit("mul" if left else "floor_div", x, power)
+    amount = ctx.tensor(amount, dtype)
+    outside = ctx.emit("logical_or", ctx.emit("lt", amount, zero), ctx.emit("ge", amount, ctx.tensor(limit, dtype)))
+    index = ctx.emit("cast", ctx.emit("where", outside, zero, amount), dtype=DType.int64)
+    table = ctx.graph.add_constant(np.left_shift(np.ones(limit, dtype.numpy), np.arange(limit, dtype=dtype.numpy)),
+                                   "powers_of_two")
+    shifted = ctx.emit("mul" if left else "floor_div", x, ctx.emit("gather", table, index, axis=0))
+    return ctx.emit("where", outside, fill, shifted)
 
 
 @handles("aten.searchsorted.Tensor")
 def _searchsorted(ctx: ImportContext, node: Node):
-    """Insertion points of ``values`` in the last axis of ``sorted_sequence``: how many entries
-    are below each value (at most it with right=True), by one comparison and a sum."""
+    """Insertion points of ``values`` in the last axis of ``sorted_sequence`` (PyTorch's binary
+    search, see ``_sorted_search``)."""
     sequence, values = ctx.tensor(node.args[0]), ctx.tensor(node.args[1])
     if node.kwargs.get("sorter") is not None:
         raise ctx.unsupported("searchsorted with a sorter")
     right = bool(node.kwargs.get("right", False)) or node.kwargs.get("side") == "right"
     dtype = DType.int32 if node.kwargs.get("out_int32", False) else DType.int64
-    common = values.dtype if values.dtype == sequence.dtype else DType.float64
-    if sequence.type.rank == 1:
-        rows = ctx.emit("reshape", ctx.tensor(values, common), shape=list(values.shape) + [1])
-        seq = ctx.tensor(sequence, common)
-    else:  # batched: values [..., M] against sequence [..., N]
-        rows = ctx.emit("reshape", ctx.tensor(values, common), shape=list(values.shape) + [1])
-        seq = ctx.emit("reshape", ctx.tensor(sequence, common),
-                       shape=list(sequence.shape[:-1]) + [1, sequence.shape[-1]])
-    below = ctx.emit("ge" if right else "gt", rows, seq)
-    return ctx.emit("reduce_sum", ctx.emit("cast", below, dtype=dtype), axes=[-1], keepdim=False)
+    return _sorted_search(ctx, sequence, values, right, dtype)
 
 
 # -- recurrent layers (compiler/ops/recurrent.py) --------------------------------------------------

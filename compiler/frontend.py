@@ -50,6 +50,9 @@ _TORCH_DTYPES = {
 
 
 def dtype_from_torch(dtype: torch.dtype) -> DType:
+    if dtype == torch.bfloat16:  # numpy has no bfloat16: neither verification nor the artifact's callers could hold it
+        raise CompileError("bfloat16 tensors are not supported yet; compile the float32 model (model.float(), "
+                           "float32 inputs, no .to(torch.bfloat16) inside)")
     try:
         return _TORCH_DTYPES[dtype]
     except KeyError:
@@ -167,7 +170,7 @@ def export_module(module: torch.nn.Module, example_inputs: Sequence[torch.Tensor
     """``torch.export`` the module; with ``dynamic_batch`` dim 0 of every input is symbolic;
     ``dynamic_shapes`` gives torch Dims per input (one dict of axis -> Dim, or None, each)."""
     module = module.eval()
-    inputs = tuple(example_inputs)
+    inputs = _unaliased(tuple(example_inputs))
     if dynamic_shapes is not None:
         dynamic_shapes = _grouped_like_forward(module, list(dynamic_shapes))
     if dynamic_batch:
@@ -181,6 +184,23 @@ def export_module(module: torch.nn.Module, example_inputs: Sequence[torch.Tensor
         except Exception as exc:  # torch's message is long; keep its first line, say what failed
             first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
             raise CompileError(f"torch.export could not trace the model: {first}") from exc
+
+
+def _unaliased(inputs: tuple) -> tuple:
+    """The inputs with every tensor that shares memory with an earlier one cloned. torch.export
+    traces aliased inputs as one (``f(x, x)`` exports ``a - b`` as ``b - b``): the compiled
+    model would ignore an input that callers then pass different values for."""
+    seen: set[int] = set()
+    result = []
+    for t in inputs:
+        if isinstance(t, torch.Tensor) and t.layout == torch.strided:
+            key = t.untyped_storage().data_ptr() if t.numel() else id(t)
+            if key in seen:
+                t = t.clone()
+            else:
+                seen.add(key)
+        result.append(t)
+    return tuple(result)
 
 
 def _batch_dynamic_shapes(module: torch.nn.Module, inputs: tuple, batch) -> tuple:
@@ -237,12 +257,26 @@ def _resolve_overload(name: str):
 def decompose(ep: torch.export.ExportedProgram) -> torch.export.ExportedProgram:
     """Torch's default decompositions minus the ops we handle; then, for each op still without
     a handler, PyTorch's own decomposition of just that op (``torch._decomp``), until none
-    applies. Ops with neither are refused at import with the usual one-line error."""
+    applies. Ops with neither are refused at import with the usual one-line error; a failure
+    inside torch's own decomposition (e.g. a sparse buffer) is one line too."""
+    try:
+        return _decompose(ep)
+    except (CompileError, IRError):
+        raise
+    except Exception as exc:  # torch's run_decompositions: its message is long, keep its first line
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise CompileError(f"PyTorch's decompositions failed on the exported program: {first}; "
+                           "keep the model to dense tensors and supported ops") from exc
+
+
+def _decompose(ep: torch.export.ExportedProgram) -> torch.export.ExportedProgram:
     ep = ep.run_decompositions(_decomposition_table())
     from torch._decomp import decomposition_table
 
     for _round in range(8):  # a decomposition may produce other unhandled ops: a few rounds
-        missing = {n.target for n in ep.graph.nodes if n.op == "call_function"
+        nodes = [n for gm in ep.graph_module.modules() if isinstance(gm, torch.fx.GraphModule)
+                 for n in gm.graph.nodes]  # torch.cond's branches are graphs of their own
+        missing = {n.target for n in nodes if n.op == "call_function"
                    and isinstance(n.target, torch._ops.OpOverload) and str(n.target) not in ATEN_HANDLERS
                    and n.target in decomposition_table}
         if not missing:
@@ -289,6 +323,10 @@ def import_exported_program(ep: torch.export.ExportedProgram, *, name: str = "ma
                 if not isinstance(val, torch.Tensor):
                     raise CompileError(f"model input '{node.name}' is not a tensor ({type(val).__name__}); "
                                        "only tensor inputs are supported")
+                if val.layout != torch.strided:  # the artifact takes numpy arrays: dense ones
+                    raise CompileError(f"model input '{node.name}' is a {str(val.layout).replace('torch.', '')} "
+                                       "tensor; only dense inputs are supported: pass x.to_dense() and "
+                                       "compile the model for dense inputs")
                 ctx.env[node] = graph.add_input(node.name, ctx.meta_type(node))
             elif spec.kind in (InputKind.PARAMETER, InputKind.BUFFER, InputKind.CONSTANT_TENSOR):
                 tensor = state[spec.target]
@@ -366,6 +404,33 @@ def _symbol_names(ep: torch.export.ExportedProgram, dim_names: dict[tuple[int, i
                     names[sym] = name
                     used.add(name)
     return names
+
+
+def import_subgraph(ctx: ImportContext, module: torch.fx.GraphModule, inputs: Sequence[Any]) -> list[Any]:
+    """Inline a subgraph (a branch of torch.cond) into the graph being built: its placeholders
+    are ``inputs``, its nodes go through the same handlers; returns its outputs' values."""
+    saved = ctx.node, ctx.location
+    placeholders = [n for n in module.graph.nodes if n.op == "placeholder"]
+    if len(placeholders) != len(inputs):
+        raise ctx.unsupported(f"a subgraph taking {len(placeholders)} operands called with {len(inputs)}")
+    ctx.env.update(zip(placeholders, inputs))
+    try:
+        for node in module.graph.nodes:
+            ctx.node, ctx.location = node, source_location(node) or saved[1]
+            if node.op == "call_function":
+                ctx.env[node] = _import_call(ctx, node)
+            elif node.op == "get_attr":
+                attr = getattr(module, node.target)
+                is_tensor = isinstance(attr, torch.Tensor)
+                ctx.env[node] = ctx.graph.add_constant(_to_numpy(attr), node.target) if is_tensor else attr
+            elif node.op == "output":
+                outs = node.args[0]
+                return [ctx.value(o) for o in (outs if isinstance(outs, (list, tuple)) else (outs,))]
+            elif node.op != "placeholder":
+                raise CompileError(f"unexpected FX node kind {node.op} in a subgraph")
+    finally:
+        ctx.node, ctx.location = saved
+    raise CompileError("a subgraph without an output node")
 
 
 def _import_call(ctx: ImportContext, node: torch.fx.Node) -> Any:

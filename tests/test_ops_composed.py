@@ -36,6 +36,11 @@ CASES = {
     "sdpa_causal": (lambda q, k, v: F.scaled_dot_product_attention(q, k, v, is_causal=True), (Q, Q * 2, Q - 1)),
     "sdpa_bool_mask": (lambda q, k, v, m: F.scaled_dot_product_attention(q, k, v, attn_mask=m),
                        (Q, Q * 2, Q - 1, torch.eye(5, dtype=torch.bool) | (randn(5, 5, seed=8) > 0))),
+    "sdpa_grouped_query": (lambda q, k, v: F.scaled_dot_product_attention(q, k, v, enable_gqa=True),
+                           (randn(2, 4, 5, 8, seed=35), randn(2, 2, 5, 8, seed=36), randn(2, 2, 5, 8, seed=37))),
+    "sdpa_grouped_query_causal": (lambda q, k, v: F.scaled_dot_product_attention(q, k, v, is_causal=True,
+                                                                                  enable_gqa=True),
+                                  (randn(6, 3, 8, seed=38), randn(2, 3, 8, seed=39), randn(2, 3, 8, seed=40))),
     "sdpa_float_mask": (lambda q, k, v, m: F.scaled_dot_product_attention(q, k, v, attn_mask=m),
                         (Q, Q * 2, Q - 1, randn(5, 5, seed=9))),
     "diagonal": (lambda x: torch.diagonal(x, 1, -2, -1), (X4,)),
@@ -85,6 +90,8 @@ MORE = {
     "fold": (lambda x: F.fold(x, (5, 6), (2, 3), padding=1, stride=(2, 1)), (randn(2, 2 * 6, 18, seed=28),)),
     "fold_dilated": (lambda x: F.fold(x, (4, 4), 2, dilation=2), (randn(1, 3 * 4, 4, seed=29),)),
     "unfold_fold": (lambda x: F.fold(F.unfold(x, 2, stride=2), (6, 6), 2, stride=2), (randn(1, 2, 6, 6, seed=30),)),
+    "sparse_addmm_of_dense": (lambda c, a, b: torch.sparse.addmm(c, a, b, beta=0.8, alpha=0.5),
+                              (randn(4, 5, seed=32), randn(4, 3, seed=33), randn(3, 5, seed=34))),
     "adaptive_avg_pool3d": (lambda x: F.adaptive_avg_pool3d(x, (2, 2, 1)), (randn(1, 2, 4, 6, 3, seed=31),)),
 }
 

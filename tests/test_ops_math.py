@@ -36,6 +36,8 @@ UNARY = [
     ("log2", torch.log2, uniform(0.01, 100, 4, 4)),
     ("log10", torch.log10, uniform(0.01, 100, 4, 4)),
     ("round", torch.round, torch.tensor([0.5, 1.5, 2.5, -0.5, -1.5, 0.49, -2.51, 3.0])),
+    ("round", lambda x: torch.round(x, decimals=2), randn(4, 5) * 10),
+    ("round", lambda x: torch.round(x, decimals=-1), randn(4, 5) * 100),
     ("trunc", torch.trunc, torch.tensor([0.5, 1.7, -1.7, -0.2, 0.0, 5.0, -7.9])),
     ("trunc", torch.fix, randn(3, 4) * 4),
     ("elu", torch.nn.functional.elu, randn(3, 5)),

@@ -8,6 +8,9 @@ import io
 import os
 import re
 import signal
+import subprocess
+import sys
+import textwrap
 import zipfile
 
 import pytest
@@ -135,6 +138,44 @@ def test_a_dying_build_is_one_line_naming_the_library_and_the_way_out(tmp_path):
     assert "\n" not in message
     assert "llvm v1 library" in message and f"signal {int(signal.SIGKILL)}" in message
     assert f"{tvm_emit.JOBS_ENV}=1" in message
+
+
+_PARENT_RAN_KERNELS = textwrap.dedent("""
+    import sys
+    import numpy as np
+    import torch
+    import compiler
+    from backends.tvm import emit
+
+    model = torch.nn.Sequential(torch.nn.Linear(64, 256), torch.nn.ReLU(), torch.nn.Linear(256, 8))
+    x = torch.randn(64, 64)
+    # verification runs the kernels here, on this thread: its TVM thread pool starts
+    run = compiler.compile(model, (x,), target="llvm", output=sys.argv[1] + "/m.aot").load()
+    want = run(x.numpy())
+
+    def build(say, path):  # a build that runs kernels, as TVM's FoldConstant does
+        open(path, "w").close()
+        return bool(np.array_equal(run(x.numpy()), want))
+
+    paths = [sys.argv[1] + "/a.so", sys.argv[1] + "/b.so"]
+    print(emit.run_builds([build, build], paths, 2, lambda line: None, ["a", "b"]))
+""")
+
+
+def test_forked_builds_run_kernels_after_the_parent_ran_some(tmp_path):
+    """TVM's thread pool is per thread and a fork keeps none of its workers: a build that runs a
+    kernel in a child of a process whose thread had run kernels waited forever (seen: a graph
+    whose constant index_put TVM's FoldConstant evaluates, compiled after another model)."""
+    process = subprocess.Popen([sys.executable, "-c", _PARENT_RAN_KERNELS, str(tmp_path)], stdout=subprocess.PIPE,
+                               stderr=subprocess.DEVNULL, text=True, start_new_session=True,
+                               cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    try:
+        out, _ = process.communicate(timeout=120)
+    except subprocess.TimeoutExpired:
+        os.killpg(process.pid, signal.SIGKILL)  # the children too
+        process.communicate()
+        pytest.fail("a forked build hung running a kernel")
+    assert process.returncode == 0 and out.strip().splitlines()[-1] == "[True, True]"
 
 
 def test_jobs_default_to_the_cores_and_follow_the_environment(monkeypatch):

@@ -398,7 +398,21 @@ def run_builds(builds, paths: list[str], jobs: int, say, labels: list[str]) -> l
 
 
 def _build_child(build, path: str, writer) -> None:
-    """A forked build: progress lines, then ("done", value) or ("error", exception) to ``writer``."""
+    """A forked build: progress lines, then ("done", value) or ("error", exception) to ``writer``.
+
+    The build runs on a new thread. TVM's CPU thread pool is per thread (thread_local) and a
+    fork copies the forking thread's pool without its workers: had the parent run a parallel
+    kernel on this thread (verifying an earlier artifact), a kernel run here by the build (TVM's
+    FoldConstant evaluates constant subgraphs) would wait for those workers forever. A new
+    thread starts a pool of its own."""
+    import threading
+
+    worker = threading.Thread(target=_run_build, args=(build, path, writer), name="aot-build", daemon=True)
+    worker.start()
+    worker.join()
+
+
+def _run_build(build, path: str, writer) -> None:
     import pickle
     import threading
 
