@@ -399,6 +399,14 @@ def test_source_from_module():
     assert src.sha256 != ml.source_from_module(_mlp(seed=1), (x,)).sha256
 
 
+def test_a_sparse_buffer_is_hashed_without_an_error():
+    m = _mlp()
+    m.register_buffer("table", torch.eye(3).to_sparse_csr())
+    first = ml.source_from_module(m, torch.randn(2, 4)).sha256
+    m.table = (2 * torch.eye(3)).to_sparse_csr()
+    assert len(first) == 64 and ml.source_from_module(m, torch.randn(2, 4)).sha256 != first
+
+
 def test_module_digest_gives_its_tensors_piece_digests_until_one_changes():
     """The artifact writer reuses these instead of hashing the same weights again."""
     from compiler.hashing import buffer_reader, piece_digests_many

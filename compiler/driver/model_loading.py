@@ -293,13 +293,22 @@ def _module_state_bytes(module: torch.nn.Module) -> tuple[bytes, list[tuple[byte
         if not isinstance(value, torch.Tensor):
             entries.append((key.encode(), None, None))
             continue
-        t = value.detach().cpu().contiguous()
+        t = value.detach().cpu()
         try:
+            t = t.contiguous()
             data, viewed = t.reshape(-1).view(torch.uint8).numpy(), t
-        except Exception:  # noqa: BLE001 - e.g. a dtype numpy cannot view
-            data, viewed = repr(t.tolist()).encode(), None
+        except Exception:  # noqa: BLE001 - a dtype numpy cannot view, a sparse layout
+            data, viewed = _fallback_bytes(t), None
         entries.append((key.encode() + f"{t.dtype}{tuple(t.shape)}".encode(), data, viewed))
     return repr(module).encode(), entries
+
+
+def _fallback_bytes(t: torch.Tensor) -> bytes:
+    """Bytes standing for a tensor that has no plain memory view (sparse layouts, odd dtypes)."""
+    try:
+        return repr(t.to_dense().tolist() if t.layout != torch.strided else t.tolist()).encode()
+    except Exception:  # noqa: BLE001 - hashing must not fail on odd tensors
+        return repr((t.layout, t.dtype, tuple(t.shape))).encode()
 
 
 def _module_sha256(head: bytes, entries: list[tuple[bytes, Any, Any]]) -> tuple[str, dict]:
