@@ -64,11 +64,6 @@ def piece_digests_many(sources: list[tuple[int, RangeReader]], piece: int = PIEC
     return parts
 
 
-def piecewise_sha256_many(sources: list[tuple[int, RangeReader]], piece: int = PIECE) -> list[str]:
-    """The piecewise digest of each (size, read) source; all their pieces share one thread pool."""
-    return [combined_digest(piece, size, ds) for (size, _), ds in zip(sources, piece_digests_many(sources, piece))]
-
-
 def thread_count(jobs: int, total_bytes: int, spare_caller: bool = False) -> int:
     """Threads for ``jobs`` pieces of ``total_bytes`` in all: one per core (less the caller's,
     with ``spare_caller``: it has other work), but none for less than a few pieces' worth (a
@@ -79,18 +74,19 @@ def thread_count(jobs: int, total_bytes: int, spare_caller: bool = False) -> int
 
 def _digests(jobs: list[tuple[RangeReader, int, int]]) -> list[bytes]:
     """The SHA-256 digest of each (read, start, end) range, in threads."""
-
-    def digest(job: tuple[RangeReader, int, int]) -> bytes:
-        read, start, end = job
-        h = hashlib.sha256()
-        for buf in read(start, end):
-            h.update(buf)
-        return h.digest()
-
-    return map_in_threads(digest, jobs, thread_count(len(jobs), sum(end - start for _, start, end in jobs)))
+    return _map_in_threads(lambda job: range_sha256(*job), jobs,
+                           thread_count(len(jobs), sum(end - start for _, start, end in jobs)))
 
 
-def map_in_threads(function: Callable[[Any], Any], jobs: list, threads: int) -> list:
+def range_sha256(read: RangeReader, start: int, end: int) -> bytes:
+    """The SHA-256 digest of bytes [start, end) that ``read`` gives back."""
+    h = hashlib.sha256()
+    for buf in read(start, end):
+        h.update(buf)
+    return h.digest()
+
+
+def _map_in_threads(function: Callable[[Any], Any], jobs: list, threads: int) -> list:
     """``[function(job) for job in jobs]`` on ``threads`` threads; in the calling thread alone when
     one thread is asked for or none can be started (a process or container at its thread or
     address-space limit: the work is the same, only slower)."""
@@ -139,5 +135,5 @@ def file_reader(fd: int, base: int) -> RangeReader:
     return read
 
 
-__all__ = ["PIECE", "buffer_reader", "combined_digest", "file_reader", "piece_digests_many",
-           "map_in_threads", "piece_ranges", "piecewise_sha256", "piecewise_sha256_many", "thread_count"]
+__all__ = ["PIECE", "buffer_reader", "combined_digest", "file_reader", "piece_digests_many", "piece_ranges",
+           "piecewise_sha256", "range_sha256", "thread_count"]

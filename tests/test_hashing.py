@@ -7,7 +7,8 @@ import hashlib
 import numpy as np
 import pytest
 
-from compiler.hashing import buffer_reader, file_reader, piece_ranges, piecewise_sha256, piecewise_sha256_many
+from compiler.hashing import (buffer_reader, combined_digest, file_reader, piece_digests_many, piece_ranges,
+                              piecewise_sha256)
 
 
 def _by_definition(data: bytes, piece: int) -> str:
@@ -30,7 +31,8 @@ def test_piece_ranges_cover_the_bytes_once():
 def test_many_sources_share_a_pool_and_keep_their_order():
     rng = np.random.default_rng(1)
     datas = [rng.integers(0, 255, n, dtype=np.uint8) for n in (0, 5, 40, 3, 17)]
-    got = piecewise_sha256_many([(d.nbytes, buffer_reader(d)) for d in datas], piece=4)
+    pieces = piece_digests_many([(d.nbytes, buffer_reader(d)) for d in datas], piece=4)
+    got = [combined_digest(4, d.nbytes, ds) for d, ds in zip(datas, pieces)]
     assert got == [_by_definition(d.tobytes(), 4) for d in datas]
     assert len(set(got)) == len(got)
 

@@ -258,7 +258,8 @@ class ModuleDigest:
 
     def __init__(self, module: torch.nn.Module):
         head, entries = _module_state_bytes(module)
-        self._tensors = [(t, t._version) for _, _, t in entries if t is not None]
+        # (address, size) of each viewed tensor's bytes -> the tensor and its version when hashed
+        self._versions = {(data.ctypes.data, data.nbytes): (t, t._version) for _, data, t in entries if t is not None}
         self._result: Future[tuple[str, dict]] = Future()
 
         def run() -> None:
@@ -275,10 +276,12 @@ class ModuleDigest:
     def known_pieces(self, part: memoryview) -> list[bytes] | None:
         """The piece digests of ``part`` when it is exactly a state-dict tensor's bytes, hashed
         and still unchanged (no in-place write since: its version counter)."""
-        pieces = self._result.result()[1].get((np.frombuffer(part, np.uint8).ctypes.data, part.nbytes))
-        if pieces is None or any(t._version != version for t, version in self._tensors):
+        key = (np.frombuffer(part, np.uint8).ctypes.data, part.nbytes)
+        pieces = self._result.result()[1].get(key)
+        if pieces is None:
             return None
-        return pieces
+        tensor, version = self._versions[key]
+        return pieces if tensor._version == version else None
 
 
 def _module_state_bytes(module: torch.nn.Module) -> tuple[bytes, list[tuple[bytes, Any, torch.Tensor | None]]]:

@@ -29,7 +29,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Callable
 
-from compiler.hashing import combined_digest, piece_ranges, thread_count
+from compiler.hashing import combined_digest, piece_ranges, range_sha256, thread_count
 from compiler.payload import StoredBlob
 
 # part (a byte memoryview) -> the SHA-256 digests of its pieces when they are already known, or None
@@ -108,7 +108,7 @@ class ZipWriter:
             hashed = {}
             for job in aside:
                 try:
-                    hashed[job] = pool.submit(_sha256_of, blob, job)
+                    hashed[job] = pool.submit(range_sha256, blob.range_chunks, *job)
                 except RuntimeError:  # no thread can be started (a thread or address-space limit)
                     inline.add(job)
             crc = 0
@@ -196,13 +196,6 @@ def _known_piece_digests(blob: StoredBlob, piece: int, known_pieces: KnownPieces
         if digests is not None and len(digests) == len(ranges):
             known.update({(offset + start, offset + end): d for (start, end), d in zip(ranges, digests)})
     return known
-
-
-def _sha256_of(blob: StoredBlob, job: tuple[int, int]) -> bytes:
-    sha = hashlib.sha256()
-    for chunk in blob.range_chunks(*job):
-        sha.update(chunk)
-    return sha.digest()
 
 
 def _blocks(chunks):
